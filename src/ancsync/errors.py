@@ -1,0 +1,108 @@
+"""The exceptions ancsync raises.
+
+Every error the library raises derives from :class:`AncSyncError`, so a caller can catch one type.
+Errors from aiomqtt, paho, ssl and sqlite are translated into these at a single place in the
+module that talks to that backend; nothing above that layer sees a backend exception.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AncSyncError",
+    "BufferFull",
+    "ConfigError",
+    "ConnectError",
+    "InvalidPayload",
+    "InvalidTopic",
+    "NotAuthorized",
+    "NotStarted",
+    "PayloadTooLarge",
+    "PublishTimeout",
+    "ShadowRejected",
+    "ShadowTimeout",
+    "StorageError",
+    "TLSError",
+]
+
+
+class AncSyncError(Exception):
+    """Base class of every error raised by ancsync."""
+
+
+class ConfigError(AncSyncError, ValueError):
+    """A setting is missing or has a value that is not allowed.
+
+    The message names the setting, the bad value and what is allowed.
+    """
+
+
+class ConnectError(AncSyncError):
+    """The connection to the broker could not be made or was lost.
+
+    ``permanent`` is true when retrying cannot help (a bad certificate, not authorised) and the
+    session stops trying until the configuration changes.
+    """
+
+    permanent: bool = False
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed: a certificate was refused or could not be verified."""
+
+    permanent = True
+
+
+class NotAuthorized(ConnectError):
+    """The broker refused the connection: the certificate or client id is not authorised."""
+
+    permanent = True
+
+
+class InvalidTopic(AncSyncError, ValueError):
+    """A topic or topic filter breaks MQTT syntax or an AWS IoT limit."""
+
+
+class InvalidPayload(AncSyncError, ValueError):
+    """A payload could not be encoded, decoded or validated against its model."""
+
+
+class PayloadTooLarge(InvalidPayload):
+    """A payload or shadow document is over the AWS IoT size limit; nothing was sent."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{what} is {size} bytes, over the AWS IoT limit of {limit} bytes; "
+            "send less data per message (smaller batches or fewer fields)"
+        )
+
+
+class BufferFull(AncSyncError):
+    """A bounded queue reached its hard limit and the message was not accepted."""
+
+
+class NotStarted(AncSyncError, RuntimeError):
+    """The component was used before it was started (use ``async with`` or ``await start()``)."""
+
+
+class PublishTimeout(AncSyncError, TimeoutError):
+    """No acknowledgement arrived in time. The broker may still have the message."""
+
+
+class ShadowTimeout(AncSyncError, TimeoutError):
+    """A Device Shadow request got no accepted or rejected response in time."""
+
+
+class ShadowRejected(AncSyncError):
+    """The Device Shadow service rejected a request with an error code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"shadow request rejected: {code} {message}")
+
+
+class StorageError(AncSyncError, OSError):
+    """The durable outbox could not write (disk full, read-only or corrupt store)."""
