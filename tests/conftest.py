@@ -1,0 +1,3 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
