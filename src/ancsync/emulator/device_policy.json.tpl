@@ -1,0 +1,50 @@
+{
+  "Version": "2012-10-17",
+  "Statement": [
+    {
+      "Sid": "ConnectAsOwnThing",
+      "Effect": "Allow",
+      "Action": "iot:Connect",
+      "Resource": "arn:aws:iot:${region}:${account_id}:client/$${iot:Connection.Thing.ThingName}"
+    },
+    {
+      "Sid": "PublishOwnTopics",
+      "Effect": "Allow",
+      "Action": "iot:Publish",
+      "Resource": [
+        "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/*",
+        "arn:aws:iot:${region}:${account_id}:topic/anc/telemetry/$${iot:Connection.Thing.ThingName}/*",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/get",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/update",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/delete",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/name/*/get",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/name/*/update",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/name/*/delete"
+      ]
+    },
+    {
+      "Sid": "RetainOwnStatus",
+      "Effect": "Allow",
+      "Action": "iot:RetainPublish",
+      "Resource": "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/status"
+    },
+    {
+      "Sid": "SubscribeOwnTopics",
+      "Effect": "Allow",
+      "Action": "iot:Subscribe",
+      "Resource": [
+        "arn:aws:iot:${region}:${account_id}:topicfilter/anc/devices/$${iot:Connection.Thing.ThingName}/*",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/*"
+      ]
+    },
+    {
+      "Sid": "ReceiveOwnTopics",
+      "Effect": "Allow",
+      "Action": "iot:Receive",
+      "Resource": [
+        "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/*",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/*"
+      ]
+    }
+  ]
+}
