@@ -1,0 +1,432 @@
+"""The durable outbox store: outgoing messages and ``seq`` counters in one SQLite file.
+
+Emergencies (and, when asked for, telemetry batches) are written here before they are handed to
+the connection and deleted only when the broker has acknowledged them (PUBACK), so a crash, a
+power cut or a restart never loses one: on start the owner re-sends what is still pending, with
+the original ``msg_id``. The ``seq`` counter of every stream lives in the same file, so sequence
+numbers keep counting up across restarts.
+
+Design choices:
+
+* **One file, WAL, ``synchronous=FULL``.** Every commit is fsynced before it returns, so an entry
+  that :meth:`DurableStore.put` accepted survives a power cut, not only a process crash.
+* **Synchronous methods, thread-safe.** SQLite is a blocking library. Every method takes a lock
+  and is safe to call from a worker thread; async callers use ``anyio.to_thread.run_sync`` so that
+  the fsync never stalls the event loop (and the ANC control loop on it).
+* **Bounded in bytes.** Payload bytes are capped by ``max_bytes``; a new entry evicts the oldest
+  telemetry first and never an emergency. If emergencies alone would pass the cap, the new entry
+  is refused with :class:`~ancsync.errors.BufferFull` rather than silently dropped.
+* **Start-up never crashes on a bad file.** A corrupt or unreadable file is moved aside
+  (``outbox.sqlite3.corrupt-<UTC time>``) with an error log and a fresh store is created.
+* **Clear errors.** SQLite failures (disk full, read-only file system, I/O errors) become
+  :class:`~ancsync.errors.StorageError` naming the file, the cause and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from ancsync.errors import BufferFull, StorageError
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "STORE_FILE_NAME",
+    "DurableStore",
+    "StoreStats",
+    "StoredLane",
+    "StoredMessage",
+]
+
+logger = logging.getLogger("ancsync.mqtt.store")
+
+STORE_FILE_NAME = "outbox.sqlite3"
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+
+StoredLane = Literal["emergency", "telemetry"]
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id TEXT NOT NULL UNIQUE,
+    lane TEXT NOT NULL CHECK (lane IN ('emergency', 'telemetry')),
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_lane ON messages (lane, id);
+CREATE TABLE IF NOT EXISTS seqs (
+    stream TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+# SQLite result codes that mean "this file is not a usable database" (move it aside and start
+# again) rather than "this machine cannot write right now" (tell the caller).
+_BAD_FILE_ERRORS = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+
+_ERROR_ADVICE = {
+    "SQLITE_FULL": "the disk is full; free space on the device or lower the store's max_bytes",
+    "SQLITE_READONLY": "the file system is read-only; point data_dir at a writable directory",
+    "SQLITE_IOERR": "an I/O error occurred; check the storage device",
+    "SQLITE_BUSY": "another process holds the store locked; run one device process per data_dir",
+    "SQLITE_CANTOPEN": "the file cannot be opened; check that data_dir exists and is writable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One outgoing message as the store keeps it: ready to publish again byte for byte."""
+
+    msg_id: str
+    lane: StoredLane
+    topic: str
+    payload: bytes
+    qos: int = 1
+    #: How many telemetry records the payload carries (1 for an emergency): evictions are
+    #: counted in records so the publisher's drop counters stay exact.
+    records: int = 1
+    #: Wall-clock seconds (``time.time()``) when the message was first stored.
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """A snapshot of the store for ``get_status()``."""
+
+    path: str
+    emergencies: int
+    telemetry: int
+    bytes: int
+    max_bytes: int
+    oldest_emergency_at: float | None
+    evicted_messages: int
+    evicted_records: int
+
+
+class DurableStore:
+    """The SQLite durable outbox: pending messages, removed on acknowledgement, and seq counters.
+
+    Open it with :meth:`in_dir` (the usual ``data_dir`` layout) or with a file path. Every method
+    is blocking and thread-safe; from async code call it through ``anyio.to_thread.run_sync``.
+    """
+
+    def __init__(self, path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._evicted_messages = 0
+        self._evicted_records = 0
+        self._conn = self._open_or_recover()
+        self._bytes = self._query_bytes()
+        self._seqs: dict[str, int] = dict(self._conn.execute("SELECT stream, value FROM seqs"))
+
+    @classmethod
+    def in_dir(cls, data_dir: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> DurableStore:
+        """Open (or create) ``<data_dir>/outbox.sqlite3``, creating the directory if needed."""
+        directory = Path(data_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the data directory {str(directory)!r}: {exc.strerror}; "
+                "set data_dir (env ANCSYNC_DATA_DIR) to a writable directory"
+            ) from exc
+        return cls(directory / STORE_FILE_NAME, max_bytes=max_bytes)
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open_or_recover(self) -> sqlite3.Connection:
+        try:
+            return _connect(self.path)
+        except sqlite3.Error as exc:
+            if not os.access(self.path.parent, os.W_OK):
+                raise StorageError(
+                    f"durable outbox {str(self.path)!r} could not open: the directory is not "
+                    "writable (a read-only file system or missing permission); point data_dir "
+                    "(env ANCSYNC_DATA_DIR) at a writable directory"
+                ) from exc
+            unreadable = self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK)
+            if _error_name(exc) not in _BAD_FILE_ERRORS and not unreadable:
+                raise self._storage_error("open", exc) from exc
+            moved_to = self._move_aside()
+            logger.error(  # noqa: TRY400 (the reason is the message; no traceback wanted)
+                "durable outbox %s is unreadable (%s); moved it to %s and started an empty store. "
+                "Messages in the old file were not re-sent; inspect it if they matter.",
+                self.path,
+                exc,
+                moved_to,
+            )
+        try:
+            return _connect(self.path)
+        except sqlite3.Error as exc:
+            raise self._storage_error("create", exc) from exc
+
+    def _move_aside(self) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            self.path.rename(target)
+            # The WAL and shared-memory files belong to the bad database: move them with it,
+            # or SQLite would try to replay them into the new file.
+            for suffix in ("-wal", "-shm"):
+                sibling = self.path.with_name(self.path.name + suffix)
+                if sibling.exists():
+                    sibling.rename(target.with_name(target.name + suffix))
+        except OSError as exc:
+            raise StorageError(
+                f"durable outbox {str(self.path)!r} is unreadable and could not be moved aside "
+                f"({exc.strerror}); remove it or point data_dir at a writable directory"
+            ) from exc
+        return target
+
+    def _query_bytes(self) -> int:
+        row = self._conn.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
+        return int(row.fetchone()[0])
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(self, message: StoredMessage, *, seq: tuple[str, int] | None = None) -> int:
+        """Store ``message`` durably (fsynced) and return how many telemetry records were evicted.
+
+        ``seq`` is ``(stream, value)``: the counter of ``stream`` is raised to ``value`` in the
+        same transaction, so a stored message and the counter that numbered it never disagree.
+        Storing a ``msg_id`` that is already stored changes nothing.
+
+        Raises :class:`BufferFull` when the message cannot fit even after evicting all telemetry,
+        and :class:`StorageError` when SQLite cannot write.
+        """
+        size = len(message.payload)
+        with self._transaction("store a message") as conn:
+            if conn.execute(
+                "SELECT 1 FROM messages WHERE msg_id = ?", (message.msg_id,)
+            ).fetchone():
+                return 0
+            evicted_ids, evicted_bytes, evicted_records = self._plan_eviction(conn, size)
+            if self._bytes - evicted_bytes + size > self.max_bytes:
+                raise BufferFull(
+                    f"durable outbox is full: a {size}-byte {message.lane} message does not fit "
+                    f"in max_bytes={self.max_bytes} ({self._bytes} bytes held, emergencies are "
+                    "never evicted); wait for the connection to deliver them or raise max_bytes"
+                )
+            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in evicted_ids])
+            conn.execute(
+                "INSERT INTO messages (msg_id, lane, topic, payload, qos, records, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.msg_id,
+                    message.lane,
+                    message.topic,
+                    message.payload,
+                    message.qos,
+                    message.records,
+                    message.created_at,
+                ),
+            )
+            if seq is not None:
+                self._save_seq(conn, *seq)
+        self._bytes += size - evicted_bytes
+        if evicted_ids:
+            self._evicted_messages += len(evicted_ids)
+            self._evicted_records += evicted_records
+            logger.warning(
+                "durable outbox over max_bytes=%d: evicted the %d oldest telemetry messages "
+                "(%d records)",
+                self.max_bytes,
+                len(evicted_ids),
+                evicted_records,
+            )
+        return evicted_records
+
+    def _plan_eviction(self, conn: sqlite3.Connection, size: int) -> tuple[list[int], int, int]:
+        """Oldest telemetry rows to delete so that ``size`` more bytes fit (maybe not enough)."""
+        need = self._bytes + size - self.max_bytes
+        ids: list[int] = []
+        freed = records = 0
+        if need <= 0:
+            return ids, freed, records
+        rows = conn.execute(
+            "SELECT id, LENGTH(payload), records FROM messages WHERE lane = 'telemetry' ORDER BY id"
+        )
+        for row_id, row_bytes, row_records in rows:
+            if freed >= need:
+                break
+            ids.append(row_id)
+            freed += row_bytes
+            records += row_records
+        if freed < need:
+            return [], 0, 0  # evicting would not help: keep the telemetry, refuse the new entry
+        return ids, freed, records
+
+    def ack(self, msg_id: str) -> bool:
+        """Delete an acknowledged message; ``False`` if it was not (or is no longer) held."""
+        with self._transaction("delete an acknowledged message") as conn:
+            row = conn.execute(
+                "DELETE FROM messages WHERE msg_id = ? RETURNING LENGTH(payload)", (msg_id,)
+            ).fetchone()
+        if row is None:
+            return False
+        self._bytes -= int(row[0])
+        return True
+
+    def reserve_seq(self, stream: str) -> int:
+        """Return the next ``seq`` of ``stream`` (1, 2, ...). Made durable by ``put``/``save_seq``.
+
+        Reserving happens in memory so that callers on the event loop get distinct numbers
+        without a thread hop; the number is persisted with the message it numbers.
+        """
+        with self._lock:
+            value = self._seqs.get(stream, 0) + 1
+            self._seqs[stream] = value
+            return value
+
+    def save_seq(self, stream: str, value: int) -> None:
+        """Persist ``value`` as the last used ``seq`` of ``stream`` (for unstored messages)."""
+        with self._transaction("save a sequence counter") as conn:
+            self._save_seq(conn, stream, value)
+
+    def _save_seq(self, conn: sqlite3.Connection, stream: str, value: int) -> None:
+        conn.execute(
+            "INSERT INTO seqs (stream, value) VALUES (?, ?)"
+            " ON CONFLICT (stream) DO UPDATE SET value = MAX(value, excluded.value)",
+            (stream, value),
+        )
+        self._seqs[stream] = max(self._seqs.get(stream, 0), value)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def pending(self, lane: StoredLane | None = None) -> list[StoredMessage]:
+        """Every unacknowledged message, emergencies first, each lane oldest first."""
+        query = "SELECT msg_id, lane, topic, payload, qos, records, created_at FROM messages"
+        params: tuple[str, ...] = ()
+        if lane is not None:
+            query += " WHERE lane = ?"
+            params = (lane,)
+        query += " ORDER BY lane = 'telemetry', id"
+        rows = self._read(lambda conn: conn.execute(query, params).fetchall())
+        return [
+            StoredMessage(
+                msg_id=msg_id,
+                lane=row_lane,
+                topic=topic,
+                payload=bytes(payload),
+                qos=qos,
+                records=records,
+                created_at=created_at,
+            )
+            for msg_id, row_lane, topic, payload, qos, records, created_at in rows
+        ]
+
+    def stats(self) -> StoreStats:
+        """Counts, bytes and the creation time of the oldest pending emergency."""
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str, int, float]]:
+            return conn.execute(
+                "SELECT lane, COUNT(*), MIN(created_at) FROM messages GROUP BY lane"
+            ).fetchall()
+
+        by_lane = {lane: (count, oldest) for lane, count, oldest in self._read(query)}
+        emergencies, oldest = by_lane.get("emergency", (0, None))
+        return StoreStats(
+            path=str(self.path),
+            emergencies=emergencies,
+            telemetry=by_lane.get("telemetry", (0, None))[0],
+            bytes=self._bytes,
+            max_bytes=self.max_bytes,
+            oldest_emergency_at=oldest,
+            evicted_messages=self._evicted_messages,
+            evicted_records=self._evicted_records,
+        )
+
+    def close(self) -> None:
+        """Close the file. Pending messages stay in it for the next start."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> DurableStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """Run a write under the lock in one ``BEGIN IMMEDIATE`` transaction; map SQLite errors."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite rolls back by itself on some errors (SQLITE_FULL): only roll back what
+                # is still open, and never let a failed rollback hide the original error.
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        logger.debug("rollback after a failed write also failed", exc_info=True)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._storage_error(doing, exc) from exc
+                raise
+
+    def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            try:
+                return query(self._conn)
+            except sqlite3.Error as exc:
+                raise self._storage_error("read", exc) from exc
+
+    def _storage_error(self, doing: str, exc: sqlite3.Error) -> StorageError:
+        name = _error_name(exc)
+        advice = _ERROR_ADVICE.get(name, f"SQLite error {name}")
+        return StorageError(f"durable outbox {str(self.path)!r} could not {doing}: {exc}; {advice}")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode, check it is a healthy ancsync store and create the schema."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        _check_integrity(conn)
+        conn.executescript(_SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_integrity(conn: sqlite3.Connection) -> None:
+    (result,) = conn.execute("PRAGMA quick_check").fetchone()
+    if result != "ok":
+        raise _FailedCheck(f"integrity check failed: {result}")
+
+
+class _FailedCheck(sqlite3.DatabaseError):
+    """The file opened but ``PRAGMA quick_check`` found damage."""
+
+    sqlite_errorname = "SQLITE_CORRUPT"
+
+
+def _error_name(exc: sqlite3.Error) -> str:
+    """The primary SQLite result code name: ``SQLITE_IOERR_WRITE`` becomes ``SQLITE_IOERR``."""
+    name: str = getattr(exc, "sqlite_errorname", None) or "SQLITE_ERROR"
+    return "_".join(name.split("_")[:2])

@@ -1,0 +1,253 @@
+"""The SQLite durable outbox store, against real SQLite files (and a real full/read-only disk)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ancsync.errors import BufferFull, StorageError
+from ancsync.mqtt.store import STORE_FILE_NAME, DurableStore, StoredLane, StoredMessage
+
+
+def message(lane: StoredLane, size: int = 10, records: int = 1) -> StoredMessage:
+    return StoredMessage(
+        msg_id=uuid.uuid4().hex,
+        lane=lane,
+        topic=f"anc/test/{lane}",
+        payload=os.urandom(size),
+        records=records,
+    )
+
+
+def fill_until_error(store: DurableStore, size: int) -> tuple[list[StoredMessage], StorageError]:
+    """Store emergencies of ``size`` bytes until SQLite refuses; return what was stored."""
+    stored: list[StoredMessage] = []
+    for _ in range(1000):
+        entry = message("emergency", size)
+        try:
+            store.put(entry)
+        except StorageError as error:
+            return stored, error
+        stored.append(entry)
+    raise AssertionError("the store never ran out of room")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DurableStore]:
+    with DurableStore.in_dir(tmp_path / "data") as opened:
+        yield opened
+
+
+def test_pending_lists_emergencies_first_then_each_lane_in_order(store: DurableStore) -> None:
+    t1, e1, t2, e2 = (
+        message(lane) for lane in ("telemetry", "emergency", "telemetry", "emergency")
+    )
+    for entry in (t1, e1, t2, e2):
+        store.put(entry)
+
+    assert [m.msg_id for m in store.pending()] == [e1.msg_id, e2.msg_id, t1.msg_id, t2.msg_id]
+    assert [m.msg_id for m in store.pending("telemetry")] == [t1.msg_id, t2.msg_id]
+    assert store.pending("emergency")[0] == e1
+
+
+def test_ack_removes_only_that_message(store: DurableStore) -> None:
+    first, second = message("emergency", 100), message("emergency", 50)
+    store.put(first)
+    store.put(second)
+
+    assert store.ack(first.msg_id) is True
+    assert store.ack(first.msg_id) is False
+    assert store.ack("never-stored") is False
+    assert store.pending() == [second]
+    assert store.stats().bytes == 50
+
+
+def test_storing_the_same_msg_id_twice_keeps_one_copy(store: DurableStore) -> None:
+    entry = message("emergency")
+    store.put(entry)
+    store.put(entry)
+
+    assert store.pending() == [entry]
+    assert store.stats().bytes == len(entry.payload)
+
+
+def test_pending_messages_and_seq_counters_survive_reopening(tmp_path: Path) -> None:
+    entry = message("emergency", 64)
+    with DurableStore.in_dir(tmp_path) as store:
+        assert store.reserve_seq("emergency") == 1
+        seq = store.reserve_seq("emergency")
+        store.put(entry, seq=("emergency", seq))
+        store.save_seq("telemetry/anc", 41)
+
+    with DurableStore.in_dir(tmp_path) as reopened:
+        assert reopened.pending() == [entry]
+        assert reopened.stats().bytes == 64
+        assert reopened.reserve_seq("emergency") == 3
+        assert reopened.reserve_seq("telemetry/anc") == 42
+        assert reopened.reserve_seq("telemetry/audio") == 1
+
+
+def test_a_counter_never_goes_backwards(store: DurableStore) -> None:
+    store.save_seq("s", 10)
+    store.save_seq("s", 4)  # a late writer with an older number
+
+    assert store.reserve_seq("s") == 11
+
+
+def test_over_max_bytes_the_oldest_telemetry_is_evicted_never_an_emergency(tmp_path: Path) -> None:
+    with DurableStore(tmp_path / "s.sqlite3", max_bytes=1000) as store:
+        emergency = message("emergency", 300)
+        old, middle, new = (message("telemetry", 200, records=10) for _ in range(3))
+        for entry in (emergency, old, middle, new):
+            assert store.put(entry) == 0  # 900 bytes: everything fits
+
+        late_emergency = message("emergency", 300)
+        evicted = store.put(late_emergency)
+
+        # 900 + 300 - 1000 = 200 bytes had to go: exactly the oldest telemetry batch.
+        assert evicted == 10
+        assert [m.msg_id for m in store.pending()] == [
+            emergency.msg_id,
+            late_emergency.msg_id,
+            middle.msg_id,
+            new.msg_id,
+        ]
+        stats = store.stats()
+        assert (stats.bytes, stats.evicted_messages, stats.evicted_records) == (1000, 1, 10)
+
+
+def test_when_only_emergencies_are_left_a_new_message_is_refused_not_dropped(
+    tmp_path: Path,
+) -> None:
+    with DurableStore(tmp_path / "s.sqlite3", max_bytes=1000) as store:
+        kept = [message("emergency", 400), message("emergency", 400)]
+        telemetry = message("telemetry", 150)
+        for entry in (*kept, telemetry):
+            store.put(entry)
+
+        with pytest.raises(BufferFull, match="emergencies are never evicted"):
+            store.put(message("emergency", 400))
+        with pytest.raises(BufferFull):
+            store.put(message("telemetry", 300))
+
+        # Refusing evicted nothing: the telemetry that could not make room is still there.
+        assert store.pending() == [*kept, telemetry]
+        assert store.stats().evicted_messages == 0
+
+
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_new_store_created(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / STORE_FILE_NAME
+    garbage = b"this is not an SQLite database\n" * 200
+    path.write_bytes(garbage)
+
+    with caplog.at_level(logging.ERROR, logger="ancsync.mqtt.store"), DurableStore(path) as store:
+        assert store.pending() == []
+        entry = message("emergency")
+        store.put(entry)
+        assert store.pending() == [entry]
+
+    moved = list(tmp_path.glob(f"{STORE_FILE_NAME}.corrupt-*"))
+    assert len(moved) == 1
+    assert moved[0].read_bytes() == garbage
+    assert "moved it to" in caplog.text
+    assert str(moved[0]) in caplog.text
+
+
+def test_a_damaged_database_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / STORE_FILE_NAME
+    with DurableStore(path) as store:
+        for _ in range(50):
+            store.put(message("telemetry", 2000))
+    # Fold the WAL into the main file, then scribble over its b-tree pages (keep page 1's header).
+    subprocess.run(["sqlite3", str(path), "PRAGMA wal_checkpoint(TRUNCATE);"], check=False)
+    data = bytearray(path.read_bytes())
+    assert len(data) > 20_000
+    data[4096:20_000] = os.urandom(20_000 - 4096)
+    path.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.ERROR, logger="ancsync.mqtt.store"), DurableStore(path) as store:
+        assert store.pending() == []
+        store.put(message("emergency"))
+
+    assert len(list(tmp_path.glob(f"{STORE_FILE_NAME}.corrupt-*"))) == 1
+    assert "unreadable" in caplog.text
+
+
+def test_a_data_dir_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a directory should be")
+
+    with pytest.raises(StorageError, match="data_dir"):
+        DurableStore.in_dir(blocker / "data")
+
+
+def test_sqlite_running_out_of_room_is_a_storage_error(tmp_path: Path) -> None:
+    with DurableStore(tmp_path / "s.sqlite3") as store:
+        kept = message("emergency", 100)
+        store.put(kept)
+        # SQLite's own size cap reports SQLITE_FULL exactly like a full disk does.
+        store._conn.execute("PRAGMA max_page_count = 8")
+        stored, error = fill_until_error(store, 4000)
+
+        assert "disk is full" in str(error)
+        assert store.pending() == [kept, *stored]
+
+
+# -- a real tiny file system: needs root (mount); the container running CI has it ---------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_a_clear_error_and_nothing_stored_is_lost(tiny_disk: Path) -> None:
+    store = DurableStore.in_dir(tiny_disk)
+    try:
+        stored, error = fill_until_error(store, 16_000)
+
+        assert "disk is full" in str(error)
+        assert str(tiny_disk) in str(error)
+        assert len(stored) > 3
+        assert store.pending() == stored
+    finally:
+        store.close()
+
+
+def test_a_read_only_file_system_is_a_clear_error(tiny_disk: Path, tmp_path: Path) -> None:
+    with DurableStore.in_dir(tiny_disk) as store:
+        store.put(message("emergency"))
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    subprocess.run(["mount", "--bind", str(tiny_disk), str(read_only)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+        with pytest.raises(StorageError, match="read-only file system"):
+            DurableStore.in_dir(read_only)
+        # Nothing was moved aside or deleted: the file still holds its emergency.
+        with DurableStore.in_dir(tiny_disk) as store:
+            assert len(store.pending("emergency")) == 1
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
