@@ -456,8 +456,8 @@ def _describe_error(setting: tuple[str, ...], error: Any, layers: list[_Layer]) 
     for part in setting:
         value = value[part]
     shown = shlex.quote(value) if layer.raw_strings else json.dumps(value, default=str)
-    if len(shown) > 60:  # a runaway value would hide the reason
-        shown = f"{shown[:40]}... ({len(str(value))} characters)"
+    if len(shown) > 100:  # a runaway value would hide the reason
+        shown = f"{shown[:60]}... ({len(str(value))} characters)"
     return f"{layer.names[setting]}={shown}{layer.origin} is not allowed: {_reason(setting, error)}"
 
 
