@@ -7,7 +7,7 @@ import json
 import anyio
 import pytest
 
-from ancsync.errors import BufferFull, PublishTimeout
+from ancsync.errors import BufferFull, ConfigError, PublishTimeout
 from ancsync.mqtt.outbox import (
     DEFAULT_LIMITS,
     Lane,
@@ -331,3 +331,9 @@ async def test_stats_are_json_serialisable() -> None:
     assert stats["telemetry"]["bytes"] == 3
     assert stats["telemetry"]["enqueued"] == 1
     assert stats["telemetry"]["oldest_age_s"] >= 0
+
+
+@pytest.mark.parametrize(("max_messages", "max_bytes"), [(0, 100), (10, 0)])
+def test_lane_limits_below_one_are_refused(max_messages: int, max_bytes: int) -> None:
+    with pytest.raises(ConfigError, match="at least 1 message and 1 byte"):
+        LaneLimits(max_messages, max_bytes)

@@ -32,7 +32,7 @@ from typing import Any
 
 import anyio
 
-from ancsync.errors import BufferFull, PublishTimeout
+from ancsync.errors import BufferFull, ConfigError, PublishTimeout
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -62,6 +62,13 @@ class LaneLimits:
 
     max_messages: int
     max_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.max_messages < 1 or self.max_bytes < 1:
+            raise ConfigError(
+                f"lane limits must be at least 1 message and 1 byte, got "
+                f"max_messages={self.max_messages!r}, max_bytes={self.max_bytes!r}"
+            )
 
 
 DEFAULT_LIMITS: Mapping[Lane, LaneLimits] = {
