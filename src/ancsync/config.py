@@ -14,20 +14,23 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import logging
 import os
 import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ancsync.errors import ConfigError, InvalidTopic
 from ancsync.topics import validate_thing_name
+
+logger = logging.getLogger("ancsync.config")
 
 __all__ = [
     "CONFIG_FILE_ENV_VAR",
@@ -229,13 +232,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
-    iot: Annotated[IotSettings, Allowed("the iot section must be a JSON object")]
+    iot: Annotated[IotSettings, Allowed("the iot section must be a JSON object (a dict in Python)")]
     telemetry: Annotated[
-        TelemetrySettings, Allowed("the telemetry section must be a JSON object")
+        TelemetrySettings, Allowed("the telemetry section must be a JSON object (a dict in Python)")
     ] = Field(default_factory=TelemetrySettings)
-    shadow: Annotated[ShadowSettings, Allowed("the shadow section must be a JSON object")] = Field(
-        default_factory=ShadowSettings
-    )
+    shadow: Annotated[
+        ShadowSettings, Allowed("the shadow section must be a JSON object (a dict in Python)")
+    ] = Field(default_factory=ShadowSettings)
     data_dir: Annotated[
         Path | None,
         Allowed("data_dir must be the path of a directory (created when missing), or unset"),
@@ -262,7 +265,7 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
         """Build the settings from arguments, environment, config file and defaults.
 
         Args:
@@ -288,9 +291,11 @@ class Settings(BaseSettings):
         for layer in reversed(layers):
             _deep_merge(merged, layer.values)
         try:
-            return cls.model_validate(merged)
+            settings = cls.model_validate(merged)
         except ValidationError as exc:
             raise ConfigError(_describe_errors(exc, layers)) from None
+        logger.debug("settings loaded from %s", ", ".join(_sources_used(layers)) or "defaults")
+        return settings
 
 
 @dataclass(frozen=True)
@@ -333,15 +338,19 @@ def _argument_layer(overrides: Mapping[str, Any]) -> _Layer:
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in Settings.model_fields and isinstance(value, BaseModel | Mapping):
+        if key in _FLAT_NAMES:
+            _put(values, _FLAT_NAMES[key], value)
+            names[_FLAT_NAMES[key]] = key
+        elif key in Settings.model_fields:  # a whole section: iot={...} or iot=IotSettings(...)
             section = value.model_dump() if isinstance(value, BaseModel) else value
+            if not isinstance(section, Mapping):
+                values[key] = section  # validation reports what a section must be
+                names[(key,)] = key
+                continue
             for name, item in section.items():
                 if item is not None:
                     _put(values, (key, name), item)
                     names[(key, name)] = f"{key}.{name}"
-        elif key in _FLAT_NAMES:
-            _put(values, _FLAT_NAMES[key], value)
-            names[_FLAT_NAMES[key]] = key
         else:
             raise ConfigError(
                 f"Settings.load() got an unknown setting {key}={value!r}"
@@ -384,6 +393,11 @@ def _file_layer(path: Path, given_by: str) -> _Layer:
         elif (key,) in _PATH_SETTINGS and isinstance(value, str) and value:
             data[key] = str(path.parent / value)
     return _Layer(data, names, origin=f" in {path}")
+
+
+def _sources_used(layers: list[_Layer]) -> list[str]:
+    """Where the values came from, for the log: names only, never values."""
+    return [f"{name}{layer.origin}" for layer in layers for name in layer.names.values()]
 
 
 def _field_of(setting: tuple[str, ...]) -> Any:
@@ -433,7 +447,7 @@ def _describe_errors(exc: ValidationError, layers: list[_Layer]) -> str:
     )
 
 
-def _describe_error(setting: tuple[str, ...], error: Any, layers: list[_Layer]) -> str:
+def _describe_error(setting: tuple[str, ...], error: ErrorDetails, layers: list[_Layer]) -> str:
     dotted = ".".join(setting)
     layer = next((layer for layer in layers if setting in layer.names), None)
     if error["type"] == "extra_forbidden":
@@ -461,8 +475,8 @@ def _describe_error(setting: tuple[str, ...], error: Any, layers: list[_Layer]) 
     return f"{layer.names[setting]}={shown}{layer.origin} is not allowed: {_reason(setting, error)}"
 
 
-def _reason(setting: tuple[str, ...], error: Any) -> str:
+def _reason(setting: tuple[str, ...], error: ErrorDetails) -> str:
     """Why a value was refused: a check's own words, else what the setting allows."""
     if error["type"] == "value_error":
-        return str(error["ctx"]["error"])
+        return str(error.get("ctx", {}).get("error", error["msg"]))
     return _allowed(setting) or str(error["msg"])

@@ -176,6 +176,14 @@ def test_relative_paths_in_the_file_are_relative_to_the_file(
     assert settings.data_dir == device_dir / "outbox"
 
 
+def test_direct_construction_validates_only_what_it_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IOT_PORT", "1234")
+    settings = Settings(iot={"thing_name": "dev", "endpoint": "localhost", "tls": False})
+    assert settings.iot.port == 8883
+
+
 def test_plaintext_is_allowed_to_loopback_hosts_only_without_certificates() -> None:
     for host in ("127.0.0.1", "127.3.2.1", "::1", "localhost", "LOCALHOST"):
         settings = Settings.load(thing_name="dev", endpoint=host, tls=False)
@@ -252,6 +260,14 @@ def test_bad_file_value_names_the_key_and_the_file(
 def test_bad_argument_names_the_keyword(certs: dict[str, Path]) -> None:
     message = load_error(thing_name="dev", endpoint="example.com", port=70000, **certs)
     assert message.startswith("port=70000 passed to Settings.load() is not allowed: the port must")
+
+
+def test_section_argument_that_is_not_a_dict(certs: dict[str, Path]) -> None:
+    message = load_error(thing_name="d", endpoint="e.com", telemetry=5, **certs)
+    assert message == (
+        "telemetry=5 passed to Settings.load() is not allowed: "
+        "the telemetry section must be a JSON object (a dict in Python)"
+    )
 
 
 def test_missing_endpoint_and_thing_name_say_how_to_set_them(certs: dict[str, Path]) -> None:
