@@ -4,11 +4,13 @@ Everything public is re-exported here; import from ``ancsync`` only.
 """
 
 from ancsync.config import Settings
+from ancsync.connection import IoTConnection
 from ancsync.errors import (
     AncSyncError,
     BufferFull,
     ConfigError,
     ConnectError,
+    ConnectTimeout,
     InvalidPayload,
     InvalidTopic,
     NotAuthorized,
@@ -35,6 +37,9 @@ from ancsync.models import (
     json_schemas,
     utc_now,
 )
+from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.mqtt.outbox import Lane, PublishHandle
+from ancsync.mqtt.session import ConnectionEvent
 from ancsync.topics import ShadowTopics, TelemetryKind
 
 __version__ = "0.1.0"
@@ -45,19 +50,25 @@ __all__ = [
     "AncReportedState",
     "AncSyncError",
     "AudioMetrics",
+    "BackoffPolicy",
     "BufferFull",
     "Command",
     "ConfigError",
     "ConnectError",
+    "ConnectTimeout",
+    "ConnectionEvent",
     "DeviceStatus",
     "EmergencyEvent",
     "EmergencyInput",
     "ErrorRecord",
     "InvalidPayload",
     "InvalidTopic",
+    "IoTConnection",
+    "Lane",
     "NotAuthorized",
     "NotStarted",
     "PayloadTooLarge",
+    "PublishHandle",
     "PublishTimeout",
     "Settings",
     "ShadowRejected",

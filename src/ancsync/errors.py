@@ -12,6 +12,7 @@ __all__ = [
     "BufferFull",
     "ConfigError",
     "ConnectError",
+    "ConnectTimeout",
     "InvalidPayload",
     "InvalidTopic",
     "NotAuthorized",
@@ -44,6 +45,13 @@ class ConnectError(AncSyncError):
     """
 
     permanent: bool = False
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """No connection was made within the time asked for (``wait_connected(timeout=...)``).
+
+    The session keeps trying in the background; the message carries the last connect error.
+    """
 
 
 class TLSError(ConnectError):

@@ -1,0 +1,375 @@
+"""IoTConnection: the public face of the MQTT session (connect, publish, subscribe, status).
+
+It wires the pieces of :mod:`ancsync.mqtt` together: an :class:`~ancsync.mqtt.outbox.Outbox`
+(priority lanes), a :class:`~ancsync.mqtt.ratelimit.RateLimiter`, a
+:class:`~ancsync.mqtt.router.TopicRouter`, and the :class:`~ancsync.mqtt.session.MqttSession`
+task that owns the connection. Every call a control loop makes returns without waiting for the
+network; ``async with`` starts the session and returns at once, because a device must be able to
+start offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import ssl
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+from pydantic import BaseModel
+
+from ancsync.codec import encode
+from ancsync.config import Settings
+from ancsync.errors import ConfigError, InvalidTopic, NotStarted
+from ancsync.models import new_id
+from ancsync.mqtt.backoff import Backoff, BackoffPolicy
+from ancsync.mqtt.outbox import DEFAULT_LIMITS, Lane, LaneLimits, Outbox, OutgoingMessage
+from ancsync.mqtt.outbox import PublishHandle as PublishHandle
+from ancsync.mqtt.ratelimit import RateLimiter
+from ancsync.mqtt.router import Handler, InvalidHook, Route, TopicRouter
+from ancsync.mqtt.session import ConnectHook, ConnectionEvent, MqttSession
+from ancsync.mqtt.tls import build_ssl_context
+from ancsync.mqtt.transport import Transport
+from ancsync.topics import MAX_SUBSCRIPTIONS, validate_filter, validate_topic
+
+__all__ = ["IoTConnection"]
+
+log = logging.getLogger("ancsync.connection")
+
+Payload = BaseModel | Mapping[str, Any] | list[Any] | str | bytes
+
+
+class IoTConnection:
+    """An MQTT connection to AWS IoT Core (or the local emulator) that keeps itself up.
+
+    Build it from the arguments users of the old SDK know, or from :class:`~ancsync.config.
+    Settings` (:meth:`from_settings`); arguments not given come from the environment
+    (``IOT_ENDPOINT``...) and the config file, as in :meth:`Settings.load`::
+
+        async with IoTConnection("anc-device-001", "xxxxx-ats.iot.eu-west-1.amazonaws.com",
+                                 "cert.pem", "private.key", "AmazonRootCA1.pem") as iot:
+            await iot.wait_connected(timeout=30)
+            handle = await iot.publish("anc/devices/anc-device-001/metrics", {"snr": 38.2})
+            await handle.delivered()
+
+    Options beyond the settings:
+
+    - ``keep_alive``: taken as given, so tests may use a few seconds (AWS IoT raises values
+      under 30 to 30; :class:`Settings` refuses them).
+    - ``reconnect``: the backoff (base 1 s, cap 60 s, reset after 30 s connected).
+    - ``rate_limit``: ``(messages per second, bytes per second)``, default AWS's ``(100, 512 KiB)``.
+    - ``lane_limits``: bounds of the outbox lanes; ``in_flight``: concurrent unacknowledged
+      QoS 1 publishes (AWS allows 100).
+    - ``transport_factory``: a different :class:`~ancsync.mqtt.transport.Transport` (tests).
+
+    Raises:
+        ConfigError: a setting is missing or invalid, e.g. plaintext to a non-loopback host.
+    """
+
+    def __init__(
+        self,
+        thing_name: str | None = None,
+        endpoint: str | None = None,
+        cert_path: str | Path | None = None,
+        key_path: str | Path | None = None,
+        root_ca_path: str | Path | None = None,
+        *,
+        port: int | None = None,
+        keep_alive: int | None = None,
+        settings: Settings | None = None,
+        tls: bool | None = None,
+        persistent_session: bool | None = None,
+        firmware_version: str = "unknown",
+        reconnect: BackoffPolicy | None = None,
+        rate_limit: tuple[float, float] = (100, 512 * 1024),
+        lane_limits: Mapping[Lane, LaneLimits] = DEFAULT_LIMITS,
+        in_flight: int = 20,
+        connect_timeout: float = 10.0,
+        queue_size: int = 100,
+        on_invalid: InvalidHook | None = None,
+        transport_factory: Callable[[], Transport] | None = None,
+    ) -> None:
+        given: dict[str, Any] = {
+            "thing_name": thing_name,
+            "endpoint": endpoint,
+            "cert_path": cert_path,
+            "key_path": key_path,
+            "root_ca_path": root_ca_path,
+            "port": port,
+            "tls": tls,
+            "persistent_session": persistent_session,
+        }
+        if settings is None:
+            settings = Settings.load(**given)
+        elif any(value is not None for value in given.values()):
+            named = ", ".join(name for name, value in given.items() if value is not None)
+            raise ConfigError(
+                f"IoTConnection got both settings and {named}; put them in the settings "
+                "(Settings.load(...)) or pass only the arguments"
+            )
+        if keep_alive is not None and keep_alive < 1:
+            raise ConfigError(f"keep_alive must be at least 1 second, got {keep_alive!r}")
+        if in_flight < 1:
+            raise ConfigError(f"in_flight must be at least 1, got {in_flight!r}")
+        self.settings = settings
+        self.thing_name = settings.iot.thing_name
+        self._keep_alive = settings.iot.keep_alive if keep_alive is None else keep_alive
+        self._firmware_version = firmware_version
+        self._backoff_policy = reconnect or BackoffPolicy()
+        self._in_flight = in_flight
+        self._connect_timeout = connect_timeout
+        self._transport_factory = transport_factory
+        self._outbox = Outbox(lane_limits)
+        self._limiter = RateLimiter(*rate_limit)
+        self._router = TopicRouter(queue_size=queue_size, on_invalid=on_invalid)
+        self._hooks: list[ConnectHook] = []
+        self._session: MqttSession | None = None
+        self._stack: AsyncExitStack | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> IoTConnection:
+        """Build from :class:`Settings`; ``options`` are the keyword options of the constructor."""
+        return cls(settings=settings, **options)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the session task and return at once, without waiting for the network.
+
+        Pair it with :meth:`stop` in the same task (``async with`` does both).
+        """
+        if self._stack is not None or self._closed:
+            raise NotStarted("this IoTConnection was already started; create a new one")
+        iot = self.settings.iot
+        context_factory: Callable[[], ssl.SSLContext] | None = None
+        if iot.tls:
+            if iot.cert_path is None or iot.key_path is None:  # Settings guarantees them
+                raise ConfigError("TLS needs cert_path and key_path")
+            context_factory = functools.partial(
+                build_ssl_context,
+                cert_path=iot.cert_path,
+                key_path=iot.key_path,
+                root_ca_path=iot.root_ca_path,
+                port=iot.port,
+                endpoint=iot.endpoint,
+            )
+        session = MqttSession(
+            thing_name=self.thing_name,
+            host=iot.endpoint,
+            port=iot.port,
+            outbox=self._outbox,
+            router=self._router,
+            rate_limiter=self._limiter,
+            ssl_context_factory=context_factory,
+            keep_alive=self._keep_alive,
+            clean_session=not iot.persistent_session,
+            firmware_version=self._firmware_version,
+            transport_factory=self._transport_factory,
+            backoff=Backoff(self._backoff_policy),
+            in_flight=self._in_flight,
+            connect_timeout=self._connect_timeout,
+        )
+        for hook in self._hooks:
+            session.add_connect_hook(hook)
+        stack = AsyncExitStack()
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        task_group.start_soon(self._router.run)
+        task_group.start_soon(session.run)
+        stack.callback(task_group.cancel_scope.cancel)  # runs before the group is exited
+        self._stack, self._session = stack, session
+
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        """Flush queued messages (up to ``flush_timeout`` s), publish status "offline",
+        disconnect and stop the tasks. Messages still queued after that are not sent."""
+        if self._stack is None or self._session is None:
+            return
+        stack, self._stack = self._stack, None
+        self._closed = True
+        with anyio.move_on_after(flush_timeout + self._connect_timeout, shield=True):
+            await self._session.stop(flush_timeout)
+        await stack.aclose()
+
+    async def connect(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Start (if needed) and wait until connected: the old SDK's ``connect()``."""
+        if self._stack is None:
+            await self.start()
+        await self.wait_connected(timeout)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until the session is connected (returns at once if it is).
+
+        Raises:
+            TLSError, NotAuthorized, ConfigError: the last attempt failed in a way retrying
+                cannot fix (the session still retries about once a minute).
+            ConnectTimeout: not connected within ``timeout`` seconds; names the last error.
+            NotStarted: the connection was not started.
+        """
+        await self._running().wait_connected(timeout)
+
+    def _running(self) -> MqttSession:
+        if self._session is None or self._stack is None:
+            raise NotStarted(
+                "the IoTConnection is not running; use `async with IoTConnection(...) as iot:` "
+                "or `await iot.start()`"
+            )
+        return self._session
+
+    # --- publish and subscribe --------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Payload,
+        qos: int = 1,
+        *,
+        retain: bool = False,
+        lane: Lane = Lane.TELEMETRY,
+        msg_id: str | None = None,
+        coalesce_key: str | None = None,
+    ) -> PublishHandle:
+        """Queue a message and return its handle at once; ``await handle.delivered()`` waits
+        for the PUBACK.
+
+        ``payload`` is a pydantic model, a dict or list (sent as JSON), or ``str``/``bytes``
+        (sent as is). ``lane`` sets the priority (emergency > shadow > telemetry); on the
+        shadow lane a newer message with the same ``coalesce_key`` replaces a queued one.
+        ``msg_id`` identifies the message in the outbox and across retries (default: new).
+
+        Raises, before anything is queued:
+            InvalidTopic: a bad topic, a reserved ``$`` topic, or retain on a ``$`` topic.
+            PayloadTooLarge: the payload is over AWS IoT's 128 KB.
+            ConfigError: qos is not 0 or 1 (AWS IoT has no QoS 2).
+            BufferFull: the emergency lane is at its hard limit.
+            NotStarted: the connection was stopped.
+        """
+        if self._closed:
+            raise NotStarted("the IoTConnection was stopped; messages can no longer be queued")
+        if qos not in (0, 1):
+            raise ConfigError(f"qos must be 0 or 1 (AWS IoT Core has no QoS 2), got {qos!r}")
+        validate_topic(topic)
+        if retain and topic.startswith("$"):
+            raise InvalidTopic(f"AWS IoT does not retain messages on '$' topics ({topic})")
+        data = encode(payload)
+        message_id = msg_id or new_id()
+        handle = PublishHandle(message_id)
+        self._outbox.put(
+            OutgoingMessage(
+                topic=topic,
+                payload=data,
+                qos=qos,
+                retain=retain,
+                lane=lane,
+                msg_id=message_id,
+                coalesce_key=coalesce_key,
+                handle=handle,
+            )
+        )
+        return handle
+
+    def subscribe(
+        self, topic_filter: str, handler: Handler, model: type[BaseModel] | None = None
+    ) -> Route:
+        """Call ``handler(topic, payload)`` for every message matching ``topic_filter``.
+
+        ``payload`` is validated into ``model`` (or is the decoded JSON value without one);
+        invalid payloads are counted and logged, never handed to the handler. Works before and
+        after connecting; every filter is subscribed again after each reconnect. Returns the
+        route, for :meth:`unsubscribe` and its counters.
+
+        Raises:
+            InvalidTopic: a bad filter, or more than 50 distinct filters (AWS IoT's limit).
+        """
+        validate_filter(topic_filter)
+        filters = set(self._router.filters()) | {topic_filter}
+        if len(filters) > MAX_SUBSCRIPTIONS:
+            raise InvalidTopic(
+                f"subscribing to {topic_filter!r} would make {len(filters)} subscriptions, over "
+                f"AWS IoT's limit of {MAX_SUBSCRIPTIONS} per connection; use a wildcard filter "
+                "('+' or '#') to cover several topics"
+            )
+        route = self._router.add_route(topic_filter, handler, model)
+        if self._session is not None:
+            self._session.subscriptions_changed()
+        return route
+
+    def unsubscribe(self, route: Route) -> None:
+        """Stop routing to ``route``; the filter is unsubscribed when no route uses it."""
+        self._router.remove_route(route)
+        if self._session is not None:
+            self._session.subscriptions_changed()
+
+    # --- following the connection ----------------------------------------------------------
+
+    def add_connect_hook(self, hook: ConnectHook) -> Callable[[], None]:
+        """Run ``await hook()`` after every successful connect (e.g. re-read the shadow).
+
+        Hooks start after the subscriptions are made and status "online" is published, while
+        queued messages go out. A hook still running when the connection drops is cancelled
+        and runs again after the next connect; its exceptions are logged. Returns a function
+        that removes the hook. May be called before :meth:`start`.
+        """
+        self._hooks.append(hook)
+        remove_from_session = self._session.add_connect_hook(hook) if self._session else None
+
+        def remove() -> None:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+            if remove_from_session is not None:
+                remove_from_session()
+
+        return remove
+
+    def events(self, buffer: int = 100) -> MemoryObjectReceiveStream[ConnectionEvent]:
+        """Connection events (connecting, connected, disconnected with the reason) from now on.
+
+        ``with iot.events() as events: async for event in events: ...``
+        """
+        return self._running().events(buffer)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the session is connected right now."""
+        return self._session is not None and self._session.state == "connected"
+
+    def get_status(self) -> dict[str, Any]:
+        """Connection, queues and counters, JSON-serialisable (for logs, the CLI, health checks).
+
+        ``state`` is ``stopped``, ``connecting``, ``connected`` or ``waiting`` (backing off).
+        ``lanes`` has per-lane depth, bytes and drop counters; ``rate_limit`` the token-bucket
+        waits; ``router`` the per-route counters (invalid payloads, drops, handler errors).
+        """
+        if self._session is not None:
+            connection = self._session.status()
+        else:
+            connection = {"state": "stopped", "connected_since": None, "reconnect_count": 0}
+        lanes = self._outbox.stats()
+        router = self._router.stats()
+        return {
+            "thing_name": self.thing_name,
+            "endpoint": self.settings.iot.endpoint,
+            "port": self.settings.iot.port,
+            **connection,
+            "dropped": sum(lane["dropped"] for lane in lanes.values()),
+            "invalid": router["invalid"],
+            "lanes": lanes,
+            "rate_limit": self._limiter.stats(),
+            "router": router,
+        }

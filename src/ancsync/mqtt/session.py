@@ -1,0 +1,457 @@
+"""The MQTT session: the one task that owns the connection (DESIGN 2).
+
+:meth:`MqttSession.run` loops for the life of the SDK::
+
+    connect (TLS context built fresh, last will "offline")
+      -> subscribe every filter of the router -> publish retained status "online"
+      -> serve: read messages into the router, drain the outbox through the rate limiter with a
+         bounded window of concurrent QoS 1 publishes, follow subscription changes, run the
+         connect hooks
+      -> on any loss: put unacknowledged messages back (same msg_id), back off, connect again
+
+Nothing else touches the transport. Components publish through the outbox, receive through the
+router, and follow the connection through :meth:`MqttSession.events`, :meth:`wait_connected` and
+connect hooks (:meth:`add_connect_hook`), which run after every successful connect.
+
+Errors retrying cannot fix (a refused certificate, not authorised, bad certificate files) are
+kept as :attr:`permanent_error`: :meth:`wait_connected` raises them at once, and the session
+keeps retrying only about once per backoff cap (60 s), so a device recovers by itself once the
+cloud side is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ancsync.codec import encode
+from ancsync.errors import AncSyncError, ConfigError, ConnectError, ConnectTimeout
+from ancsync.models import DeviceStatus, new_id, utc_now
+from ancsync.mqtt.backoff import Backoff
+from ancsync.mqtt.outbox import Outbox, OutgoingMessage
+from ancsync.mqtt.ratelimit import RateLimiter
+from ancsync.mqtt.router import TopicRouter
+from ancsync.mqtt.transport import (
+    SUBSCRIBE_FAILURE,
+    AiomqttTransport,
+    ConnectOptions,
+    Transport,
+    Will,
+)
+from ancsync.topics import MAX_FILTERS_PER_SUBSCRIBE, status_topic
+
+__all__ = ["ConnectHook", "ConnectionEvent", "MqttSession", "SessionState"]
+
+log = logging.getLogger("ancsync.mqtt.session")
+
+ConnectHook = Callable[[], Awaitable[None]]
+"""An async callable run after every successful connect (:meth:`MqttSession.add_connect_hook`)."""
+
+
+class SessionState(StrEnum):
+    """Where the session is in its connect loop."""
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    WAITING = "waiting"  # backing off before the next attempt
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """A change of the connection, delivered by :meth:`MqttSession.events`.
+
+    - ``connecting``: attempt number ``attempt`` (1-based, counted since the session started).
+    - ``connected``: subscriptions made and status "online" published.
+    - ``disconnected``: an attempt failed or a connection was lost, because of ``error``; the
+      next attempt follows in ``retry_in`` seconds (``None`` when the session is stopping).
+    """
+
+    kind: Literal["connecting", "connected", "disconnected"]
+    attempt: int
+    error: AncSyncError | None = None
+    retry_in: float | None = None
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class MqttSession:
+    """Owns the broker connection of one device. Build it in async code, run :meth:`run` once.
+
+    ``keep_alive`` is taken as given (AWS IoT accepts 30 to 1200 s; :class:`~ancsync.config.
+    Settings` enforces that); tests use a few seconds to detect half-open links quickly.
+    ``ssl_context_factory`` is called before every attempt (``None`` for plaintext), so rotated
+    certificate files are picked up and expiry is reported. ``in_flight`` bounds the concurrent
+    unacknowledged publishes (AWS allows 100 per client).
+    """
+
+    def __init__(
+        self,
+        *,
+        thing_name: str,
+        host: str,
+        port: int,
+        outbox: Outbox,
+        router: TopicRouter,
+        rate_limiter: RateLimiter,
+        ssl_context_factory: Callable[[], ssl.SSLContext] | None,
+        keep_alive: int = 60,
+        clean_session: bool = True,
+        firmware_version: str = "unknown",
+        transport_factory: Callable[[], Transport] | None = None,
+        backoff: Backoff | None = None,
+        in_flight: int = 20,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.thing_name = thing_name
+        self._host = host
+        self._port = port
+        self._outbox = outbox
+        self._router = router
+        self._limiter = rate_limiter
+        self._ssl_context_factory = ssl_context_factory
+        self._keep_alive = keep_alive
+        self._clean_session = clean_session
+        self._firmware_version = firmware_version
+        self._transport_factory = transport_factory or (
+            lambda: AiomqttTransport(max_inflight=in_flight)
+        )
+        self._backoff = backoff or Backoff()
+        self._in_flight_limit = in_flight
+        self._connect_timeout = connect_timeout
+        self._status_topic = status_topic(thing_name)
+
+        self.state = SessionState.STOPPED
+        self.permanent_error: AncSyncError | None = None
+        self.last_error: AncSyncError | None = None
+        self._last_error_at: str | None = None
+        self.connected_since: str | None = None
+        self.attempts = 0
+        self.connections = 0
+        self._published = 0
+        self._acknowledged = 0
+        self._failed_subscriptions: set[str] = set()
+        self._subscribed: dict[str, int] = {}
+        self._in_flight: dict[int, OutgoingMessage] = {}
+        self._hooks: list[ConnectHook] = []
+        self._listeners: list[MemoryObjectSendStream[ConnectionEvent]] = []
+        self._changed = anyio.Event()
+        self._subscriptions_changed = anyio.Event()
+        self._stop_requested = anyio.Event()
+        self._stopped = anyio.Event()
+        self._acked = anyio.Event()
+        self._flush_deadline = 0.0
+        self._session_id = new_id()
+
+    # --- what components use -------------------------------------------------------------
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until connected. Raises :attr:`permanent_error` at once if there is one, and
+        :class:`~ancsync.errors.ConnectTimeout` (naming the last error) after ``timeout``."""
+        # A timeout parameter (not the caller's cancel scope) so we can say why it timed out.
+        with anyio.move_on_after(timeout):
+            while self.state is not SessionState.CONNECTED:
+                if self.permanent_error is not None:
+                    raise self.permanent_error
+                await self._changed.wait()
+            return
+        last = f"; last error: {self.last_error}" if self.last_error else ""
+        raise ConnectTimeout(
+            f"not connected to {self._host}:{self._port} within {timeout} s{last}"
+        ) from self.last_error
+
+    def events(self, buffer: int = 100) -> MemoryObjectReceiveStream[ConnectionEvent]:
+        """A stream of :class:`ConnectionEvent`, from now on. Close it when done.
+
+        Use ``with session.events() as events: async for event in events: ...``. A listener
+        that falls ``buffer`` events behind misses the newer ones (the session never waits).
+        """
+        send, receive = anyio.create_memory_object_stream[ConnectionEvent](buffer)
+        self._listeners.append(send)
+        return receive
+
+    def add_connect_hook(self, hook: ConnectHook) -> Callable[[], None]:
+        """Run ``await hook()`` after every successful connect; returns a function to remove it.
+
+        Hooks start once subscriptions are made and status "online" is out, concurrently with
+        the publishing of queued messages (so a hook may publish and await delivery). A hook is
+        cancelled if the connection drops while it runs, and runs again after the next connect.
+        An exception from a hook is logged and does not affect the connection.
+        """
+        self._hooks.append(hook)
+
+        def remove() -> None:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+
+        return remove
+
+    def subscriptions_changed(self) -> None:
+        """Tell the session the router's filters changed (subscribe or unsubscribe now)."""
+        self._subscriptions_changed.set()
+
+    def status(self) -> dict[str, Any]:
+        """The connection part of ``get_status()``, JSON-serialisable."""
+        error = self.last_error
+        return {
+            "state": self.state.value,
+            "connected_since": self.connected_since,
+            "connect_attempts": self.attempts,
+            "reconnect_count": max(0, self.connections - 1),
+            "last_error": None
+            if error is None
+            else {
+                "type": type(error).__name__,
+                "message": str(error),
+                "permanent": error is self.permanent_error,
+                "at": self._last_error_at,
+            },
+            "subscriptions": len(self._subscribed),
+            "failed_subscriptions": sorted(self._failed_subscriptions),
+            "in_flight": len(self._in_flight),
+            "published": self._published,
+            "acknowledged": self._acknowledged,
+        }
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect, until :meth:`stop` or cancellation."""
+        try:
+            while not self._stop_requested.is_set():
+                error = await self._connect_and_serve()
+                if self._stop_requested.is_set():
+                    self._emit(ConnectionEvent("disconnected", self.attempts, error))
+                    break
+                delay = self._backoff.next_delay(permanent=error is self.permanent_error)
+                self._set_state(SessionState.WAITING)
+                self._emit(ConnectionEvent("disconnected", self.attempts, error, delay))
+                log.info("next connect attempt in %.2f s", delay)
+                with anyio.move_on_after(delay):
+                    await self._stop_requested.wait()
+        finally:
+            self._set_state(SessionState.STOPPED)
+            for listener in self._listeners:
+                listener.close()
+            self._stopped.set()
+
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        """Flush queued messages for up to ``flush_timeout`` s, publish status "offline",
+        disconnect cleanly and return once :meth:`run` has ended.
+
+        Not connected: nothing can be flushed; :meth:`run` ends at once. The caller cancels
+        :meth:`run` if this takes too long (it is bounded by the flush and connect timeouts).
+        """
+        self._flush_deadline = anyio.current_time() + flush_timeout
+        self._stop_requested.set()
+        await self._stopped.wait()
+
+    async def _connect_and_serve(self) -> AncSyncError:
+        """One attempt: connect and serve until the connection ends; return why it ended."""
+        self.attempts += 1
+        self._set_state(SessionState.CONNECTING)
+        self._emit(ConnectionEvent("connecting", self.attempts))
+        self._session_id = new_id()
+        transport = self._transport_factory()
+        try:
+            # Bounded by connect_timeout; not cancelled by stop() (see AiomqttTransport.connect).
+            await transport.connect(self._options())
+        except (ConnectError, ConfigError) as exc:
+            await transport.close()
+            return self._failed(exc)
+        log.info("connected to %s:%d as %s", self._host, self._port, self.thing_name)
+        try:
+            return await self._serve(transport)
+        finally:
+            self._backoff.disconnected()
+            self.connected_since = None
+            for message in self._in_flight.values():
+                self._outbox.requeue(message)
+            self._in_flight.clear()
+            await transport.close()
+
+    def _options(self) -> ConnectOptions:
+        context = self._ssl_context_factory() if self._ssl_context_factory else None
+        return ConnectOptions(
+            host=self._host,
+            port=self._port,
+            client_id=self.thing_name,
+            keep_alive=self._keep_alive,
+            ssl_context=context,
+            clean_session=self._clean_session,
+            will=Will(self._status_topic, self._status_payload("offline"), qos=1, retain=True),
+            connect_timeout=self._connect_timeout,
+        )
+
+    def _status_payload(self, status: Literal["online", "offline"]) -> bytes:
+        return encode(
+            DeviceStatus(
+                device_id=self.thing_name,
+                status=status,
+                firmware_version=self._firmware_version,
+                session_id=self._session_id,
+                timestamp=utc_now(),
+            ),
+            what="status",
+        )
+
+    def _failed(self, error: AncSyncError) -> AncSyncError:
+        self.last_error = error
+        self._last_error_at = utc_now()
+        permanent = isinstance(error, ConfigError) or getattr(error, "permanent", False)
+        if permanent:
+            self.permanent_error = error
+            log.error("cannot connect (retrying cannot fix this): %s", error)
+        else:
+            log.warning("connection failed: %s", error)
+        self._changed.set()
+        self._changed = anyio.Event()
+        return error
+
+    async def _serve(self, transport: Transport) -> AncSyncError:
+        self._subscribed = {}
+        self._failed_subscriptions.clear()
+        try:
+            await self._sync_subscriptions(transport)
+            await transport.publish(self._status_topic, self._status_payload("online"), 1, True)
+        except ConnectError as exc:
+            return self._failed(exc)
+
+        self.connections += 1
+        self.connected_since = datetime.now(UTC).isoformat(timespec="seconds")
+        self.permanent_error = None
+        self._backoff.connected()
+        self._set_state(SessionState.CONNECTED)
+        self._emit(ConnectionEvent("connected", self.attempts))
+
+        lost: list[AncSyncError] = []
+        async with anyio.create_task_group() as tg:
+            # Every task of the connection runs under this guard: the first failure ends the
+            # connection (cancelling the others) and is kept as the reason.
+            async def guard(work: Callable[[], Awaitable[None]], what: str) -> None:
+                try:
+                    await work()
+                    return
+                except ConnectError as exc:
+                    lost.append(exc)
+                except Exception as exc:  # a bug must not end the device's connection loop
+                    log.exception("%s failed; reconnecting", what)
+                    lost.append(ConnectError(f"{what} failed: {exc!r}"))
+                tg.cancel_scope.cancel()
+
+            def publish(message: OutgoingMessage, window: anyio.Semaphore) -> None:
+                tg.start_soon(
+                    guard, lambda: self._publish_one(transport, message, window), "publish"
+                )
+
+            tg.start_soon(guard, lambda: self._read(transport), "reader")
+            tg.start_soon(guard, lambda: self._write(publish), "writer")
+            tg.start_soon(guard, lambda: self._follow_subscriptions(transport), "subscriber")
+            tg.start_soon(guard, lambda: self._stop_when_asked(transport), "stop")
+            for hook in list(self._hooks):
+                tg.start_soon(self._run_hook, hook)
+        if self._stop_requested.is_set():
+            return ConnectError("stopped")
+        return self._failed(lost[0] if lost else ConnectError("connection ended"))
+
+    async def _read(self, transport: Transport) -> None:
+        async for message in transport.messages():
+            self._router.dispatch(message.topic, message.payload)
+        raise ConnectError("connection lost: the broker closed it")
+
+    async def _write(self, publish: Callable[[OutgoingMessage, anyio.Semaphore], None]) -> None:
+        window = anyio.Semaphore(self._in_flight_limit)
+        while True:
+            await window.acquire()
+            message = await self._outbox.get()
+            # Tracked from here on: whatever happens next, a loss puts it back in the outbox.
+            self._in_flight[id(message)] = message
+            await self._limiter.acquire(len(message.payload))
+            self._published += 1
+            # Concurrent publishes keep up to `in_flight` messages awaiting PUBACK. They start
+            # in order and paho writes each at once, so the wire order is the outbox order.
+            publish(message, window)
+
+    async def _publish_one(
+        self, transport: Transport, message: OutgoingMessage, window: anyio.Semaphore
+    ) -> None:
+        try:
+            await transport.publish(message.topic, message.payload, message.qos, message.retain)
+        finally:
+            window.release()
+        del self._in_flight[id(message)]
+        self._acknowledged += 1
+        message.handle.resolve()
+        self._acked.set()
+        self._acked = anyio.Event()
+
+    async def _follow_subscriptions(self, transport: Transport) -> None:
+        while True:
+            await self._subscriptions_changed.wait()
+            self._subscriptions_changed = anyio.Event()
+            await self._sync_subscriptions(transport)
+
+    async def _sync_subscriptions(self, transport: Transport) -> None:
+        wanted = self._router.filters()
+        new = [f for f in wanted if f not in self._subscribed]
+        gone = [f for f in self._subscribed if f not in wanted]
+        # AWS IoT takes at most 8 filters per SUBSCRIBE.
+        for chunk in _chunks(new, MAX_FILTERS_PER_SUBSCRIBE):
+            codes = await transport.subscribe([(f, 1) for f in chunk])
+            for topic_filter, code in zip(chunk, codes, strict=True):
+                self._subscribed[topic_filter] = code
+                if code == SUBSCRIBE_FAILURE:
+                    self._failed_subscriptions.add(topic_filter)
+                    log.error(
+                        "the broker refused the subscription to %s; check the device policy "
+                        "allows iot:Subscribe on topicfilter/%s",
+                        topic_filter,
+                        topic_filter,
+                    )
+        for chunk in _chunks(gone, MAX_FILTERS_PER_SUBSCRIBE):
+            await transport.unsubscribe(chunk)
+            for topic_filter in chunk:
+                del self._subscribed[topic_filter]
+                self._failed_subscriptions.discard(topic_filter)
+
+    async def _run_hook(self, hook: ConnectHook) -> None:
+        try:
+            await hook()
+        except Exception:
+            log.exception("connect hook %r raised; the connection is not affected", hook)
+
+    async def _stop_when_asked(self, transport: Transport) -> None:
+        await self._stop_requested.wait()
+        # Flush: the writer drains the outbox until it is empty or the deadline passes.
+        with anyio.move_on_after(max(0.0, self._flush_deadline - anyio.current_time())):
+            while self._in_flight or any(d["messages"] for d in self._outbox.depth().values()):
+                await self._acked.wait()
+        with anyio.move_on_after(self._connect_timeout):
+            await transport.publish(self._status_topic, self._status_payload("offline"), 1, True)
+        raise ConnectError("stopped")
+
+    # --- state and events -------------------------------------------------------------------
+
+    def _set_state(self, state: SessionState) -> None:
+        self.state = state
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _emit(self, event: ConnectionEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener.send_nowait(event)
+            except anyio.WouldBlock:
+                log.debug("a connection-event listener is full; it misses %s", event.kind)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._listeners.remove(listener)

@@ -1,0 +1,414 @@
+"""The transport seam: the few MQTT operations the session needs, and their aiomqtt implementation.
+
+The session talks to the broker only through :class:`Transport` (connect, publish, subscribe,
+unsubscribe, messages, close), one instance per connection attempt. :class:`AiomqttTransport` is
+the real one; :class:`FakeTransport` is an in-memory stand-in for unit tests of the session.
+
+Every aiomqtt, paho and ssl exception is translated into an :mod:`ancsync.errors` class here and
+nowhere else: :class:`~ancsync.errors.TLSError` and :class:`~ancsync.errors.NotAuthorized` (retrying
+cannot help), or :class:`~ancsync.errors.ConnectError` (the network; retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiomqtt
+import anyio
+import anyio.lowlevel
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ancsync.errors import ConnectError, NotAuthorized, TLSError
+
+__all__ = [
+    "SUBSCRIBE_FAILURE",
+    "AiomqttTransport",
+    "ConnectOptions",
+    "FakeBroker",
+    "FakeTransport",
+    "IncomingMessage",
+    "Transport",
+    "Will",
+]
+
+log = logging.getLogger("ancsync.mqtt.transport")
+
+#: The SUBACK return code of a refused subscription (MQTT 3.1.1).
+SUBSCRIBE_FAILURE = 0x80
+
+
+@dataclass(frozen=True)
+class Will:
+    """The last will: published by the broker when the connection dies without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """Everything one connect attempt needs. ``ssl_context=None`` means plaintext MQTT."""
+
+    host: str
+    port: int
+    client_id: str
+    keep_alive: int
+    ssl_context: ssl.SSLContext | None
+    clean_session: bool = True
+    will: Will | None = None
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A PUBLISH received from the broker."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Transport(Protocol):
+    """One MQTT connection. Every method raises :class:`~ancsync.errors.ConnectError` (or a
+    subclass) when the connection fails or is lost; none raises a backend exception."""
+
+    async def connect(self, options: ConnectOptions) -> None:
+        """Connect and wait for a successful CONNACK."""
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish; for QoS 1 return once the PUBACK arrived."""
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        """One SUBSCRIBE; returns the granted QoS or :data:`SUBSCRIBE_FAILURE` per filter."""
+        ...
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        """One UNSUBSCRIBE for ``filters``."""
+
+    def messages(self) -> AsyncIterator[IncomingMessage]:
+        """Incoming messages, until the connection is lost (then ``ConnectError``)."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect cleanly if still connected; never raises. Safe to call twice."""
+
+
+# --- error mapping (the one place) ---------------------------------------------------------
+
+_NOT_AUTHORIZED = {"Not authorized", "Bad user name or password"}
+# OpenSSL reasons that mean "a certificate was refused", as opposed to a broken network.
+_CERTIFICATE_REASONS = ("CERTIFICATE", "UNKNOWN_CA", "BAD_CERT", "HANDSHAKE_FAILURE")
+
+
+def _refused(code: int | ReasonCode | None, host: str) -> ConnectError:
+    name = code.getName() if isinstance(code, ReasonCode) else str(code)
+    if name in _NOT_AUTHORIZED:
+        return NotAuthorized(
+            f"the broker at {host} refused the connection: {name}. Check that the certificate "
+            "is active, attached to the thing, and has a policy allowing iot:Connect for this "
+            "client id (the thing name)"
+        )
+    error = ConnectError(f"the broker at {host} refused the connection: {name}")
+    error.permanent = name in {"Client identifier not valid", "Unsupported protocol version"}
+    return error
+
+
+def _connect_failure(exc: BaseException, host: str, port: int) -> ConnectError:
+    """Translate what aiomqtt raised from a connect into an ancsync error."""
+    if isinstance(exc, MqttConnectError):
+        return _refused(exc.rc, host)
+    # aiomqtt raises MqttError(str(exc)) from None: the original is still in __context__.
+    cause = exc.__context__ if isinstance(exc, aiomqtt.MqttError) and exc.__context__ else exc
+    where = f"{host}:{port}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return TLSError(
+            f"the server certificate of {where} failed verification ({cause.verify_message}); "
+            "check root_ca_path (AmazonRootCA1.pem for AWS IoT, the emulator's ca.pem locally) "
+            "and that the endpoint is the host name the certificate was issued for"
+        )
+    if isinstance(cause, ssl.SSLError) and any(
+        part in (cause.reason or "") for part in _CERTIFICATE_REASONS
+    ):
+        return TLSError(
+            f"the TLS handshake with {where} failed: the broker refused the client certificate "
+            f"({cause.reason}); check that cert_path is a certificate registered and active in "
+            "AWS IoT (or issued by the emulator's CA)"
+        )
+    if isinstance(cause, socket.gaierror):
+        return ConnectError(f"cannot resolve {host} ({cause.strerror}); check the endpoint")
+    if isinstance(cause, ConnectionRefusedError):
+        return ConnectError(f"{where} refused the TCP connection; is the broker running?")
+    if isinstance(cause, OSError | TimeoutError):
+        return ConnectError(f"cannot connect to {where}: {cause}")
+    return ConnectError(f"cannot connect to {where}: {exc}")
+
+
+def _lost(exc: BaseException) -> ConnectError:
+    cause = exc.__cause__ or exc.__context__
+    return ConnectError(f"connection lost: {cause or exc}")
+
+
+# --- the aiomqtt implementation ------------------------------------------------------------
+
+
+class AiomqttTransport:
+    """A :class:`Transport` on an :class:`aiomqtt.Client` (one client per connection).
+
+    ``max_inflight`` bounds the QoS 1 messages paho has on the wire awaiting PUBACK (AWS allows
+    100); the session keeps its own window at most this size.
+    """
+
+    def __init__(self, *, max_inflight: int = 20) -> None:
+        self._max_inflight = max_inflight
+        self._client: aiomqtt.Client | None = None
+        self._keep_alive = 0
+        self._watchdog: asyncio.Task[None] | None = None
+        self._dead_reason: str | None = None
+
+    async def connect(self, options: ConnectOptions) -> None:
+        will = None
+        if options.will is not None:
+            w = options.will
+            will = aiomqtt.Will(w.topic, w.payload, w.qos, w.retain)
+        client = aiomqtt.Client(
+            options.host,
+            options.port,
+            identifier=options.client_id,
+            keepalive=options.keep_alive,
+            clean_session=options.clean_session,
+            will=will,
+            tls_context=options.ssl_context,
+            timeout=options.connect_timeout,
+            max_inflight_messages=self._max_inflight,
+            logger=logging.getLogger("ancsync.mqtt.paho"),
+        )
+        # aiomqtt warns above 10 pending calls; a full in-flight window is normal here.
+        client.pending_calls_threshold = self._max_inflight + 10
+        # Bounds the TCP connect and TLS handshake, which aiomqtt runs in a worker thread.
+        client._client.connect_timeout = options.connect_timeout
+        try:
+            # Shielded: a cancelled connect would leave that thread to finish the connection
+            # unseen, and a stray connection with our client id would kick the next one off.
+            # The timeouts above bound the wait.
+            with anyio.CancelScope(shield=True):
+                await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise _connect_failure(exc, options.host, options.port) from exc
+        self._client = client
+        self._keep_alive = options.keep_alive
+        if options.keep_alive > 0:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_keepalive())
+
+    def _connected_client(self) -> aiomqtt.Client:
+        if self._client is None:
+            raise ConnectError("not connected")
+        return self._client
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        client = self._connected_client()
+        try:
+            # No timeout: a missing PUBACK means a dead link, which the keep-alive detects.
+            await client.publish(topic, payload, qos, retain, timeout=math.inf)
+        except aiomqtt.MqttError as exc:
+            raise _lost(exc) from exc
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        client = self._connected_client()
+        try:
+            codes = await client.subscribe(list(filters))
+        except aiomqtt.MqttError as exc:
+            raise _lost(exc) from exc
+        return [code.value if isinstance(code, ReasonCode) else int(code) for code in codes]
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        client = self._connected_client()
+        try:
+            await client.unsubscribe(list(filters))
+        except aiomqtt.MqttError as exc:
+            raise _lost(exc) from exc
+
+    async def messages(self) -> AsyncIterator[IncomingMessage]:
+        client = self._connected_client()
+        try:
+            async for message in client.messages:
+                payload = message.payload
+                yield IncomingMessage(
+                    topic=message.topic.value,
+                    payload=payload if isinstance(payload, bytes) else str(payload).encode(),
+                    qos=message.qos,
+                    retain=message.retain,
+                )
+        except aiomqtt.MqttError as exc:
+            if self._dead_reason is not None:
+                raise ConnectError(f"connection lost: {self._dead_reason}") from exc
+            raise _lost(exc) from exc
+        raise ConnectError("connection lost: the broker closed it")
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        client, self._client = self._client, None
+        if client is None:
+            return
+        with anyio.CancelScope(shield=True), contextlib.suppress(aiomqtt.MqttError, OSError):
+            # A dead link cannot carry the DISCONNECT: cut the socket instead of waiting.
+            if self._dead_reason is not None:
+                self._abort(client)
+            await client.__aexit__(None, None, None)
+
+    async def _watch_keepalive(self) -> None:
+        """Declare the link dead when a PINGREQ goes unanswered for half the keep-alive.
+
+        paho sends a PINGREQ after a keep-alive without traffic but only gives up one more
+        keep-alive later (about 2x); AWS IoT drops a silent client at 1.5x, and a half-open link
+        (a NAT that forgot us, a swallowing proxy) would stall publishes that long. Calling
+        paho's public ``loop_misc`` more often than aiomqtt's once-a-second also sends the
+        PINGREQ on time. ``_ping_t`` (when the PINGREQ went out) is paho-private, read here only.
+        """
+        assert self._client is not None
+        paho = self._client._client
+        tick = min(1.0, self._keep_alive / 8)
+        while True:
+            await asyncio.sleep(tick)
+            paho.loop_misc()
+            ping_sent: float = getattr(paho, "_ping_t", 0.0)
+            if ping_sent and time.monotonic() - ping_sent >= self._keep_alive / 2:
+                self._dead_reason = (
+                    f"no answer to a keep-alive ping within {self._keep_alive / 2:g} s "
+                    f"(keep-alive {self._keep_alive} s): the link is half-open"
+                )
+                log.warning("%s; reconnecting", self._dead_reason)
+                self._abort(self._client)
+                return
+
+    @staticmethod
+    def _abort(client: aiomqtt.Client) -> None:
+        # Shutting the socket down makes paho's reader see EOF and report the loss the normal
+        # way (the messages iterator raises), with no DISCONNECT sent: the will still fires.
+        sock = client._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+# --- the in-memory fake for unit tests -----------------------------------------------------
+
+
+@dataclass
+class FakeBroker:
+    """The state behind :class:`FakeTransport` instances, which a unit test scripts and reads.
+
+    - ``connect_errors``: raised by the next connects, in order (then connects succeed).
+    - ``auto_ack``: when false, QoS 1 publishes wait until :meth:`ack` is called.
+    - ``published``: every publish that completed, in order, as ``(topic, payload, qos, retain)``.
+    - ``suback``: granted code per filter (default: the requested QoS); ``SUBSCRIBE_FAILURE``
+      refuses one.
+    """
+
+    connect_errors: list[ConnectError] = field(default_factory=list)
+    auto_ack: bool = True
+    published: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
+    subscribed: list[str] = field(default_factory=list)
+    suback: dict[str, int] = field(default_factory=dict)
+    connects: list[ConnectOptions] = field(default_factory=list)
+    current: FakeTransport | None = None
+
+    def transport(self) -> FakeTransport:
+        """A transport factory for the session (one transport per connect attempt)."""
+        return FakeTransport(self)
+
+    def ack(self) -> None:
+        """Acknowledge every QoS 1 publish waiting for its PUBACK (with ``auto_ack`` off)."""
+        if self.current is not None:
+            self.current._release()
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        """Hand an incoming message to the connected transport."""
+        if self.current is None:
+            raise ConnectError("fake broker: no connection to deliver to")
+        self.current._incoming_send.send_nowait(IncomingMessage(topic, payload, 1, False))
+
+    def drop(self, reason: str = "fake link dropped") -> None:
+        """Lose the current connection, as a network failure would."""
+        if self.current is not None:
+            self.current._lose(reason)
+
+
+class FakeTransport:
+    """An in-memory :class:`Transport` driven by a :class:`FakeBroker`. For unit tests only."""
+
+    def __init__(self, broker: FakeBroker) -> None:
+        self._broker = broker
+        self._reason: str | None = None
+        self._released = anyio.Event()
+        self._incoming_send, self._incoming = anyio.create_memory_object_stream[IncomingMessage](
+            100
+        )
+
+    def _release(self) -> None:
+        # Waiters hold the old event; new publishes wait for the next ack.
+        self._released.set()
+        self._released = anyio.Event()
+
+    def _lose(self, reason: str) -> None:
+        if self._reason is None:
+            self._reason = reason
+            self._incoming_send.close()
+            self._release()
+            if self._broker.current is self:
+                self._broker.current = None
+
+    def _check(self) -> None:
+        if self._reason is not None:
+            raise ConnectError(f"connection lost: {self._reason}")
+
+    async def connect(self, options: ConnectOptions) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._broker.connects.append(options)
+        if self._broker.connect_errors:
+            raise self._broker.connect_errors.pop(0)
+        self._broker.current = self
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self._check()
+        if qos and not self._broker.auto_ack:
+            await self._released.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        self._check()
+        self._broker.published.append((topic, payload, qos, retain))
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        self._check()
+        await anyio.lowlevel.checkpoint()
+        self._broker.subscribed.extend(f for f, _ in filters)
+        return [self._broker.suback.get(f, qos) for f, qos in filters]
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        self._check()
+        await anyio.lowlevel.checkpoint()
+        for f in filters:
+            self._broker.subscribed.remove(f)
+
+    async def messages(self) -> AsyncIterator[IncomingMessage]:
+        async for message in self._incoming:
+            yield message
+        self._check()
+
+    async def close(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._lose("closed by the client")
