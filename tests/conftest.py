@@ -1,3 +1,37 @@
 """Fixtures shared by every test directory."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from helpers import MosquittoBroker, running_mosquitto
+
+from ancsync.emulator.broker import EmbeddedBroker
+from ancsync.emulator.certs import DevCerts, ensure_dev_certs
+
+TEST_THINGS = ("anc-device-001", "anc-device-002")
+
+
+@pytest.fixture
+def dev_certs(tmp_path: Path) -> DevCerts:
+    """A fresh dev CA with server, operator and two device certificates (TEST_THINGS)."""
+    return ensure_dev_certs(tmp_path / "certs", TEST_THINGS)
+
+
+@pytest.fixture
+async def tls_broker(dev_certs: DevCerts) -> AsyncIterator[EmbeddedBroker]:
+    """A running embedded broker: TLS with client certificates required, plus a plain port."""
+    async with EmbeddedBroker(dev_certs, plain_port=0) as broker:
+        yield broker
+
+
+@pytest.fixture
+def mosquitto_broker(dev_certs: DevCerts, tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """mosquitto (apt) as a subprocess with the dev certificates; mark tests ``mosquitto``.
+
+    ``.port`` is TLS (client certificate required, CN used as username), ``.plain_port`` plain.
+    """
+    with running_mosquitto(dev_certs, tmp_path / "mosquitto") as broker:
+        yield broker

@@ -1,0 +1,170 @@
+"""Helpers for tests that talk to a real broker: TLS contexts and aiomqtt clients per identity.
+
+Import them as ``from helpers import mqtt_client`` (pytest puts ``tests/`` on ``sys.path``
+because ``tests/conftest.py`` lives there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from ancsync.emulator.certs import CertPair, DevCerts
+
+HOST = "127.0.0.1"
+
+
+def client_tls_context(ca: Path, pair: CertPair | None) -> ssl.SSLContext:
+    """A client TLS context trusting ``ca`` and presenting ``pair`` (None: no certificate)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if pair is not None:
+        context.load_cert_chain(pair.cert, pair.key)
+    return context
+
+
+def mqtt_client(
+    port: int,
+    certs: DevCerts,
+    pair: CertPair | None,
+    client_id: str,
+    *,
+    ca: Path | None = None,
+    timeout: float = 5,
+    **kwargs: Any,
+) -> aiomqtt.Client:
+    """An (unconnected) aiomqtt client for ``pair`` over TLS to ``127.0.0.1:port``.
+
+    ``ca`` overrides the trusted CA (default: the dev CA); other keyword arguments go to
+    :class:`aiomqtt.Client` (``clean_session``, ``will``, ``keepalive``...).
+    """
+    return aiomqtt.Client(
+        HOST,
+        port,
+        identifier=client_id,
+        tls_context=client_tls_context(ca or certs.ca, pair),
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def plain_mqtt_client(
+    port: int, client_id: str, *, timeout: float = 5, **kwargs: Any
+) -> aiomqtt.Client:
+    """An (unconnected) aiomqtt client without TLS to ``127.0.0.1:port``."""
+    return aiomqtt.Client(HOST, port, identifier=client_id, timeout=timeout, **kwargs)
+
+
+@dataclass(frozen=True)
+class MosquittoBroker:
+    """A running mosquitto: ``port`` is TLS (client certificate required), ``plain_port`` not."""
+
+    port: int
+    plain_port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+_MOSQUITTO_CONFIG = """\
+per_listener_settings false
+allow_anonymous true
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+user {user}
+
+listener {port} 127.0.0.1
+cafile {ca}
+certfile {cert}
+keyfile {key}
+require_certificate true
+use_identity_as_username true
+tls_version tlsv1.2
+
+listener {plain_port} 127.0.0.1
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _start_mosquitto(binary: str, certs: DevCerts, workdir: Path) -> MosquittoBroker | None:
+    """Start mosquitto on two free ports; None if it lost a race for a port (try again)."""
+    port, plain_port = _free_port(), _free_port()
+    config = workdir / "mosquitto.conf"
+    config.write_text(
+        _MOSQUITTO_CONFIG.format(
+            user=getpass.getuser(),
+            port=port,
+            plain_port=plain_port,
+            ca=certs.ca,
+            cert=certs.server.cert,
+            key=certs.server.key,
+        )
+    )
+    log = workdir / "mosquitto.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [binary, "-c", str(config)], stdout=log_file, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = log.read_text(errors="replace")
+            if "Address already in use" in output:
+                return None
+            pytest.fail(f"mosquitto exited with {process.returncode}:\n{output}")
+        if _accepts(port) and _accepts(plain_port):
+            return MosquittoBroker(port, plain_port, process, log)
+        time.sleep(0.02)  # polling for readiness, bounded by the deadline
+    process.kill()
+    process.wait()
+    pytest.fail(f"mosquitto did not listen within 10 s:\n{log.read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def running_mosquitto(certs: DevCerts, workdir: Path) -> Iterator[MosquittoBroker]:
+    """Run mosquitto with ``certs`` on two free loopback ports until the block exits."""
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+    if binary is None:
+        pytest.fail("mosquitto is not installed: `apt-get install mosquitto` (.ci/run does it)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(5):
+        broker = _start_mosquitto(binary, certs, workdir)
+        if broker is not None:
+            break
+    else:
+        pytest.fail("mosquitto could not bind a free port in 5 attempts")
+    try:
+        yield broker
+    finally:
+        broker.process.terminate()
+        try:
+            broker.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            broker.process.kill()
+            broker.process.wait()

@@ -1,0 +1,330 @@
+"""The embedded broker (and mosquitto where relevant) over real TLS sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import anyio
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from helpers import HOST, MosquittoBroker, mqtt_client, plain_mqtt_client, running_mosquitto
+
+from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker
+from ancsync.emulator.certs import CertPair, DevCerts, generate_ca, issue_certificate, write_pair
+from ancsync.errors import ConfigError
+
+DEVICE = "anc-device-001"
+OTHER_DEVICE = "anc-device-002"
+TIMEOUT = 5
+SUBACK_FAILURE = 0x80
+
+
+@pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+async def any_broker(
+    request: pytest.FixtureRequest, dev_certs: DevCerts, tmp_path: Path
+) -> AsyncIterator[EmbeddedBroker | MosquittoBroker]:
+    """The embedded broker, then mosquitto with the same certificates."""
+    if request.param == "amqtt":
+        async with EmbeddedBroker(dev_certs, plain_port=0) as broker:
+            yield broker
+    else:
+        with running_mosquitto(dev_certs, tmp_path / "mosquitto") as mosquitto:
+            yield mosquitto
+
+
+async def next_message(client: aiomqtt.Client) -> aiomqtt.Message:
+    return await anext(aiter(client.messages))
+
+
+class Recorder:
+    """Collects what a reserved-topic handler or publish listener is given, in order."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = anyio.create_memory_object_stream[
+            tuple[ClientIdentity, str, bytes]
+        ](100)
+
+    async def __call__(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
+        await self.send.send((identity, topic, payload))
+
+
+# -- connecting with certificates ---------------------------------------------------------------
+
+
+async def test_device_publishes_json_and_receives_it_back(
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+) -> None:
+    topic = f"anc/devices/{DEVICE}/status"
+    document = {"device_id": DEVICE, "status": "online", "firmware_version": "1.2.3"}
+    with anyio.fail_after(TIMEOUT):
+        async with mqtt_client(
+            any_broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE
+        ) as client:
+            await client.subscribe(topic, qos=1)
+            await client.publish(topic, orjson.dumps(document), qos=1)
+            message = await next_message(client)
+    assert message.topic.value == topic
+    assert isinstance(message.payload, bytes)
+    assert orjson.loads(message.payload) == document
+
+
+def _foreign_pair(tmp_path: Path) -> tuple[Path, CertPair]:
+    """A CA unrelated to the dev CA, and a certificate it issued with a valid device name."""
+    ca_cert, ca_key = generate_ca("some other CA")
+    ca_file = tmp_path / "other-ca.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    pair = write_pair(tmp_path / "foreign", *issue_certificate((ca_cert, ca_key), DEVICE))
+    return ca_file, pair
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no client certificate", "SSL"),
+        ("certificate from another CA", "SSL"),
+        ("client trusts another CA", "CERTIFICATE_VERIFY_FAILED"),
+    ],
+)
+async def test_bad_certificates_are_refused_at_once_with_a_tls_error(
+    any_broker: EmbeddedBroker | MosquittoBroker,
+    dev_certs: DevCerts,
+    tmp_path: Path,
+    case: str,
+    expected: str,
+) -> None:
+    foreign_ca, foreign_pair = _foreign_pair(tmp_path)
+    pair: CertPair | None = {
+        "no client certificate": None,
+        "certificate from another CA": foreign_pair,
+        "client trusts another CA": dev_certs.device(DEVICE),
+    }[case]
+    ca = foreign_ca if case == "client trusts another CA" else dev_certs.ca
+    client = mqtt_client(any_broker.port, dev_certs, pair, DEVICE, ca=ca, timeout=TIMEOUT)
+    if isinstance(any_broker, MosquittoBroker):
+        # mosquitto 2.0's `tls_version` is only a minimum; with TLS 1.3 a refused client
+        # certificate reaches the client after its handshake, and aiomqtt shows only a timeout.
+        client._client._ssl_context.maximum_version = ssl.TLSVersion.TLSv1_2  # type: ignore[union-attr]
+    started = time.monotonic()
+    with anyio.fail_after(TIMEOUT + 1), pytest.raises(aiomqtt.MqttError) as refused:
+        async with client:
+            pass
+    assert expected in str(refused.value)
+    assert "timed out" not in str(refused.value)
+    assert time.monotonic() - started < 1, "the refusal must not be a timeout"
+
+
+def _connect_packet(client_id: str) -> bytes:
+    """A plain MQTT 3.1.1 CONNECT packet (clean session, keep-alive 60)."""
+    identifier = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(identifier).to_bytes(2, "big") + identifier
+    return bytes([0x10, len(body)]) + body
+
+
+async def test_plain_mqtt_to_the_tls_port_gets_no_connack(
+    any_broker: EmbeddedBroker | MosquittoBroker,
+) -> None:
+    received = b""
+    with anyio.fail_after(TIMEOUT):
+        async with await anyio.connect_tcp(HOST, any_broker.port) as stream:
+            await stream.send(_connect_packet(DEVICE))
+            try:
+                while True:
+                    received += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+                pass  # the server closed the connection: what we expect
+    # at most a TLS alert record (content type 0x15), never an MQTT CONNACK (0x20)
+    assert not received.startswith(b"\x20")
+
+
+# -- embedded broker only -----------------------------------------------------------------------
+
+
+async def test_plain_listener_serves_loopback_clients_without_a_certificate(
+    tls_broker: EmbeddedBroker,
+) -> None:
+    recorder = Recorder()
+    tls_broker.add_publish_listener(recorder)
+    assert tls_broker.plain_port is not None
+    with anyio.fail_after(TIMEOUT):
+        async with plain_mqtt_client(tls_broker.plain_port, "local-tool") as client:
+            await client.subscribe("demo/#")
+            await client.publish("demo/x", b"hello")
+            message = await next_message(client)
+            identity, topic, payload = await recorder.receive.receive()
+    assert message.payload == b"hello"
+    assert (identity, topic, payload) == (ClientIdentity("local-tool", None), "demo/x", b"hello")
+
+
+async def test_an_empty_client_id_is_refused(
+    tls_broker: EmbeddedBroker, dev_certs: DevCerts
+) -> None:
+    with anyio.fail_after(TIMEOUT), pytest.raises(aiomqtt.MqttCodeError) as refused:
+        async with mqtt_client(tls_broker.port, dev_certs, dev_certs.device(DEVICE), ""):
+            pass
+    assert "Not authorized" in str(refused.value)  # CONNACK return code 5
+    assert tls_broker.stats()["connects_denied"] == 1
+
+
+async def test_restart_on_the_same_port_after_stop(dev_certs: DevCerts) -> None:
+    device = dev_certs.device(DEVICE)
+    with anyio.fail_after(TIMEOUT):
+        first = EmbeddedBroker(dev_certs, plain_port=0)
+        await first.start()
+        port, plain_port = first.port, first.plain_port
+        async with mqtt_client(port, dev_certs, device, DEVICE) as client:
+            await client.subscribe("x/y")
+            await first.stop()
+            with pytest.raises(aiomqtt.MqttError):
+                await next_message(client)  # the stop disconnected the client
+        async with EmbeddedBroker(dev_certs, port=port, plain_port=plain_port) as second:
+            assert (second.port, second.plain_port) == (port, plain_port)
+            async with mqtt_client(port, dev_certs, device, DEVICE) as client:
+                await client.subscribe("x/y")
+                await client.publish("x/y", b"again")
+                assert (await next_message(client)).payload == b"again"
+
+
+async def test_a_taken_port_is_a_config_error(
+    tls_broker: EmbeddedBroker, dev_certs: DevCerts
+) -> None:
+    with pytest.raises(ConfigError, match=f"port {tls_broker.port}.*choose a free port"):
+        await EmbeddedBroker(dev_certs, port=tls_broker.port).start()
+
+
+async def test_shadow_requests_go_to_the_handler_and_are_not_broadcast(dev_certs: DevCerts) -> None:
+    recorder = Recorder()
+    get_topic = f"$aws/things/{DEVICE}/shadow/get"
+    accepted_topic = f"{get_topic}/accepted"
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            EmbeddedBroker(dev_certs, reserved_handler=recorder) as broker,
+            mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
+            mqtt_client(broker.port, dev_certs, dev_certs.operator, "everything") as wildcard,
+            mqtt_client(broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE) as device,
+        ):
+            await operator.subscribe(get_topic)
+            await operator.subscribe(accepted_topic)
+            await wildcard.subscribe("#")
+            await device.publish(get_topic, b'{"clientToken":"t-1"}', qos=1)
+            identity, topic, payload = await recorder.receive.receive()
+            assert identity == ClientIdentity(DEVICE, DEVICE)
+            assert (topic, payload) == (get_topic, b'{"clientToken":"t-1"}')
+
+            # the service answers; had the request been broadcast, the operator would see it first
+            await broker.publish(accepted_topic, b'{"clientToken":"t-1","state":{}}', qos=1)
+            answer = await next_message(operator)
+            assert (answer.topic.value, answer.payload) == (
+                accepted_topic,
+                b'{"clientToken":"t-1","state":{}}',
+            )
+            # `#` does not match `$` topics (MQTT-4.7.2-1): the wildcard sees only the next one
+            await device.publish(f"anc/devices/{DEVICE}/status", b"still here")
+            seen = await next_message(wildcard)
+            assert (seen.topic.value, seen.payload) == (
+                f"anc/devices/{DEVICE}/status",
+                b"still here",
+            )
+
+
+async def test_other_dollar_topics_disconnect_the_client(
+    tls_broker: EmbeddedBroker, dev_certs: DevCerts
+) -> None:
+    recorder = Recorder()
+    tls_broker.add_publish_listener(recorder)
+    with anyio.fail_after(TIMEOUT):
+        async with mqtt_client(
+            tls_broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE
+        ) as device:
+            await device.subscribe("anc/#")
+            await device.publish(f"$aws/things/{DEVICE}/jobs/get", b"{}")
+            with pytest.raises(aiomqtt.MqttError):
+                await next_message(device)
+    assert tls_broker.stats()["publishes_denied"] == 1
+    assert recorder.receive.statistics().current_buffer_used == 0
+
+
+async def test_a_failing_handler_or_listener_does_not_disconnect_the_client(
+    dev_certs: DevCerts,
+) -> None:
+    async def broken(identity: ClientIdentity, topic: str, payload: bytes) -> None:
+        raise RuntimeError("service bug")
+
+    with anyio.fail_after(TIMEOUT):
+        async with EmbeddedBroker(dev_certs, reserved_handler=broken) as broker:
+            broker.add_publish_listener(broken)
+            async with mqtt_client(
+                broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE
+            ) as device:
+                await device.subscribe("anc/#")
+                await device.publish(f"$aws/things/{DEVICE}/shadow/update", b"{}")
+                await device.publish("anc/one", b"1")
+                await device.publish("anc/two", b"2")
+                assert (await next_message(device)).payload == b"1"
+                assert (await next_message(device)).payload == b"2"
+
+
+class DenyForbidden:
+    """An authorizer for the test: nothing under `forbidden/`, and anc-device-002 is banned."""
+
+    def authorize_connect(self, identity: ClientIdentity) -> str | None:
+        return "banned for the test" if identity.common_name == OTHER_DEVICE else None
+
+    def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
+        return not topic.startswith("forbidden/")
+
+    def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
+        return not topic_filter.startswith("forbidden/")
+
+
+async def test_authorizer_decides_connect_publish_and_subscribe(dev_certs: DevCerts) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with EmbeddedBroker(dev_certs, authorizer=DenyForbidden()) as broker:
+            with pytest.raises(aiomqtt.MqttCodeError) as refused:
+                async with mqtt_client(
+                    broker.port, dev_certs, dev_certs.device(OTHER_DEVICE), OTHER_DEVICE
+                ):
+                    pass
+            assert "Not authorized" in str(refused.value)  # CONNACK return code 5
+
+            async with (
+                mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
+                mqtt_client(broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE) as device,
+            ):
+                granted = await device.subscribe([("allowed/#", 1), ("forbidden/#", 1)])
+                assert [code.value for code in granted] == [1, SUBACK_FAILURE]  # type: ignore[union-attr]
+                await operator.subscribe("#")
+                await device.publish("forbidden/x", b"dropped")
+                await device.publish("allowed/x", b"delivered")
+                first = await next_message(operator)
+                assert (first.topic.value, first.payload) == ("allowed/x", b"delivered")
+    assert broker.stats() == {"connects_denied": 1, "publishes_denied": 1, "subscribes_denied": 1}
+
+
+async def test_a_resumed_session_is_identified_by_its_new_certificate(
+    tls_broker: EmbeddedBroker, dev_certs: DevCerts
+) -> None:
+    recorder = Recorder()
+    tls_broker.add_publish_listener(recorder)
+    with anyio.fail_after(TIMEOUT):
+        for thing in (DEVICE, OTHER_DEVICE):
+            async with mqtt_client(
+                tls_broker.port,
+                dev_certs,
+                dev_certs.device(thing),
+                "shared-session",
+                clean_session=False,
+            ) as client:
+                await client.publish("who/am/i", thing.encode(), qos=1)
+                identity, _topic, payload = await recorder.receive.receive()
+            assert identity == ClientIdentity("shared-session", thing)
+            assert payload == thing.encode()
+
+
+def test_plain_mqtt_is_refused_on_a_non_loopback_host(dev_certs: DevCerts) -> None:
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        EmbeddedBroker(dev_certs, host="0.0.0.0", plain_port=0)
