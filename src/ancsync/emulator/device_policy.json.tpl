@@ -12,8 +12,12 @@
       "Effect": "Allow",
       "Action": "iot:Publish",
       "Resource": [
-        "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/*",
-        "arn:aws:iot:${region}:${account_id}:topic/anc/telemetry/$${iot:Connection.Thing.ThingName}/*",
+        "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/status",
+        "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/emergency",
+        "arn:aws:iot:${region}:${account_id}:topic/anc/telemetry/$${iot:Connection.Thing.ThingName}/anc",
+        "arn:aws:iot:${region}:${account_id}:topic/anc/telemetry/$${iot:Connection.Thing.ThingName}/audio",
+        "arn:aws:iot:${region}:${account_id}:topic/anc/telemetry/$${iot:Connection.Thing.ThingName}/system",
+        "arn:aws:iot:${region}:${account_id}:topic/anc/telemetry/$${iot:Connection.Thing.ThingName}/errors",
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/get",
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/update",
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/delete",
@@ -33,7 +37,7 @@
       "Effect": "Allow",
       "Action": "iot:Subscribe",
       "Resource": [
-        "arn:aws:iot:${region}:${account_id}:topicfilter/anc/devices/$${iot:Connection.Thing.ThingName}/*",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/anc/devices/$${iot:Connection.Thing.ThingName}/commands",
         "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/*"
       ]
     },
@@ -42,7 +46,7 @@
       "Effect": "Allow",
       "Action": "iot:Receive",
       "Resource": [
-        "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/*",
+        "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/commands",
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/*"
       ]
     }
