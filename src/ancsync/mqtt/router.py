@@ -31,7 +31,11 @@ __all__ = ["Handler", "InvalidHook", "Route", "TopicRouter"]
 logger = logging.getLogger("ancsync.mqtt.router")
 
 Handler = Callable[[str, Any], Awaitable[None] | None]
-"""``handler(topic, payload)``, async or plain; ``payload`` is the model instance or JSON value."""
+"""``handler(topic, payload)``: ``payload`` is the model instance, or the JSON value if no model.
+
+An async handler may take its time (only its own route waits); a plain function runs on the event
+loop and must return quickly.
+"""
 
 InvalidHook = Callable[[str, bytes, Exception], None]
 """``on_invalid(topic, raw_payload, error)``, called for each route that rejects a payload."""
