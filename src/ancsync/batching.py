@@ -79,19 +79,23 @@ class RecordBuffer:
         return len(self._queues[kind])
 
     def add(self, kind: TelemetryKind, data: bytes) -> bool:
-        """Queue one encoded record; return ``True`` when this makes ``kind`` due by size.
+        """Queue one encoded record; return ``True`` when the sender should look again.
+
+        That is when ``kind`` is now due by size, or when the buffer was empty (the interval
+        clock of a first record starts now).
 
         The caller checks ``len(data)`` against :attr:`max_record_bytes` first. When the bound is
         reached the oldest waiting record (of any kind) is dropped and counted.
         """
         queue = self._queues[kind]
+        was_empty = not any(self._queues.values())
         queue.append(_Record(self._order, self.clock(), data))
         self._order += 1
         self._bytes += len(data)
         self.accepted[kind] += 1
         while len(self) + self.in_flight > self.max_records and self._drop_oldest():
             pass
-        return len(queue) >= self.batch_size
+        return was_empty or len(queue) >= self.batch_size
 
     def _drop_oldest(self) -> bool:
         heads = [(queue[0].order, kind) for kind, queue in self._queues.items() if queue]

@@ -1,0 +1,418 @@
+"""TelemetryPublisher: validated metrics, batched per kind, bounded while offline.
+
+The control loop calls ``publish_anc_metrics`` (and the audio, system and error variants). Each
+call validates the record, encodes it and appends it to an in-memory buffer: no ``await``, no
+I/O, a few microseconds, connected or not. A background task (:meth:`start_publishing`) turns
+waiting records into batches on ``anc/telemetry/{id}/{kind}`` (DESIGN 4) when ``batch_size``
+records of a kind wait or the oldest has waited ``batch_interval`` seconds, and hands them to the
+connection's telemetry lane at QoS 1.
+
+Bounds and honesty (DESIGN 1.3): at most ``max_buffer_size`` records are held, counting those in
+batches that are sent but not yet acknowledged. While the broker is unreachable no new batches
+are made, so the buffer keeps the newest records; past the bound the oldest are dropped and
+counted per kind in :meth:`get_status`.
+
+Durability: with a :class:`~ancsync.mqtt.store.DurableStore` (the default when a data directory
+is configured) every batch is written to the store before it is sent and deleted on PUBACK, and
+:meth:`stop` stores what it could not send; the next start re-sends them with their original
+``msg_id``. Records still waiting in memory when the process dies are lost: that is the price of
+a ``publish_*`` call that never touches the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+from pydantic import BaseModel, ValidationError
+
+from ancsync.batching import RecordBuffer
+from ancsync.codec import MAX_PAYLOAD_BYTES, describe_errors, encode
+from ancsync.errors import AncSyncError, BufferFull, InvalidPayload, StorageError
+from ancsync.models import (
+    RECORD_MODELS,
+    AncMetrics,
+    AudioMetrics,
+    ErrorRecord,
+    SystemMetrics,
+    new_id,
+    utc_now,
+)
+from ancsync.mqtt.outbox import Lane, PublishHandle
+from ancsync.mqtt.store import DurableStore, StoredMessage
+from ancsync.topics import TELEMETRY_KINDS, TelemetryKind, telemetry_topic, validate_thing_name
+
+if TYPE_CHECKING:
+    from ancsync.connection import IoTConnection
+
+__all__ = ["TelemetryPublisher"]
+
+logger = logging.getLogger("ancsync.telemetry")
+
+# Batches sent and not yet acknowledged. Enough to keep a link busy at 100 publishes/s; small
+# enough that the outbox's telemetry lane never overflows because of this publisher.
+MAX_BATCHES_IN_FLIGHT = 8
+
+
+class TelemetryPublisher:
+    """Batch telemetry records per kind and publish them on the telemetry lane.
+
+    Use it inside the device's task group::
+
+        telemetry = TelemetryPublisher(iot, batch_size=10, batch_interval=30.0)
+        tg.start_soon(telemetry.start_publishing)
+        telemetry.publish_anc_metrics({"latency_ms": 35.2, "cancellation_db": 42.5,
+                                       "snr_improvement_db": 38.2})
+        ...
+        await telemetry.stop()  # flush within the deadline
+
+    ``device_id`` defaults to the connection's thing name. ``store`` makes batches durable
+    (``durable=False`` keeps only the ``seq`` counters in it).
+    """
+
+    def __init__(
+        self,
+        connection: IoTConnection,
+        device_id: str | None = None,
+        *,
+        batch_size: int = 10,
+        batch_interval: float = 30.0,
+        max_buffer_size: int = 1000,
+        store: DurableStore | None = None,
+        durable: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._iot = connection
+        self.device_id = validate_thing_name(device_id or connection.thing_name)
+        self._buffer = RecordBuffer(
+            batch_size=batch_size,
+            batch_interval=batch_interval,
+            max_records=max_buffer_size,
+            max_payload=MAX_PAYLOAD_BYTES,
+            clock=clock,
+        )
+        if durable and store is None:
+            raise ValueError("durable telemetry needs a store: pass store=DurableStore(...)")
+        self._store = store
+        self._durable = store is not None if durable is None else durable
+        self._topics = {kind: telemetry_topic(self.device_id, kind) for kind in TELEMETRY_KINDS}
+        self._seqs = dict.fromkeys(TELEMETRY_KINDS, 0)  # used when there is no store
+        self._running = False
+        self._stopping = False
+        # anyio primitives need a running event loop: made in start_publishing().
+        self._wakeup: anyio.Event | None = None
+        self._window: anyio.Semaphore | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._stopped: anyio.Event | None = None
+        self._delivered = dict.fromkeys(TELEMETRY_KINDS, 0)
+        self._failed = dict.fromkeys(TELEMETRY_KINDS, 0)
+        self._unsent = dict.fromkeys(TELEMETRY_KINDS, 0)
+        self._batches_sent = 0
+        self._batches_acknowledged = 0
+
+    # -- what the control loop calls: synchronous, microseconds ----------------------------------
+
+    def publish_anc_metrics(self, metrics: Mapping[str, Any] | AncMetrics) -> None:
+        """Queue ANC performance metrics (``latency_ms``, ``cancellation_db``, ...).
+
+        ``timestamp`` defaults to now. Raises :class:`~ancsync.errors.InvalidPayload` naming the
+        bad field; nothing already queued is affected.
+        """
+        self._add("anc", metrics)
+
+    def publish_audio_metrics(self, metrics: Mapping[str, Any] | AudioMetrics) -> None:
+        """Queue audio classification metrics (``noise_type``, ``confidence``, ``rms``)."""
+        self._add("audio", metrics)
+
+    def publish_system_metrics(self, metrics: Mapping[str, Any] | SystemMetrics) -> None:
+        """Queue system health metrics (``battery_level``, ``cpu_usage``, ...)."""
+        self._add("system", metrics)
+
+    def publish_error(self, error: Mapping[str, Any] | ErrorRecord) -> None:
+        """Queue an error record (``component``, ``message``, ``severity``, ``code``)."""
+        self._add("errors", error)
+
+    def _add(self, kind: TelemetryKind, record: Mapping[str, Any] | BaseModel) -> None:
+        model = RECORD_MODELS[kind]
+        if isinstance(record, model):
+            validated: BaseModel = record
+        elif isinstance(record, Mapping):
+            data = record if "timestamp" in record else {**record, "timestamp": utc_now()}
+            try:
+                validated = model.model_validate(data)
+            except ValidationError as exc:
+                raise InvalidPayload(
+                    f"{kind} telemetry record is invalid: {describe_errors(exc)}"
+                ) from None
+        else:
+            raise InvalidPayload(
+                f"{kind} telemetry takes a mapping or a {model.__name__}, "
+                f"not {type(record).__name__}"
+            )
+        encoded = encode(
+            validated, limit=self._buffer.max_record_bytes, what=f"one {kind} telemetry record"
+        )
+        if self._buffer.add(kind, encoded) and self._wakeup is not None:
+            self._wakeup.set()
+
+    # -- the background task ---------------------------------------------------------------------
+
+    async def start_publishing(self) -> None:
+        """Batch and publish until :meth:`stop` (or cancellation). Run it in a task group.
+
+        First re-sends the batches a previous run left in the durable store, in order.
+        """
+        if self._running:
+            raise RuntimeError("start_publishing() is already running")
+        self._running, self._stopping = True, False
+        self._wakeup, self._stopped = anyio.Event(), anyio.Event()
+        self._window = anyio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        try:
+            with anyio.CancelScope() as self._scope:
+                async with anyio.create_task_group() as watchers:
+                    await self._resend_stored(watchers)
+                    await self._batch_until_stopped(watchers)
+                    await self._wait_until_delivered()
+                    watchers.cancel_scope.cancel()
+        finally:
+            self._running = False
+            self._stopped.set()
+
+    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (a deadline, by design)
+        """Send what is waiting and wait for acknowledgements, for at most ``timeout`` seconds.
+
+        Then :meth:`start_publishing` returns. What could not be sent is stored durably when
+        there is a durable store (and re-sent on the next start); otherwise it is counted as
+        ``unsent`` in :meth:`get_status` and logged.
+        """
+        if self._running and self._stopped is not None:
+            self._stopping = True
+            assert self._wakeup is not None
+            self._wakeup.set()
+            with anyio.move_on_after(timeout):
+                await self._stopped.wait()
+            if not self._stopped.is_set():
+                assert self._scope is not None
+                self._scope.cancel()
+                await self._stopped.wait()
+        await self._keep_leftovers()
+
+    async def _batch_until_stopped(self, watchers: TaskGroup) -> None:
+        assert self._wakeup is not None
+        assert self._window is not None
+        while True:
+            kind = self._buffer.due(flush=self._stopping)
+            if kind is None:
+                if self._stopping:
+                    return
+                self._wakeup = anyio.Event()  # no await since due(): no wake-up can be missed
+                with anyio.move_on_after(self._buffer.seconds_until_due()):
+                    await self._wakeup.wait()
+                continue
+            await self._window.acquire()
+            if not self._stopping:
+                await self._until_connected()
+            records = self._buffer.take(kind)
+            if not records:  # dropped while we waited
+                self._window.release()
+                continue
+            message, seq = self._make_batch(kind, records)
+            if await self._persist(message, kind, seq) is False:
+                self._window.release()
+                continue
+            await self._send(message, kind, watchers)
+
+    async def _until_connected(self) -> None:
+        """Wait for the connection: while offline, records wait here, newest kept."""
+        while True:
+            try:
+                await self._iot.wait_connected()
+            except AncSyncError:
+                # A permanent error (bad certificate...): the session retries slowly by itself.
+                await anyio.sleep(1.0)
+            else:
+                return
+
+    def _make_batch(self, kind: TelemetryKind, records: list[bytes]) -> tuple[StoredMessage, int]:
+        """Number and encode a batch of ``records``; returns the message and its ``seq``."""
+        if self._store is not None:
+            seq = self._store.reserve_seq(f"telemetry/{kind}")
+        else:
+            self._seqs[kind] += 1
+            seq = self._seqs[kind]
+        msg_id = new_id()
+        message = StoredMessage(
+            msg_id=msg_id,
+            lane="telemetry",
+            topic=self._topics[kind],
+            payload=self._envelope(kind, msg_id, seq, records),
+            records=len(records),
+        )
+        return message, seq
+
+    async def _persist(self, message: StoredMessage, kind: TelemetryKind, seq: int) -> bool | None:
+        """Store the batch (durable mode) or only its ``seq``.
+
+        Returns ``True`` when stored, ``None`` when not (no store or not durable, or the store
+        failed: the batch is sent anyway) and ``False`` when the store refused it for room
+        (counted as failed).
+        """
+        if self._store is None:
+            return None
+        stream = f"telemetry/{kind}"
+        try:
+            if not self._durable:
+                await anyio.to_thread.run_sync(self._store.save_seq, stream, seq)
+                return None
+            await anyio.to_thread.run_sync(partial(self._store.put, message, seq=(stream, seq)))
+        except BufferFull as exc:
+            logger.warning("telemetry batch %s not stored: %s", message.msg_id, exc)
+            self._failed[kind] += message.records
+            self._buffer.settle(message.records)
+            return False
+        except StorageError as exc:
+            # Better sent without a safety net than not sent at all.
+            logger.error("telemetry batch %s not stored: %s", message.msg_id, exc)  # noqa: TRY400
+            return None
+        return True
+
+    def _envelope(self, kind: TelemetryKind, msg_id: str, seq: int, records: list[bytes]) -> bytes:
+        # The records are already JSON: splice them in rather than decode and re-encode them.
+        head = orjson.dumps(
+            {
+                "device_id": self.device_id,
+                "kind": kind,
+                "msg_id": msg_id,
+                "seq": seq,
+                "sent_at": utc_now(),
+            }
+        )
+        return b"".join((head[:-1], b',"records":[', b",".join(records), b"]}"))
+
+    async def _send(self, message: StoredMessage, kind: TelemetryKind, watchers: TaskGroup) -> None:
+        assert self._window is not None
+        try:
+            handle = await self._iot.publish(
+                message.topic, message.payload, qos=1, lane=Lane.TELEMETRY, msg_id=message.msg_id
+            )
+        except AncSyncError as exc:
+            logger.warning("telemetry batch %s was not queued: %s", message.msg_id, exc)
+            self._failed[kind] += message.records
+            self._buffer.settle(message.records)
+            self._window.release()
+            return
+        self._batches_sent += 1
+        watchers.start_soon(self._watch, message, kind, handle)
+
+    async def _watch(
+        self, message: StoredMessage, kind: TelemetryKind, handle: PublishHandle
+    ) -> None:
+        assert self._window is not None
+        try:
+            await handle.delivered()
+        except AncSyncError as exc:
+            # Dropped by the outbox or failed for good: counted, never silent.
+            logger.warning("telemetry batch %s was not delivered: %s", message.msg_id, exc)
+            self._failed[kind] += message.records
+        else:
+            self._batches_acknowledged += 1
+            self._delivered[kind] += message.records
+            if self._durable and self._store is not None:
+                await self._forget(message.msg_id)
+        finally:
+            self._buffer.settle(message.records)
+            self._window.release()
+
+    async def _forget(self, msg_id: str) -> None:
+        assert self._store is not None
+        try:
+            await anyio.to_thread.run_sync(self._store.ack, msg_id)
+        except StorageError as exc:
+            # It stays stored and is sent again on the next start: a duplicate, never a loss.
+            logger.warning("acknowledged telemetry batch %s stays stored: %s", msg_id, exc)
+
+    async def _resend_stored(self, watchers: TaskGroup) -> None:
+        if not self._durable or self._store is None:
+            return
+        assert self._window is not None
+        stored = await anyio.to_thread.run_sync(self._store.pending, "telemetry")
+        if stored:
+            logger.info("re-sending %d telemetry batches stored by a previous run", len(stored))
+        for message in stored:
+            kind = _kind_of(message.topic)
+            await self._window.acquire()
+            await self._until_connected()
+            self._buffer.in_flight += message.records
+            await self._send(message, kind, watchers)
+
+    async def _wait_until_delivered(self) -> None:
+        assert self._window is not None
+        for _ in range(MAX_BATCHES_IN_FLIGHT):
+            await self._window.acquire()
+        for _ in range(MAX_BATCHES_IN_FLIGHT):
+            self._window.release()
+
+    async def _keep_leftovers(self) -> None:
+        """After stop: store the records that were never batched, or count them as unsent."""
+        while (kind := self._buffer.due(flush=True)) is not None:
+            records = self._buffer.take(kind)
+            stored: bool | None = None
+            if self._durable:
+                message, seq = self._make_batch(kind, records)
+                stored = await self._persist(message, kind, seq)
+                if stored is False:
+                    continue  # refused by the store, already counted as failed
+            self._buffer.settle(len(records))
+            if not stored:
+                self._unsent[kind] += len(records)
+        if any(self._unsent.values()):
+            logger.warning("telemetry stopped with records not sent: %s", self._unsent)
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def get_status(self) -> dict[str, Any]:
+        """Depth, bytes, drops and batch counters, JSON-serialisable.
+
+        ``dropped`` counts records pushed out by the ``max_buffer_size`` bound; ``failed``
+        counts records in batches the connection refused or dropped; ``unsent`` counts records
+        that :meth:`stop` could neither send nor store.
+        """
+        buffer = self._buffer
+        return {
+            "running": self._running,
+            "durable": self._durable,
+            "depth": len(buffer),
+            "bytes": buffer.waiting_bytes,
+            "in_flight_records": buffer.in_flight,
+            "max_buffer_size": buffer.max_records,
+            "dropped": sum(buffer.dropped.values()),
+            "failed": sum(self._failed.values()),
+            "unsent": sum(self._unsent.values()),
+            "batches_sent": self._batches_sent,
+            "batches_acknowledged": self._batches_acknowledged,
+            "records": {
+                kind: {
+                    "accepted": buffer.accepted[kind],
+                    "waiting": buffer.depth(kind),
+                    "delivered": self._delivered[kind],
+                    "dropped": buffer.dropped[kind],
+                    "failed": self._failed[kind],
+                    "unsent": self._unsent[kind],
+                }
+                for kind in TELEMETRY_KINDS
+            },
+        }
+
+
+def _kind_of(topic: str) -> TelemetryKind:
+    kind = topic.rsplit("/", 1)[-1]
+    for known in TELEMETRY_KINDS:
+        if known == kind:
+            return known
+    raise StorageError(f"stored telemetry message has an unknown topic {topic!r}")
