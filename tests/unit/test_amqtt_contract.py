@@ -1,0 +1,143 @@
+"""The parts of amqtt's private API the embedded broker relies on, and its connect decision.
+
+If an amqtt upgrade breaks one of these tests, read ``ancsync/emulator/broker.py`` (the
+``_AwsLikeBroker`` overrides) against the new amqtt source before changing anything else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ssl
+from importlib.metadata import version
+
+import pytest
+from amqtt.broker import Broker
+from amqtt.contexts import BrokerConfig, ListenerConfig
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ancsync.emulator.auth import ClientIdentity, connect_refusal, identity_of
+from ancsync.emulator.certs import DevCerts
+
+# name -> (parameters, is a coroutine function)
+RELIED_ON = {
+    "_handle_message_delivery": (["self", "client_session", "handler", "wait_deliver"], True),
+    "_initialize_client_session": (
+        ["self", "reader", "writer", "remote_address", "remote_port"],
+        True,
+    ),
+    "_create_ssl_context": (["listener"], False),
+    "stream_connected": (["self", "reader", "writer", "listener_name"], True),
+    "add_subscription": (["self", "subscription", "session"], True),
+    "internal_message_broadcast": (["self", "topic", "data", "qos"], True),
+    "retain_message": (["self", "source_session", "topic_name", "data", "qos"], True),
+}
+
+
+def test_amqtt_is_the_pinned_minor_version() -> None:
+    assert version("amqtt").startswith("0.12."), (
+        "ancsync.emulator.broker overrides private amqtt 0.12 methods; check them against "
+        f"amqtt {version('amqtt')} and update the pin in pyproject.toml"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(RELIED_ON))
+def test_amqtt_broker_methods_we_override_or_call_are_unchanged(name: str) -> None:
+    expected_parameters, is_coroutine = RELIED_ON[name]
+    method = getattr(Broker, name, None)
+    assert method is not None, f"amqtt.broker.Broker.{name} is gone: the emulator broker needs it"
+    parameters = list(inspect.signature(method).parameters)
+    assert parameters == expected_parameters, (
+        f"amqtt.broker.Broker.{name} now takes {parameters}, the emulator broker was written "
+        f"for {expected_parameters}: re-check _AwsLikeBroker in ancsync/emulator/broker.py"
+    )
+    assert inspect.iscoroutinefunction(method) == is_coroutine, f"Broker.{name} changed kind"
+
+
+def test_amqtt_still_makes_client_certificates_only_optional(dev_certs: DevCerts) -> None:
+    """Why we override _create_ssl_context: if this fails, amqtt may now require them itself."""
+    listener = ListenerConfig(
+        ssl=True,
+        cafile=dev_certs.ca,
+        certfile=dev_certs.server.cert,
+        keyfile=dev_certs.server.key,
+    )
+    assert Broker._create_ssl_context(listener).verify_mode == ssl.CERT_OPTIONAL
+
+
+async def test_amqtt_keeps_its_servers_by_listener_name() -> None:
+    listeners = {"default": ListenerConfig(bind="127.0.0.1:0")}
+    broker = Broker(BrokerConfig(listeners=listeners, plugins={}))
+    assert broker._servers == {}, "EmbeddedBroker reads bound ports from Broker._servers"
+
+
+def test_the_protocol_handler_can_still_be_told_the_connection_closed() -> None:
+    method = BrokerProtocolHandler.handle_connection_closed
+    assert inspect.iscoroutinefunction(method)
+    assert list(inspect.signature(method).parameters) == ["self"]
+
+
+# -- the connect decision, on real amqtt sessions ------------------------------------------------
+
+
+class FakeTLS:
+    """Stands in for the ssl.SSLObject of a connection (only getpeercert is used)."""
+
+    def __init__(self, der: bytes | None) -> None:
+        self.der = der
+
+    def getpeercert(self, binary_form: bool = False) -> bytes | None:
+        assert binary_form
+        return self.der
+
+
+def session(client_id: str, der: bytes | None = None, tls: bool = True) -> Session:
+    made = Session()
+    made.client_id = client_id
+    made.ssl_object = FakeTLS(der) if tls else None
+    return made
+
+
+def device_der(dev_certs: DevCerts, thing: str) -> bytes:
+    cert = x509.load_pem_x509_certificate(dev_certs.device(thing).cert.read_bytes())
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_tls_session_without_a_verified_certificate_is_refused() -> None:
+    reason = connect_refusal(session("anc-device-001", der=None), authorizer=None)
+    assert reason is not None
+    assert "no verified client certificate" in reason
+
+
+def test_a_client_id_amqtt_generated_is_refused(dev_certs: DevCerts) -> None:
+    der = device_der(dev_certs, "anc-device-001")
+    reason = connect_refusal(session("amqtt/Abcdefgh12345678", der), authorizer=None)
+    assert reason is not None
+    assert "empty client id" in reason
+
+
+def test_an_accepted_session_keeps_its_identity(dev_certs: DevCerts) -> None:
+    accepted = session("anc-device-001", device_der(dev_certs, "anc-device-001"))
+    assert connect_refusal(accepted, authorizer=None) is None
+    assert identity_of(accepted) == ClientIdentity("anc-device-001", "anc-device-001")
+
+    plain = session("local-tool", tls=False)
+    assert connect_refusal(plain, authorizer=None) is None
+    assert identity_of(plain) == ClientIdentity("local-tool", None)
+
+
+def test_the_authorizer_reason_is_the_refusal(dev_certs: DevCerts) -> None:
+    class Refuse:
+        def authorize_connect(self, identity: ClientIdentity) -> str | None:
+            return f"{identity.client_id} is not {identity.common_name}"
+
+        def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
+            return True
+
+        def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
+            return True
+
+    refused = session("anc-device-002", device_der(dev_certs, "anc-device-001"))
+    assert connect_refusal(refused, Refuse()) == "anc-device-002 is not anc-device-001"
