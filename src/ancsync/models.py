@@ -134,8 +134,10 @@ class DeviceStatus(_WireModel):
     """``anc/devices/{id}/status``, retained; ``"offline"`` is also the last will."""
 
     device_id: ThingName
+    """The thing name."""
     status: Literal["online", "offline"]
     firmware_version: Label
+    """e.g. ``"1.2.3"``."""
     session_id: Identifier
     """Changes on every connection, so the cloud can tell reconnects apart."""
     timestamp: Timestamp
@@ -145,8 +147,11 @@ class Command(_WireModel):
     """``anc/devices/{id}/commands``: a command from the cloud."""
 
     command_id: Identifier
+    """Unique per command, so the device can ignore a repeat."""
     command: Label
+    """What to do, e.g. ``"set_anc"``."""
     params: dict[str, Any] = Field(default_factory=dict)
+    """The command's arguments."""
     issued_at: Timestamp
 
 
@@ -189,8 +194,10 @@ class EmergencyEvent(_WireModel):
     timestamp: Timestamp
     is_emergency: bool
     predicted_class: Label
+    """What the classifier heard, e.g. ``"fire_alarm"``."""
     confidence: Fraction
     action: Label
+    """What the device did about it, e.g. ``"anc_bypassed"``."""
     severity: Severity = "critical"
 
 
@@ -208,24 +215,32 @@ class AncMetrics(_MetricsRecord):
     """A record of ``anc/telemetry/{id}/anc``: noise-cancelling performance."""
 
     latency_ms: float = Field(ge=0)
+    """Processing latency in milliseconds."""
     cancellation_db: float
+    """Noise reduction achieved, in dB."""
     snr_improvement_db: float
+    """Signal-to-noise ratio gained, in dB."""
 
 
 class AudioMetrics(_MetricsRecord):
     """A record of ``anc/telemetry/{id}/audio``: what the classifier hears."""
 
     noise_type: Label
+    """The classified noise, e.g. ``"office"``."""
     confidence: Fraction
     rms: float = Field(ge=0)
+    """RMS level of the input signal."""
 
 
 class SystemMetrics(_MetricsRecord):
     """A record of ``anc/telemetry/{id}/system``: device health."""
 
     battery_level: Percent
+    """Percent."""
     cpu_usage: Percent
+    """Percent."""
     memory_usage: Percent | None = None
+    """Percent."""
     temperature: float | None = None
     """Degrees Celsius."""
 
@@ -235,9 +250,11 @@ class ErrorRecord(_WireModel):
 
     timestamp: Timestamp
     component: Label
+    """Where it happened, e.g. ``"dsp"``."""
     message: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
     severity: Literal["warning", "error", "critical"] = "error"
     code: Label | None = None
+    """A machine-readable error code."""
 
 
 TelemetryRecord = AncMetrics | AudioMetrics | SystemMetrics | ErrorRecord
@@ -261,6 +278,7 @@ class TelemetryBatch(_WireModel):
     seq: int = Field(ge=0)
     """Per-device, per-kind counter, so the cloud can detect gaps."""
     sent_at: Timestamp
+    """When the batch was sent; each record has its own timestamp."""
     records: list[TelemetryRecord] = Field(min_length=1)
 
     @model_validator(mode="wrap")
@@ -322,10 +340,13 @@ class AncReportedState(_WireModel):
     firmware_version: Label | None = None
     anc_enabled: bool | None = None
     anc_intensity: Fraction | None = None
+    """0 is the lightest cancellation, 1 the strongest."""
     anc_algorithm: Label | None = None
     battery_level: Percent | None = None
+    """Percent."""
     noise_type: Label | None = None
     confidence: Fraction | None = None
+    """Confidence of ``noise_type``."""
     emergency_detected: bool | None = None
     uptime: int | None = Field(default=None, ge=0)
     """Seconds since the device started."""
@@ -339,6 +360,7 @@ class AncDesiredState(_WireModel):
 
     anc_enabled: bool | None = None
     anc_intensity: Fraction | None = None
+    """0 is the lightest cancellation, 1 the strongest."""
     anc_algorithm: Label | None = None
 
 

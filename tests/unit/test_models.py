@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -380,3 +382,16 @@ def test_schema_and_model_agree_on_invalid_payloads(name: str, payload: dict[str
     model = next(model for model in WIRE_MODELS if model.__name__ == name)
     with pytest.raises(ValidationError):
         model.model_validate(payload)
+
+
+def test_payload_reference_page_is_up_to_date() -> None:
+    generator_path = Path(__file__).parents[2] / "docs" / "gen_schemas.py"
+    spec = importlib.util.spec_from_file_location("gen_schemas", generator_path)
+    assert spec is not None
+    assert spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    page = generator.PAGE.read_text(encoding="utf-8")
+    assert generator.updated(page) == page, "run: .venv/bin/python docs/gen_schemas.py"
+    for model in WIRE_MODELS:
+        assert f"### {model.__name__}\n" in page
