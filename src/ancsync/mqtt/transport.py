@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import aiomqtt
 import anyio
@@ -126,13 +126,34 @@ def _refused(code: int | ReasonCode | None, host: str) -> ConnectError:
     return error
 
 
+class _ClosedBeforeConnack(aiomqtt.MqttError):
+    """The connection ended after the TLS handshake but before the CONNACK."""
+
+    def __init__(self, detail: str | None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 def _connect_failure(exc: BaseException, host: str, port: int) -> ConnectError:
     """Translate what aiomqtt raised from a connect into an ancsync error."""
     if isinstance(exc, MqttConnectError):
         return _refused(exc.rc, host)
+    where = f"{host}:{port}"
+    if isinstance(exc, _ClosedBeforeConnack):
+        detail = exc.detail or "no reason given"
+        if any(part in detail.upper() for part in _CERTIFICATE_REASONS):
+            # TLS 1.3 reports a refused client certificate only after the handshake.
+            return TLSError(
+                f"{where} refused the client certificate ({detail}); check that cert_path is "
+                "a certificate registered and active in AWS IoT (or issued by the emulator's CA)"
+            )
+        return ConnectError(
+            f"{where} closed the connection before accepting it ({detail}); on AWS IoT this "
+            "usually means the certificate is inactive or its policy does not allow "
+            "iot:Connect for this client id (the thing name)"
+        )
     # aiomqtt raises MqttError(str(exc)) from None: the original is still in __context__.
     cause = exc.__context__ if isinstance(exc, aiomqtt.MqttError) and exc.__context__ else exc
-    where = f"{host}:{port}"
     if isinstance(cause, ssl.SSLCertVerificationError):
         return TLSError(
             f"the server certificate of {where} failed verification ({cause.verify_message}); "
@@ -151,6 +172,8 @@ def _connect_failure(exc: BaseException, host: str, port: int) -> ConnectError:
         return ConnectError(f"cannot resolve {host} ({cause.strerror}); check the endpoint")
     if isinstance(cause, ConnectionRefusedError):
         return ConnectError(f"{where} refused the TCP connection; is the broker running?")
+    if isinstance(cause, TimeoutError) and not str(cause):
+        return ConnectError(f"no answer from {where} within the connect timeout")
     if isinstance(cause, OSError | TimeoutError):
         return ConnectError(f"cannot connect to {where}: {cause}")
     return ConnectError(f"cannot connect to {where}: {exc}")
@@ -162,6 +185,37 @@ def _lost(exc: BaseException) -> ConnectError:
 
 
 # --- the aiomqtt implementation ------------------------------------------------------------
+
+
+class _PahoLog(logging.LoggerAdapter[logging.Logger]):
+    """paho's logger for one connection: forwards to ``ancsync.mqtt.paho`` and remembers the
+    last error, because paho reports a socket error (such as a TLS alert) only in its log."""
+
+    last_error: str | None = None
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR:
+            self.last_error = str(msg) % args if args else str(msg)
+        super().log(level, msg, *args, **kwargs)
+
+
+def _fail_fast_before_connack(client: aiomqtt.Client, paho_log: _PahoLog) -> None:
+    """End the CONNACK wait when the connection drops first.
+
+    aiomqtt ignores a disconnect before CONNACK and waits out its timeout; a broker that refuses
+    the client certificate after a TLS 1.3 handshake, or AWS IoT refusing a CONNECT, closes the
+    connection exactly there. aiomqtt-private ``_connected`` is the future its connect awaits.
+    """
+    paho = client._client
+    aiomqtt_on_disconnect = paho.on_disconnect
+
+    def on_disconnect(*args: Any, **kwargs: Any) -> None:
+        if not client._connected.done():
+            client._connected.set_exception(_ClosedBeforeConnack(paho_log.last_error))
+        if aiomqtt_on_disconnect is not None:
+            aiomqtt_on_disconnect(*args, **kwargs)
+
+    paho.on_disconnect = on_disconnect
 
 
 class AiomqttTransport:
@@ -179,6 +233,7 @@ class AiomqttTransport:
         self._dead_reason: str | None = None
 
     async def connect(self, options: ConnectOptions) -> None:
+        paho_log = _PahoLog(logging.getLogger("ancsync.mqtt.paho"))
         will = None
         if options.will is not None:
             w = options.will
@@ -193,12 +248,13 @@ class AiomqttTransport:
             tls_context=options.ssl_context,
             timeout=options.connect_timeout,
             max_inflight_messages=self._max_inflight,
-            logger=logging.getLogger("ancsync.mqtt.paho"),
+            logger=cast(logging.Logger, paho_log),
         )
         # aiomqtt warns above 10 pending calls; a full in-flight window is normal here.
         client.pending_calls_threshold = self._max_inflight + 10
         # Bounds the TCP connect and TLS handshake, which aiomqtt runs in a worker thread.
         client._client.connect_timeout = options.connect_timeout
+        _fail_fast_before_connack(client, paho_log)
         try:
             # Shielded: a cancelled connect would leave that thread to finish the connection
             # unseen, and a stray connection with our client id would kick the next one off.

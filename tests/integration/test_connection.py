@@ -1,0 +1,221 @@
+"""IoTConnection against the embedded broker over real TLS: round trip, limits, TLS errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from device import HOST, THING, device_connection
+from helpers import MosquittoBroker, mqtt_client
+
+from ancsync import (
+    Command,
+    ConfigError,
+    DeviceStatus,
+    EmergencyEvent,
+    InvalidTopic,
+    IoTConnection,
+    Lane,
+    NotAuthorized,
+    PayloadTooLarge,
+    TLSError,
+)
+from ancsync.codec import decode_model, encode
+from ancsync.emulator.auth import ClientIdentity
+from ancsync.emulator.broker import EmbeddedBroker
+from ancsync.emulator.certs import (
+    DevCerts,
+    PrivateKey,
+    generate_ca,
+    issue_certificate,
+    write_pair,
+)
+from ancsync.models import utc_now
+from ancsync.topics import commands_topic, emergency_topic, status_topic
+
+
+async def test_typed_round_trip(dev_certs: DevCerts, tls_broker: EmbeddedBroker) -> None:
+    """A command from the cloud reaches the handler as a model; a device model reaches the cloud."""
+    with anyio.fail_after(10):
+        received: list[Command] = []
+        got_command = anyio.Event()
+
+        def on_command(topic: str, command: Command) -> None:
+            received.append(command)
+            got_command.set()
+
+        operator = mqtt_client(tls_broker.port, dev_certs, dev_certs.operator, "operator")
+        async with operator, device_connection(dev_certs, tls_broker.port) as iot:
+            iot.subscribe(commands_topic(THING), on_command, Command)
+            await operator.subscribe(emergency_topic(THING), qos=1)
+            await iot.wait_connected()
+
+            # Device -> cloud: a model goes out as JSON and the handle resolves on PUBACK.
+            event = EmergencyEvent(
+                device_id=THING,
+                event_id="e1",
+                seq=0,
+                timestamp=utc_now(),
+                is_emergency=True,
+                predicted_class="fire_alarm",
+                confidence=0.94,
+                action="anc_bypassed",
+            )
+            handle = await iot.publish(emergency_topic(THING), event, lane=Lane.EMERGENCY)
+            await handle.delivered()
+            message = await anext(aiter(operator.messages))
+            assert isinstance(message.payload, bytes)
+            assert decode_model(message.payload, EmergencyEvent) == event
+
+            # Cloud -> device: validated into the model given to subscribe().
+            command = Command(command_id="c1", command="reboot", issued_at=utc_now())
+            await operator.publish(commands_topic(THING), encode(command), qos=1)
+            await got_command.wait()
+            assert received == [command]
+
+            status = iot.get_status()
+            assert status["state"] == "connected"
+            assert status["acknowledged"] == 1
+            assert status["subscriptions"] == 1
+
+
+async def test_status_online_retained_and_offline_on_stop(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    with anyio.fail_after(10):
+        async with device_connection(dev_certs, tls_broker.port, firmware_version="1.2.3") as iot:
+            await iot.wait_connected()
+        # Retained: a client subscribing afterwards still gets the latest status.
+        operator = mqtt_client(tls_broker.port, dev_certs, dev_certs.operator, "operator")
+        async with operator:
+            await operator.subscribe(status_topic(THING), qos=1)
+            message = await anext(aiter(operator.messages))
+        assert isinstance(message.payload, bytes)
+        status = decode_model(message.payload, DeviceStatus)
+        assert (status.status, status.firmware_version) == ("offline", "1.2.3")
+
+
+async def test_aws_limits_raise_before_anything_is_sent(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    with anyio.fail_after(10):
+        async with device_connection(dev_certs, tls_broker.port) as iot:
+            await iot.wait_connected()
+            with pytest.raises(PayloadTooLarge, match="131073 bytes"):
+                await iot.publish("anc/big", b"x" * (128 * 1024 + 1))
+            with pytest.raises(InvalidTopic, match="256 bytes"):
+                await iot.publish("anc/" + "t" * 253, b"{}")
+            with pytest.raises(InvalidTopic, match="8 slashes"):
+                await iot.publish("a/b/c/d/e/f/g/h/i", b"{}")
+            with pytest.raises(InvalidTopic, match="reserves"):
+                await iot.publish("$aws/rules/my_rule", b"{}")
+            with pytest.raises(ConfigError, match="QoS 2"):
+                await iot.publish("anc/q", b"{}", qos=2)
+            for n in range(50):
+                iot.subscribe(f"anc/sub/{n}", lambda topic, payload: None)
+            with pytest.raises(InvalidTopic, match="limit of 50"):
+                iot.subscribe("anc/sub/one-too-many", lambda topic, payload: None)
+            # A filter already subscribed is not a new subscription.
+            iot.subscribe("anc/sub/0", lambda topic, payload: None)
+
+            status = iot.get_status()
+            assert status["published"] == 0
+            assert all(lane["enqueued"] == 0 for lane in status["lanes"].values())
+
+
+async def test_key_not_matching_certificate(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    other_key = dev_certs.device("anc-device-002").key
+    with anyio.fail_after(10):
+        async with device_connection(dev_certs, tls_broker.port, key_path=other_key) as iot:
+            with pytest.raises(ConfigError, match="does not belong to the certificate"):
+                await iot.wait_connected()
+            assert iot.get_status()["last_error"]["permanent"] is True
+
+
+async def test_expired_certificate(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    ca = _load_ca(dev_certs)
+    past = datetime.now(UTC) - timedelta(days=30)
+    cert, key = issue_certificate(ca, THING, not_before=past, not_after=past + timedelta(days=1))
+    pair = write_pair(tmp_path / "expired", cert, key)
+    with anyio.fail_after(10):
+        async with device_connection(
+            dev_certs, tls_broker.port, cert_path=pair.cert, key_path=pair.key
+        ) as iot:
+            with pytest.raises(ConfigError, match="expired on"):
+                await iot.wait_connected()
+
+
+async def test_server_certificate_from_another_ca(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    other_ca_cert, other_ca_key = generate_ca("some other CA")
+    other = write_pair(tmp_path / "other-ca", other_ca_cert, other_ca_key)
+    with anyio.fail_after(10):
+        async with device_connection(dev_certs, tls_broker.port, root_ca_path=other.cert) as iot:
+            with pytest.raises(TLSError, match="failed verification"):
+                await iot.wait_connected()
+            assert iot.get_status()["state"] in ("waiting", "connecting")
+
+
+@pytest.mark.mosquitto
+async def test_client_certificate_from_another_ca(
+    dev_certs: DevCerts, mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # mosquitto answers an unknown client certificate with a TLS alert; amqtt only closes the
+    # socket, which looks the same as a network failure (and is retried as one).
+    stranger_ca = generate_ca("stranger CA")
+    cert, key = issue_certificate(stranger_ca, THING)
+    pair = write_pair(tmp_path / "stranger", cert, key)
+    with anyio.fail_after(10):
+        async with device_connection(
+            dev_certs, mosquitto_broker.port, cert_path=pair.cert, key_path=pair.key
+        ) as iot:
+            with pytest.raises(TLSError, match="refused the client certificate"):
+                await iot.wait_connected()
+
+
+class _OnlyDevice1:
+    """An authorizer that lets only anc-device-001 connect."""
+
+    def authorize_connect(self, identity: ClientIdentity) -> str | None:
+        return None if identity.client_id == THING else "not in the policy"
+
+    def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
+        return True
+
+    def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
+        return True
+
+
+async def test_not_authorized(dev_certs: DevCerts) -> None:
+    with anyio.fail_after(10):
+        async with EmbeddedBroker(dev_certs, authorizer=_OnlyDevice1()) as broker:
+            iot = device_connection(dev_certs, broker.port, thing="anc-device-002")
+            async with iot:
+                with pytest.raises(NotAuthorized, match="refused the connection"):
+                    await iot.wait_connected()
+
+
+def test_plaintext_refused_to_a_non_loopback_host() -> None:
+    with pytest.raises(ConfigError, match="loopback"):
+        IoTConnection(THING, "example.com", tls=False)
+
+
+def test_plaintext_allowed_to_loopback_only_when_asked() -> None:
+    iot = IoTConnection(THING, HOST, tls=False, port=1883)
+    assert iot.get_status()["state"] == "stopped"
+
+
+def _load_ca(certs: DevCerts) -> tuple[x509.Certificate, PrivateKey]:
+    cert = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    assert isinstance(key, PrivateKey)
+    return cert, key
