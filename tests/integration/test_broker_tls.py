@@ -305,6 +305,49 @@ async def test_authorizer_decides_connect_publish_and_subscribe(dev_certs: DevCe
     assert broker.stats() == {"connects_denied": 1, "publishes_denied": 1, "subscribes_denied": 1}
 
 
+class ClientIdIsThingName:
+    """An authorizer for the test: a device must use its thing name as client id."""
+
+    def authorize_connect(self, identity: ClientIdentity) -> str | None:
+        if identity.common_name in (identity.client_id, "operator"):
+            return None
+        return "the client id must be the thing name"
+
+    def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
+        return True
+
+    def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("clean_session", [True, False])
+async def test_a_refused_impostor_does_not_disturb_the_connected_device(
+    dev_certs: DevCerts, clean_session: bool
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            EmbeddedBroker(dev_certs, authorizer=ClientIdIsThingName()) as broker,
+            mqtt_client(
+                broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE, clean_session=False
+            ) as device,
+            mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
+        ):
+            await device.subscribe(f"anc/devices/{DEVICE}/commands", qos=1)
+            impostor = mqtt_client(
+                broker.port,
+                dev_certs,
+                dev_certs.device(OTHER_DEVICE),
+                DEVICE,
+                clean_session=clean_session,
+            )
+            with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+                async with impostor:
+                    pass
+            await operator.publish(f"anc/devices/{DEVICE}/commands", b"still yours", qos=1)
+            assert (await next_message(device)).payload == b"still yours"
+    assert broker.stats()["connects_denied"] == 1
+
+
 async def test_a_resumed_session_is_identified_by_its_new_certificate(
     tls_broker: EmbeddedBroker, dev_certs: DevCerts
 ) -> None:

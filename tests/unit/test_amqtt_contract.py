@@ -9,16 +9,16 @@ from __future__ import annotations
 import inspect
 import ssl
 from importlib.metadata import version
+from typing import Any
 
 import pytest
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ancsync.emulator.auth import ClientIdentity, connect_refusal, identity_of
+from ancsync.emulator.auth import ClientIdentity, connect_refusal
 from ancsync.emulator.certs import DevCerts
 
 # name -> (parameters, is a coroutine function)
@@ -29,6 +29,7 @@ RELIED_ON = {
         True,
     ),
     "_create_ssl_context": (["listener"], False),
+    "_delete_session": (["self", "client_id"], True),
     "stream_connected": (["self", "reader", "writer", "listener_name"], True),
     "add_subscription": (["self", "subscription", "session"], True),
     "internal_message_broadcast": (["self", "topic", "data", "qos"], True),
@@ -79,7 +80,7 @@ def test_the_protocol_handler_can_still_be_told_the_connection_closed() -> None:
     assert list(inspect.signature(method).parameters) == ["self"]
 
 
-# -- the connect decision, on real amqtt sessions ------------------------------------------------
+# -- the connect decision --------------------------------------------------------------------------
 
 
 class FakeTLS:
@@ -93,39 +94,31 @@ class FakeTLS:
         return self.der
 
 
-def session(client_id: str, der: bytes | None = None, tls: bool = True) -> Session:
-    made = Session()
-    made.client_id = client_id
-    made.ssl_object = FakeTLS(der) if tls else None
-    return made
-
-
-def device_der(dev_certs: DevCerts, thing: str) -> bytes:
+def device_tls(dev_certs: DevCerts, thing: str) -> Any:
     cert = x509.load_pem_x509_certificate(dev_certs.device(thing).cert.read_bytes())
-    return cert.public_bytes(serialization.Encoding.DER)
+    return FakeTLS(cert.public_bytes(serialization.Encoding.DER))
 
 
-def test_a_tls_session_without_a_verified_certificate_is_refused() -> None:
-    reason = connect_refusal(session("anc-device-001", der=None), authorizer=None)
+def test_a_tls_connection_without_a_verified_certificate_is_refused() -> None:
+    _identity, reason = connect_refusal("anc-device-001", FakeTLS(None), None)  # type: ignore[arg-type]
     assert reason is not None
     assert "no verified client certificate" in reason
 
 
 def test_a_client_id_amqtt_generated_is_refused(dev_certs: DevCerts) -> None:
-    der = device_der(dev_certs, "anc-device-001")
-    reason = connect_refusal(session("amqtt/Abcdefgh12345678", der), authorizer=None)
+    tls = device_tls(dev_certs, "anc-device-001")
+    _identity, reason = connect_refusal("amqtt/Abcdefgh12345678", tls, None)
     assert reason is not None
     assert "empty client id" in reason
 
 
-def test_an_accepted_session_keeps_its_identity(dev_certs: DevCerts) -> None:
-    accepted = session("anc-device-001", device_der(dev_certs, "anc-device-001"))
-    assert connect_refusal(accepted, authorizer=None) is None
-    assert identity_of(accepted) == ClientIdentity("anc-device-001", "anc-device-001")
-
-    plain = session("local-tool", tls=False)
-    assert connect_refusal(plain, authorizer=None) is None
-    assert identity_of(plain) == ClientIdentity("local-tool", None)
+def test_identities_of_accepted_connections(dev_certs: DevCerts) -> None:
+    tls = device_tls(dev_certs, "anc-device-001")
+    assert connect_refusal("anc-device-001", tls, None) == (
+        ClientIdentity("anc-device-001", "anc-device-001"),
+        None,
+    )
+    assert connect_refusal("local-tool", None, None) == (ClientIdentity("local-tool", None), None)
 
 
 def test_the_authorizer_reason_is_the_refusal(dev_certs: DevCerts) -> None:
@@ -139,5 +132,6 @@ def test_the_authorizer_reason_is_the_refusal(dev_certs: DevCerts) -> None:
         def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
             return True
 
-    refused = session("anc-device-002", device_der(dev_certs, "anc-device-001"))
-    assert connect_refusal(refused, Refuse()) == "anc-device-002 is not anc-device-001"
+    tls = device_tls(dev_certs, "anc-device-001")
+    _identity, reason = connect_refusal("anc-device-002", tls, Refuse())
+    assert reason == "anc-device-002 is not anc-device-001"

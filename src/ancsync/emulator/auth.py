@@ -3,17 +3,18 @@
 The embedded broker identifies a client by the certificate it verified during the TLS handshake
 (its subject CN, which for a device is the thing name) and the MQTT client id. An
 :class:`Authorizer` (the emulator's device policy) then decides each connect, publish and
-subscribe. :class:`CertificateAuthPlugin` is the amqtt authentication plugin that makes the
-connect decision; it is listed explicitly in the broker's plugin list.
+subscribe. :func:`connect_refusal` is the connect decision; :class:`AcceptedConnectionPlugin`
+is the amqtt authentication plugin, listed explicitly in the broker's plugin list, that lets
+through only the connections that passed it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+import ssl
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
@@ -21,16 +22,17 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 __all__ = [
+    "AcceptedConnectionPlugin",
     "Authorizer",
-    "CertificateAuthPlugin",
     "ClientIdentity",
     "connect_refusal",
     "identity_of",
+    "remember_identity",
 ]
 
 log = logging.getLogger("ancsync.emulator.auth")
 
-# Where the identity is kept on an amqtt session once the connect was accepted.
+# Where the identity is kept on an amqtt session once its connect was accepted.
 _IDENTITY_KEY = "ancsync.identity"
 # amqtt replaces an empty client id with `amqtt/` + 16 random letters before any plugin runs;
 # this is the only way left to see that the client sent none.
@@ -61,11 +63,11 @@ class Authorizer(Protocol):
         """Whether ``identity`` may subscribe to ``topic_filter``."""
 
 
-def _peer_common_name(session: Session) -> str | None:
+def _peer_common_name(tls: ssl.SSLObject | None) -> str | None:
     """CN of the certificate the TLS handshake verified, or None if there is none."""
-    if session.ssl_object is None:
+    if tls is None:
         return None
-    der = session.ssl_object.getpeercert(binary_form=True)
+    der = tls.getpeercert(binary_form=True)
     if not der:
         return None
     names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -73,51 +75,47 @@ def _peer_common_name(session: Session) -> str | None:
 
 
 def identity_of(session: Session) -> ClientIdentity:
-    """The identity of an accepted session (computed at connect, kept on the session)."""
+    """The identity of a session the broker accepted (kept on the session at connect)."""
     identity = session.attributes.get(_IDENTITY_KEY)
     if isinstance(identity, ClientIdentity):
         return identity
-    return ClientIdentity(client_id=session.client_id or "", common_name=_peer_common_name(session))
+    return ClientIdentity(session.client_id or "", _peer_common_name(session.ssl_object))
 
 
-def connect_refusal(session: Session, authorizer: Authorizer | None) -> str | None:
-    """Why the connection of ``session`` must be refused, or None to accept it.
-
-    A TLS session needs a verified client certificate (the listener already requires one; this
-    is the second lock), every session a client id of its own, and then the authorizer decides.
-    """
-    identity = ClientIdentity(
-        client_id=session.client_id or "", common_name=_peer_common_name(session)
-    )
-    if session.ssl_object is not None and identity.common_name is None:
-        return "no verified client certificate with a subject CN; connect with the device's cert"
-    if not identity.client_id or _GENERATED_CLIENT_ID.fullmatch(identity.client_id):
-        return "empty client id; set the client id to the thing name"
-    if authorizer is not None:
-        reason = authorizer.authorize_connect(identity)
-        if reason is not None:
-            return reason
+def remember_identity(session: Session, identity: ClientIdentity) -> None:
+    """Keep the identity of an accepted connection on its session (read by identity_of)."""
     session.attributes[_IDENTITY_KEY] = identity
-    return None
 
 
-class CertificateAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt authentication plugin: asks ``decide(session)`` and refuses with CONNACK 5.
+def connect_refusal(
+    client_id: str, tls: ssl.SSLObject | None, authorizer: Authorizer | None
+) -> tuple[ClientIdentity, str | None]:
+    """The identity of a connecting client and why it must be refused (None: accept it).
 
-    The broker passes ``decide`` in the plugin's configuration, so each broker instance keeps
-    its own authorizer and counters (amqtt builds plugins itself from a dotted path).
+    ``tls`` is the TLS object of the connection (None on the plain listener). A TLS connection
+    needs a verified client certificate (the listener already requires one; this is the second
+    lock), every client an id of its own, and then the authorizer decides.
     """
+    identity = ClientIdentity(client_id, _peer_common_name(tls))
+    if tls is not None and identity.common_name is None:
+        return identity, "no verified client certificate with a subject CN; use the device's"
+    if not client_id or _GENERATED_CLIENT_ID.fullmatch(client_id):
+        return identity, "empty client id; set the client id to the thing name"
+    if authorizer is not None:
+        return identity, authorizer.authorize_connect(identity)
+    return identity, None
 
-    @dataclass
-    class Config:
-        """``decide(session)`` returns None to accept or the reason to refuse."""
 
-        decide: Any = None
+class AcceptedConnectionPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped
+    """amqtt authentication plugin: accepts exactly the sessions the broker's connect check passed.
+
+    The check itself runs earlier, before amqtt touches an existing session of the same client
+    id (see ``_AwsLikeBroker._initialize_client_session``); amqtt refuses every connection
+    unless an authentication plugin says yes, and this one says yes only after that check.
+    """
 
     async def authenticate(self, *, session: Session) -> bool | None:
-        decide: Callable[[Session], str | None] = self.config.decide
-        reason = decide(session)
-        if reason is None:
-            return True
-        log.warning("refused connection of client %r: %s", session.client_id, reason)
-        return False
+        accepted = isinstance(session.attributes.get(_IDENTITY_KEY), ClientIdentity)
+        if not accepted:
+            log.warning("refused connection of client %r: not checked", session.client_id)
+        return accepted

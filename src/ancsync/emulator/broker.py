@@ -1,7 +1,7 @@
 """The emulator's MQTT broker: amqtt, run in the current event loop, with AWS IoT's TLS rules.
 
 :class:`EmbeddedBroker` starts amqtt with an explicit plugin list (only
-:class:`~ancsync.emulator.auth.CertificateAuthPlugin`, no entry-point discovery) and
+:class:`~ancsync.emulator.auth.AcceptedConnectionPlugin`, no entry-point discovery) and
 
 - a TLS listener that requires a client certificate chained to the dev CA,
 - optionally a plain TCP listener, on a loopback host only,
@@ -10,14 +10,16 @@
   ``reserved_handler`` (the shadow service) instead of amqtt closing the client, and
 - publish listeners (the rules sink) that see every accepted client publish.
 
-amqtt does not offer all of this publicly. The subclass :class:`_AwsLikeBroker` overrides three
-private methods of amqtt 0.12 and reads one private attribute; ``tests/unit/test_broker_amqtt_
-contract.py`` fails with a clear message if an amqtt upgrade changes them.
+amqtt does not offer all of this publicly. The subclass :class:`_AwsLikeBroker` overrides four
+private methods of amqtt 0.12 and reads one private attribute (``_servers``);
+``tests/unit/test_amqtt_contract.py`` fails with a clear message if an amqtt upgrade changes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import ipaddress
 import logging
 import ssl
@@ -27,15 +29,17 @@ from typing import Any, Protocol, Self
 
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
-from amqtt.errors import BrokerError
+from amqtt.errors import BrokerError, MQTTError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.session import Session
 
 from ancsync.emulator.auth import (
+    AcceptedConnectionPlugin,
     Authorizer,
-    CertificateAuthPlugin,
     ClientIdentity,
     connect_refusal,
     identity_of,
+    remember_identity,
 )
 from ancsync.emulator.certs import DevCerts
 from ancsync.errors import ConfigError, NotStarted
@@ -53,7 +57,7 @@ log = logging.getLogger("ancsync.emulator.broker")
 
 # SUBACK return code for a refused subscription (MQTT 3.1.1, 3.9.3).
 SUBACK_FAILURE = 0x80
-_PLUGIN_PATH = f"{CertificateAuthPlugin.__module__}.{CertificateAuthPlugin.__qualname__}"
+_PLUGIN_PATH = f"{AcceptedConnectionPlugin.__module__}.{AcceptedConnectionPlugin.__qualname__}"
 
 
 class ReservedTopicHandler(Protocol):
@@ -73,6 +77,18 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+async def _refuse_connection(writer: Any) -> None:
+    """Answer CONNACK "not authorised" and close (what amqtt does for a bad CONNECT)."""
+    with contextlib.suppress(ConnectionError):
+        await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+        await writer.close()
+
+
+# The TLS object of the connection whose CONNECT amqtt is processing in this task.
+_NOT_CONNECTING = object()
+_connecting_tls: contextvars.ContextVar[object] = contextvars.ContextVar("connecting_tls")
 
 
 class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
@@ -104,13 +120,31 @@ class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[Any, Session]:
-        handler, session = await super()._initialize_client_session(
-            reader, writer, remote_address, remote_port
-        )
-        # A resumed (clean_session=False) session keeps the TLS object of its *previous*
-        # connection, so authentication would read the old certificate: use this connection's.
-        session.ssl_object = writer.get_ssl_info()
+        # Decide the connect here, before amqtt's authentication step: by then amqtt has already
+        # ended (clean session) or taken over (persistent session) the session of a connected
+        # client with the same id, so a refused impostor would cut off the real device.
+        tls = writer.get_ssl_info()
+        token = _connecting_tls.set(tls)
+        try:
+            handler, session = await super()._initialize_client_session(
+                reader, writer, remote_address, remote_port
+            )
+        finally:
+            _connecting_tls.reset(token)
+        identity, reason = self._owner.decide_connect(session.client_id or "", tls)
+        if reason is not None:
+            await _refuse_connection(writer)
+            raise MQTTError(f"refused connection of {identity}: {reason}")
+        # A resumed session keeps the TLS object of its previous connection: use this one's.
+        session.ssl_object = tls
+        remember_identity(session, identity)
         return handler, session
+
+    async def _delete_session(self, client_id: str) -> None:
+        tls = _connecting_tls.get(_NOT_CONNECTING)
+        if tls is not _NOT_CONNECTING and self._owner.would_refuse(client_id, tls):
+            return  # keep the session of the client already connected with this id
+        await super()._delete_session(client_id)
 
     async def _handle_message_delivery(
         self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
@@ -213,7 +247,7 @@ class EmbeddedBroker:
             listeners={
                 ("default" if name == first else name): cfg for name, cfg in listeners.items()
             },
-            plugins={_PLUGIN_PATH: {"decide": self._decide_connect}},
+            plugins={_PLUGIN_PATH: {}},
         )
 
     async def start(self) -> None:
@@ -310,11 +344,24 @@ class EmbeddedBroker:
 
     # -- decisions, called by _AwsLikeBroker and CertificateAuthPlugin ----------------------
 
-    def _decide_connect(self, session: Session) -> str | None:
-        reason = connect_refusal(session, self._authorizer)
+    def decide_connect(
+        self, client_id: str, tls: ssl.SSLObject | None
+    ) -> tuple[ClientIdentity, str | None]:
+        """The identity of a connecting client and why it is refused (None: accepted)."""
+        identity, reason = connect_refusal(client_id, tls, self._authorizer)
         if reason is not None:
             self._stats["connects_denied"] += 1
-        return reason
+            log.warning(
+                "refused connection of %r (certificate %r): %s",
+                client_id,
+                identity.common_name,
+                reason,
+            )
+        return identity, reason
+
+    def would_refuse(self, client_id: str, tls: Any) -> bool:
+        """Whether a connection would be refused, without counting or logging it."""
+        return connect_refusal(client_id, tls, self._authorizer)[1] is not None
 
     def allows_publish(self, identity: ClientIdentity, topic: str) -> bool:
         """Ask the authorizer; a refusal is logged and counted."""
