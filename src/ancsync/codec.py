@@ -46,6 +46,9 @@ def encode(
     are taken as already-encoded payloads: sent unchanged (a ``str`` as UTF-8), only size-checked.
     ``what`` names the payload in error messages, e.g. ``"telemetry batch"``.
 
+    Models refuse NaN and infinity; in a plain mapping orjson writes them as ``null``, so
+    validate numbers through a model when they matter.
+
     Raises:
         PayloadTooLarge: the encoded payload is over ``limit`` bytes.
         InvalidPayload: a value cannot be represented in JSON.
