@@ -3,6 +3,7 @@
 Everything public is re-exported here; import from ``ancsync`` only.
 """
 
+from ancsync.codec import decode_model, encode
 from ancsync.config import Settings
 from ancsync.connection import IoTConnection
 from ancsync.errors import (
@@ -40,11 +41,20 @@ from ancsync.models import (
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.mqtt.outbox import Lane, PublishHandle
 from ancsync.mqtt.session import ConnectionEvent
-from ancsync.topics import ShadowTopics, TelemetryKind
+from ancsync.topics import (
+    TELEMETRY_KINDS,
+    ShadowTopics,
+    TelemetryKind,
+    commands_topic,
+    emergency_topic,
+    status_topic,
+    telemetry_topic,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TELEMETRY_KINDS",
     "AncDesiredState",
     "AncMetrics",
     "AncReportedState",
@@ -80,6 +90,12 @@ __all__ = [
     "TelemetryBatch",
     "TelemetryKind",
     "__version__",
+    "commands_topic",
+    "decode_model",
+    "emergency_topic",
+    "encode",
     "json_schemas",
+    "status_topic",
+    "telemetry_topic",
     "utc_now",
 ]
