@@ -6,6 +6,7 @@ Everything public is re-exported here; import from ``ancsync`` only.
 from ancsync.codec import decode_model, encode
 from ancsync.config import Settings
 from ancsync.connection import IoTConnection
+from ancsync.emergency import EmergencyReporter
 from ancsync.errors import (
     AncSyncError,
     BufferFull,
@@ -41,6 +42,8 @@ from ancsync.models import (
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.mqtt.outbox import Lane, PublishHandle
 from ancsync.mqtt.session import ConnectionEvent
+from ancsync.mqtt.store import DurableStore
+from ancsync.telemetry import TelemetryPublisher
 from ancsync.topics import (
     TELEMETRY_KINDS,
     ShadowTopics,
@@ -68,8 +71,10 @@ __all__ = [
     "ConnectTimeout",
     "ConnectionEvent",
     "DeviceStatus",
+    "DurableStore",
     "EmergencyEvent",
     "EmergencyInput",
+    "EmergencyReporter",
     "ErrorRecord",
     "InvalidPayload",
     "InvalidTopic",
@@ -89,6 +94,7 @@ __all__ = [
     "TLSError",
     "TelemetryBatch",
     "TelemetryKind",
+    "TelemetryPublisher",
     "__version__",
     "commands_topic",
     "decode_model",

@@ -85,6 +85,7 @@ class EmergencyReporter:
         self._acknowledged = 0
         self._resent = 0
         self._last_error: str | None = None
+        self._all_acknowledged: anyio.Event | None = None
 
     # -- running -------------------------------------------------------------------------------
 
@@ -241,11 +242,24 @@ class EmergencyReporter:
         if self._pending.pop(event_id, None) is None:
             return  # already done by the other waiter
         self._acknowledged += 1
+        if not self._pending and self._all_acknowledged is not None:
+            self._all_acknowledged.set()
+            self._all_acknowledged = None
         try:
             await anyio.to_thread.run_sync(self._store.ack, event_id)
         except StorageError as exc:
             # It stays stored and is sent again on the next start: a duplicate, never a loss.
             logger.warning("acknowledged emergency %s stays stored: %s", event_id, exc)
+
+    async def wait_acknowledged(self) -> None:
+        """Wait until every reported (and re-sent) event has been acknowledged.
+
+        Bound it with a deadline (``anyio.move_on_after``), e.g. when shutting down.
+        """
+        while self._pending:
+            if self._all_acknowledged is None:
+                self._all_acknowledged = anyio.Event()
+            await self._all_acknowledged.wait()
 
     # -- status --------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from pydantic import BaseModel, ValidationError
 
 from ancsync.batching import RecordBuffer
@@ -109,6 +109,7 @@ class TelemetryPublisher:
         self._wakeup: anyio.Event | None = None
         self._window: anyio.Semaphore | None = None
         self._scope: anyio.CancelScope | None = None
+        self._offline_wait: anyio.CancelScope | None = None
         self._stopped: anyio.Event | None = None
         self._delivered = dict.fromkeys(TELEMETRY_KINDS, 0)
         self._failed = dict.fromkeys(TELEMETRY_KINDS, 0)
@@ -163,19 +164,28 @@ class TelemetryPublisher:
 
     # -- the background task ---------------------------------------------------------------------
 
-    async def start_publishing(self) -> None:
-        """Batch and publish until :meth:`stop` (or cancellation). Run it in a task group.
+    async def start_publishing(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Batch and publish until :meth:`stop` (or cancellation). Run it in a task group;
+        ``await task_group.start(telemetry.start_publishing)`` returns once it runs.
 
-        First re-sends the batches a previous run left in the durable store, in order.
+        First re-sends the batches a previous run left in the durable store, in order. A
+        publisher runs once: after :meth:`stop` this returns at once.
         """
         if self._running:
             raise RuntimeError("start_publishing() is already running")
-        self._running, self._stopping = True, False
+        if self._stopping:
+            logger.debug("start_publishing() after stop(): not started")
+            task_status.started()
+            return
+        self._running = True
         self._wakeup, self._stopped = anyio.Event(), anyio.Event()
         self._window = anyio.Semaphore(MAX_BATCHES_IN_FLIGHT)
         try:
             with anyio.CancelScope() as self._scope:
                 async with anyio.create_task_group() as watchers:
+                    task_status.started()
                     await self._resend_stored(watchers)
                     await self._batch_until_stopped(watchers)
                     await self._wait_until_delivered()
@@ -191,8 +201,10 @@ class TelemetryPublisher:
         there is a durable store (and re-sent on the next start); otherwise it is counted as
         ``unsent`` in :meth:`get_status` and logged.
         """
+        self._stopping = True
+        if self._offline_wait is not None:
+            self._offline_wait.cancel()
         if self._running and self._stopped is not None:
-            self._stopping = True
             assert self._wakeup is not None
             self._wakeup.set()
             with anyio.move_on_after(timeout):
@@ -216,8 +228,9 @@ class TelemetryPublisher:
                     await self._wakeup.wait()
                 continue
             await self._window.acquire()
-            if not self._stopping:
-                await self._until_connected()
+            if not await self._until_connected():
+                self._window.release()
+                return  # stopping while offline: what waits is stored or counted by stop()
             records = self._buffer.take(kind)
             if not records:  # dropped while we waited
                 self._window.release()
@@ -228,16 +241,23 @@ class TelemetryPublisher:
                 continue
             await self._send(message, kind, watchers)
 
-    async def _until_connected(self) -> None:
-        """Wait for the connection: while offline, records wait here, newest kept."""
-        while True:
-            try:
-                await self._iot.wait_connected()
-            except AncSyncError:
-                # A permanent error (bad certificate...): the session retries slowly by itself.
-                await anyio.sleep(1.0)
-            else:
-                return
+    async def _until_connected(self) -> bool:
+        """Wait for the connection (offline, records wait in the buffer, newest kept).
+
+        Returns ``False`` when :meth:`stop` is called while offline.
+        """
+        if self._iot.connected:
+            return True
+        with anyio.CancelScope() as self._offline_wait:
+            while not self._stopping:
+                try:
+                    await self._iot.wait_connected()
+                except AncSyncError:
+                    # A permanent error (bad certificate...): the session retries by itself.
+                    await anyio.sleep(1.0)
+                else:
+                    return True
+        return False
 
     def _make_batch(self, kind: TelemetryKind, records: list[bytes]) -> tuple[StoredMessage, int]:
         """Number and encode a batch of ``records``; returns the message and its ``seq``."""
@@ -347,7 +367,9 @@ class TelemetryPublisher:
         for message in stored:
             kind = _kind_of(message.topic)
             await self._window.acquire()
-            await self._until_connected()
+            if not await self._until_connected():
+                self._window.release()
+                return  # stopping: the rest stays stored for the next start
             self._buffer.in_flight += message.records
             await self._send(message, kind, watchers)
 
