@@ -1,0 +1,178 @@
+"""The local AWS IoT Core emulator: broker, shadow service, device policy and rules sink in one.
+
+:class:`Emulator` is what ``ancsync emulator``, the test fixtures and the demo start::
+
+    async with Emulator(certs_dir, things=["anc-device-001"]) as emulator:
+        settings = emulator.device_settings("anc-device-001")  # IOT_ENDPOINT=... for a device
+        ...
+        emergencies = emulator.rules.emergencies()
+
+It runs in the current event loop until the ``async with`` block ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+
+from ancsync.emulator.broker import EmbeddedBroker
+from ancsync.emulator.certs import DevCerts, ensure_dev_certs
+from ancsync.emulator.policy import DevicePolicy
+from ancsync.emulator.rules import RulesSink
+from ancsync.emulator.shadow_documents import ShadowLimits
+from ancsync.emulator.shadows import ShadowService
+from ancsync.errors import ConfigError, NotStarted
+from ancsync.topics import validate_thing_name
+
+__all__ = ["DEFAULT_THING", "Emulator"]
+
+log = logging.getLogger("ancsync.emulator.server")
+
+DEFAULT_THING = "anc-device-001"
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end (without swallowing our own cancellation)."""
+    task.cancel()
+    await asyncio.wait([task])
+
+
+class Emulator:
+    """Broker + Device Shadow service + device policy + rules sink, on ``host:port``.
+
+    ``certs_dir`` receives the dev CA, server, operator and one certificate per thing (reused
+    when still valid). ``tls=False`` serves plain MQTT instead (loopback hosts only; clients are
+    then identified by client id alone). ``port`` 0 picks a free port: read :attr:`port`.
+    ``db_path`` None keeps the rules sink in memory. ``limits``, ``clock`` (epoch seconds for
+    every shadow timestamp) and ``shadow_latency`` (seconds added to each shadow request)
+    configure the shadow service.
+    """
+
+    def __init__(
+        self,
+        certs_dir: Path | str,
+        things: Sequence[str] = (DEFAULT_THING,),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = True,
+        db_path: Path | str | None = None,
+        limits: ShadowLimits | None = None,
+        clock: Callable[[], float] = time.time,
+        shadow_latency: float = 0.0,
+    ) -> None:
+        if not things:
+            raise ConfigError("the emulator needs at least one thing name, e.g. anc-device-001")
+        self.things = tuple(validate_thing_name(thing) for thing in things)
+        self.certs_dir = Path(certs_dir)
+        self.host = host
+        self.tls = tls
+        self.db_path = db_path
+        self._requested_port = port
+        self.policy = DevicePolicy(self.things)
+        self.shadows = ShadowService(limits=limits, clock=clock, latency=shadow_latency)
+        self._certs: DevCerts | None = None
+        self._broker: EmbeddedBroker | None = None
+        self._rules: RulesSink | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def _started(self) -> tuple[DevCerts, EmbeddedBroker, RulesSink]:
+        if self._certs is None or self._broker is None or self._rules is None:
+            raise NotStarted("the emulator is not running; use `async with Emulator(...)`")
+        return self._certs, self._broker, self._rules
+
+    @property
+    def certs(self) -> DevCerts:
+        """The dev certificate paths (CA, server, operator, one per thing)."""
+        return self._started()[0]
+
+    @property
+    def broker(self) -> EmbeddedBroker:
+        """The running embedded broker (``publish``, ``stats``...)."""
+        return self._started()[1]
+
+    @property
+    def rules(self) -> RulesSink:
+        """The rules sink holding the telemetry and emergencies received."""
+        return self._started()[2]
+
+    @property
+    def port(self) -> int:
+        """The bound port: TLS, or plain MQTT with ``tls=False``."""
+        broker = self.broker
+        return broker.port if self.tls else int(broker.plain_port or 0)
+
+    def device_settings(self, thing_name: str = DEFAULT_THING) -> dict[str, str]:
+        """The environment variables a device needs to connect as ``thing_name``."""
+        certs = self.certs
+        if thing_name not in self.things:
+            raise ConfigError(f"{thing_name!r} is not one of this emulator's things {self.things}")
+        settings = {"IOT_ENDPOINT": self.host, "IOT_PORT": str(self.port)}
+        settings["IOT_THING_NAME"] = thing_name
+        if self.tls:
+            device = certs.device(thing_name)
+            settings["IOT_CERT_PATH"] = str(device.cert)
+            settings["IOT_KEY_PATH"] = str(device.key)
+            settings["IOT_ROOT_CA_PATH"] = str(certs.ca)
+        else:
+            settings["IOT_TLS"] = "false"
+        return settings
+
+    async def start(self) -> None:
+        """Generate certificates, open the rules database, start the services and the broker."""
+        if self._broker is not None:
+            return
+        certs = await anyio.to_thread.run_sync(ensure_dev_certs, self.certs_dir, self.things)
+        rules = RulesSink(self.db_path)
+        broker = EmbeddedBroker(
+            certs if self.tls else None,
+            host=self.host,
+            port=self._requested_port,
+            plain_port=None if self.tls else self._requested_port,
+            authorizer=self.policy,
+            reserved_handler=self.shadows.handle_request,
+        )
+        rules.attach(broker)
+        # A plain asyncio task, like amqtt's own: a test fixture starts the emulator in one task
+        # and stops it in another, which an anyio task group held open in between forbids.
+        worker = asyncio.get_running_loop().create_task(self.shadows.run(broker))
+        try:
+            await broker.start()
+        except BaseException:
+            await _cancel(worker)
+            rules.close()
+            raise
+        self._certs, self._broker, self._rules, self._worker = certs, broker, rules, worker
+        log.info(
+            "emulator ready on %s:%s (%s)", self.host, self.port, "TLS" if self.tls else "plain"
+        )
+
+    async def stop(self) -> None:
+        """Stop the broker (disconnecting every client) and the services; close the database."""
+        broker, worker, rules = self._broker, self._worker, self._rules
+        self._broker, self._worker, self._rules = None, None, None
+        if broker is not None:
+            await broker.stop()
+        if worker is not None:
+            await _cancel(worker)
+        if rules is not None:
+            rules.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
