@@ -26,11 +26,15 @@ from ancsync.emulator.certs import CertPair, DevCerts
 HOST = "127.0.0.1"
 
 
-def client_tls_context(ca: Path, pair: CertPair | None) -> ssl.SSLContext:
+def client_tls_context(
+    ca: Path, pair: CertPair | None, *, max_version: ssl.TLSVersion | None = None
+) -> ssl.SSLContext:
     """A client TLS context trusting ``ca`` and presenting ``pair`` (None: no certificate)."""
     context = ssl.create_default_context(cafile=str(ca))
     if pair is not None:
         context.load_cert_chain(pair.cert, pair.key)
+    if max_version is not None:
+        context.maximum_version = max_version
     return context
 
 
@@ -41,6 +45,7 @@ def mqtt_client(
     client_id: str,
     *,
     ca: Path | None = None,
+    max_tls_version: ssl.TLSVersion | None = None,
     timeout: float = 5,
     **kwargs: Any,
 ) -> aiomqtt.Client:
@@ -53,7 +58,7 @@ def mqtt_client(
         HOST,
         port,
         identifier=client_id,
-        tls_context=client_tls_context(ca or certs.ca, pair),
+        tls_context=client_tls_context(ca or certs.ca, pair, max_version=max_tls_version),
         timeout=timeout,
         **kwargs,
     )

@@ -131,7 +131,7 @@ class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             )
         finally:
             _connecting_tls.reset(token)
-        identity, reason = self._owner.decide_connect(session.client_id or "", tls)
+        identity, reason = self._owner._decide_connect(session.client_id or "", tls)
         if reason is not None:
             await _refuse_connection(writer)
             raise MQTTError(f"refused connection of {identity}: {reason}")
@@ -142,7 +142,7 @@ class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     async def _delete_session(self, client_id: str) -> None:
         tls = _connecting_tls.get(_NOT_CONNECTING)
-        if tls is not _NOT_CONNECTING and self._owner.would_refuse(client_id, tls):
+        if tls is not _NOT_CONNECTING and self._owner._would_refuse(client_id, tls):
             return  # keep the session of the client already connected with this id
         await super()._delete_session(client_id)
 
@@ -155,24 +155,24 @@ class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         ordinary = bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
         if shadow_request or ordinary:
             identity = identity_of(client_session)
-            if not self._owner.allows_publish(identity, topic):
+            if not self._owner._allows_publish(identity, topic):
                 return True  # dropped, logged and counted; the client stays connected
             if shadow_request:
-                await self._owner.handle_reserved(identity, topic, bytes(message.data or b""))
+                await self._owner._handle_reserved(identity, topic, bytes(message.data or b""))
                 return True
         # amqtt refuses an invalid topic or any other `$` topic by no longer serving the client,
         # but leaves its socket open (and answering pings): disconnect it for real instead.
         if not await super()._handle_message_delivery(client_session, handler, wait_deliver):
-            self._owner.count_refused_publish(identity_of(client_session), topic)
+            self._owner._count_refused_publish(identity_of(client_session), topic)
             await handler.handle_connection_closed()
             return True  # the client loop now sees the disconnection and ends the session
         if ordinary:
             payload = bytes(message.data or b"")
-            await self._owner.notify_listeners(identity_of(client_session), topic, payload)
+            await self._owner._notify_listeners(identity_of(client_session), topic, payload)
         return True
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        if not self._owner.allows_subscribe(identity_of(session), subscription[0]):
+        if not self._owner._allows_subscribe(identity_of(session), subscription[0]):
             return SUBACK_FAILURE
         return int(await super().add_subscription(subscription, session))
 
@@ -342,9 +342,9 @@ class EmbeddedBroker:
         """Counters: ``connects_denied``, ``publishes_denied``, ``subscribes_denied``."""
         return dict(self._stats)
 
-    # -- decisions, called by _AwsLikeBroker and CertificateAuthPlugin ----------------------
+    # -- decisions and hooks, called by _AwsLikeBroker ------------------------------------
 
-    def decide_connect(
+    def _decide_connect(
         self, client_id: str, tls: ssl.SSLObject | None
     ) -> tuple[ClientIdentity, str | None]:
         """The identity of a connecting client and why it is refused (None: accepted)."""
@@ -359,11 +359,11 @@ class EmbeddedBroker:
             )
         return identity, reason
 
-    def would_refuse(self, client_id: str, tls: Any) -> bool:
+    def _would_refuse(self, client_id: str, tls: Any) -> bool:
         """Whether a connection would be refused, without counting or logging it."""
         return connect_refusal(client_id, tls, self._authorizer)[1] is not None
 
-    def allows_publish(self, identity: ClientIdentity, topic: str) -> bool:
+    def _allows_publish(self, identity: ClientIdentity, topic: str) -> bool:
         """Ask the authorizer; a refusal is logged and counted."""
         if self._authorizer is None or self._authorizer.authorize_publish(identity, topic):
             return True
@@ -371,7 +371,7 @@ class EmbeddedBroker:
         log.warning("dropped publish of %r to %r: not authorised", identity.client_id, topic)
         return False
 
-    def count_refused_publish(self, identity: ClientIdentity, topic: str) -> None:
+    def _count_refused_publish(self, identity: ClientIdentity, topic: str) -> None:
         """Count a publish amqtt refused (invalid or reserved topic); the client is disconnected."""
         self._stats["publishes_denied"] += 1
         log.warning(
@@ -380,7 +380,7 @@ class EmbeddedBroker:
             topic,
         )
 
-    def allows_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
+    def _allows_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
         """Ask the authorizer; a refusal is logged and counted (the client gets SUBACK 0x80)."""
         if self._authorizer is None or self._authorizer.authorize_subscribe(identity, topic_filter):
             return True
@@ -388,7 +388,7 @@ class EmbeddedBroker:
         log.warning("refused subscription of %r to %r", identity.client_id, topic_filter)
         return False
 
-    async def handle_reserved(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
+    async def _handle_reserved(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
         """Pass a shadow request to the reserved handler; without one it is dropped."""
         if self._reserved_handler is None:
             log.warning("no service for %r (published by %r); dropped", topic, identity.client_id)
@@ -398,7 +398,7 @@ class EmbeddedBroker:
         except Exception:
             log.exception("the handler of %r failed; the client stays connected", topic)
 
-    async def notify_listeners(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
+    async def _notify_listeners(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
         """Give an accepted publish to every listener; a failing listener is logged, not fatal."""
         for listener in self._listeners:
             try:
