@@ -81,6 +81,7 @@ class EmergencyReporter:
         # first, and the handle of each one queued by this process.
         self._pending: dict[str, float] = {}
         self._handles: dict[str, PublishHandle] = {}
+        self._acknowledging: set[str] = set()
         self._reported = 0
         self._acknowledged = 0
         self._resent = 0
@@ -239,17 +240,21 @@ class EmergencyReporter:
 
     async def _acknowledge(self, event_id: str) -> None:
         self._handles.pop(event_id, None)
-        if self._pending.pop(event_id, None) is None:
-            return  # already done by the other waiter
-        self._acknowledged += 1
-        if not self._pending and self._all_acknowledged is not None:
-            self._all_acknowledged.set()
-            self._all_acknowledged = None
+        if event_id not in self._pending or event_id in self._acknowledging:
+            return  # already done, or being done, by the other waiter
+        self._acknowledging.add(event_id)
         try:
             await anyio.to_thread.run_sync(self._store.ack, event_id)
         except StorageError as exc:
             # It stays stored and is sent again on the next start: a duplicate, never a loss.
             logger.warning("acknowledged emergency %s stays stored: %s", event_id, exc)
+        finally:
+            self._acknowledging.discard(event_id)
+            del self._pending[event_id]
+        self._acknowledged += 1
+        if not self._pending and self._all_acknowledged is not None:
+            self._all_acknowledged.set()
+            self._all_acknowledged = None
 
     async def wait_acknowledged(self) -> None:
         """Wait until every reported (and re-sent) event has been acknowledged.

@@ -1,0 +1,240 @@
+"""EmergencyReporter against the embedded broker over real TLS: durable, QoS 1, never lost."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from device import THING, device_connection
+from publish_log import PublishLog
+
+from ancsync import (
+    EmergencyInput,
+    EmergencyReporter,
+    InvalidPayload,
+    PublishTimeout,
+    StorageError,
+)
+from ancsync.codec import decode_model
+from ancsync.emulator.broker import EmbeddedBroker
+from ancsync.emulator.certs import DevCerts
+from ancsync.models import EmergencyEvent
+from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.mqtt.store import STORE_FILE_NAME, DurableStore
+from ancsync.topics import emergency_topic
+
+FAST_RECONNECT = BackoffPolicy(base=0.05, cap=0.2)
+TOPIC = emergency_topic(THING)
+
+
+def alarm(name: str = "fire_alarm", **extra: Any) -> dict[str, Any]:
+    return {
+        "is_emergency": True,
+        "predicted_class": name,
+        "confidence": 0.94,
+        "action": "anc_bypassed",
+        **extra,
+    }
+
+
+@pytest.fixture
+async def broker(dev_certs: DevCerts) -> AsyncIterator[tuple[EmbeddedBroker, PublishLog]]:
+    log = PublishLog()
+    broker = EmbeddedBroker(dev_certs)
+    broker.add_publish_listener(log)
+    async with broker:
+        yield broker, log
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> AsyncIterator[DurableStore] | Any:
+    with DurableStore.in_dir(tmp_path / "data") as opened:
+        yield opened
+
+
+async def unused_port(certs: DevCerts) -> int:
+    async with EmbeddedBroker(certs) as probe:
+        return probe.port
+
+
+async def test_an_emergency_is_stored_sent_flat_and_removed_on_puback(
+    dev_certs: DevCerts, broker: tuple[EmbeddedBroker, PublishLog], store: DurableStore
+) -> None:
+    server, log = broker
+    with anyio.fail_after(10):
+        async with (
+            device_connection(dev_certs, server.port) as iot,
+            EmergencyReporter(iot, store=store) as reporter,
+        ):
+            event = await reporter.report_emergency(alarm(), wait_for_ack=True, timeout=5)
+
+            assert (event.device_id, event.seq, event.severity) == (THING, 1, "critical")
+            (payload,) = log.on(TOPIC)
+            assert decode_model(payload, EmergencyEvent) == event
+            assert store.pending() == []
+            status = reporter.get_status()
+            assert (status["reported"], status["acknowledged"], status["pending"]) == (1, 1, 0)
+            assert status["oldest_pending_age_s"] is None
+
+            second = await reporter.report_emergency(
+                EmergencyInput(**alarm("glass_break", severity="warning"))
+            )
+            assert second.seq == 2
+            assert second.event_id != event.event_id
+            await reporter.wait_acknowledged()
+            assert [decode_model(p, EmergencyEvent).seq for p in log.on(TOPIC)] == [1, 2]
+
+
+async def test_when_report_emergency_returns_the_event_is_on_disk(
+    dev_certs: DevCerts, tmp_path: Path
+) -> None:
+    """Broker unreachable: the call still returns, and another connection to the file sees it."""
+    port = await unused_port(dev_certs)
+    with anyio.fail_after(10), DurableStore.in_dir(tmp_path) as store:
+        async with (
+            device_connection(dev_certs, port, reconnect=FAST_RECONNECT) as iot,
+            EmergencyReporter(iot, store=store) as reporter,
+        ):
+            event = await reporter.report_emergency(alarm())
+
+            with DurableStore.in_dir(tmp_path) as other_reader:
+                (stored,) = other_reader.pending()
+            assert stored.msg_id == event.event_id
+            assert decode_model(stored.payload, EmergencyEvent) == event
+            status = reporter.get_status()
+            assert status["pending"] == 1
+            assert status["oldest_pending_age_s"] >= 0
+
+
+async def test_waiting_for_an_ack_that_does_not_come_times_out_and_keeps_the_event(
+    dev_certs: DevCerts, store: DurableStore
+) -> None:
+    port = await unused_port(dev_certs)
+    with anyio.fail_after(10):
+        async with (
+            device_connection(dev_certs, port, reconnect=FAST_RECONNECT) as iot,
+            EmergencyReporter(iot, store=store) as reporter,
+        ):
+            with pytest.raises(PublishTimeout, match="may still be delivered"):
+                await reporter.report_emergency(alarm(), wait_for_ack=True, timeout=0.2)
+            assert len(store.pending("emergency")) == 1
+            assert reporter.get_status()["pending"] == 1
+
+
+async def test_a_bad_event_is_refused_by_field_and_nothing_is_stored_or_sent(
+    dev_certs: DevCerts, broker: tuple[EmbeddedBroker, PublishLog], store: DurableStore
+) -> None:
+    server, log = broker
+    with anyio.fail_after(10):
+        async with (
+            device_connection(dev_certs, server.port) as iot,
+            EmergencyReporter(iot, store=store) as reporter,
+        ):
+            with pytest.raises(InvalidPayload, match="confidence"):
+                await reporter.report_emergency(alarm(confidence=1.5))
+            with pytest.raises(InvalidPayload, match="predicted_class"):
+                await reporter.report_emergency({"is_emergency": True, "action": "none"})
+            with pytest.raises(InvalidPayload, match="mapping"):
+                await reporter.report_emergency("fire!")  # type: ignore[arg-type]
+
+            # the session keeps working: a good event after the bad ones goes out as seq 1
+            event = await reporter.report_emergency(alarm(), wait_for_ack=True, timeout=5)
+            assert event.seq == 1
+            assert len(log.on(TOPIC)) == 1
+            assert reporter.get_status()["reported"] == 1
+
+
+async def test_a_full_store_is_a_clear_error_and_nothing_reported_is_lost(
+    dev_certs: DevCerts, store: DurableStore
+) -> None:
+    port = await unused_port(dev_certs)  # offline: nothing is acknowledged, the file only grows
+    with anyio.fail_after(10):
+        async with (
+            device_connection(dev_certs, port, reconnect=FAST_RECONNECT) as iot,
+            EmergencyReporter(iot, store=store) as reporter,
+        ):
+            # SQLite's own size cap gives the same SQLITE_FULL as a full disk (test_store also
+            # fills a real file system).
+            (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
+            store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+            reported, error = await report_until_error(reporter)
+
+            assert "disk is full" in str(error)
+            assert [m.msg_id for m in store.pending()] == [e.event_id for e in reported]
+            status = reporter.get_status()
+            assert status["reported"] == status["pending"] == len(reported)
+            assert "disk is full" in status["last_error"]
+
+
+async def report_until_error(
+    reporter: EmergencyReporter,
+) -> tuple[list[EmergencyEvent], StorageError]:
+    reported: list[EmergencyEvent] = []
+    for i in range(500):
+        try:
+            reported.append(await reporter.report_emergency(alarm(f"alarm-{i}" + "x" * 100)))
+        except StorageError as error:
+            return reported, error
+    raise AssertionError("the store never filled up")
+
+
+async def test_events_stored_by_a_previous_run_are_sent_with_their_ids_on_start(
+    dev_certs: DevCerts, tmp_path: Path
+) -> None:
+    port = await unused_port(dev_certs)
+    data = tmp_path / "data"
+    with anyio.fail_after(15):
+        with DurableStore.in_dir(data) as store:
+            async with (
+                device_connection(dev_certs, port, reconnect=FAST_RECONNECT) as iot,
+                EmergencyReporter(iot, store=store) as reporter,
+            ):
+                earlier = [await reporter.report_emergency(alarm(f"a{i}")) for i in range(3)]
+
+        log = PublishLog()
+        server = EmbeddedBroker(dev_certs, port=port)
+        server.add_publish_listener(log)
+        with DurableStore.in_dir(data) as store:
+            async with (
+                server,
+                device_connection(dev_certs, port) as iot,
+                EmergencyReporter(iot, store=store) as reporter,
+            ):
+                later = await reporter.report_emergency(alarm("a3"))
+                await reporter.wait_acknowledged()
+
+                sent = [decode_model(p, EmergencyEvent) for p in log.on(TOPIC)]
+                assert sent == [*earlier, later]
+                assert later.seq == 4  # the counter survived the restart
+                assert reporter.get_status()["resent_from_store"] == 3
+                assert store.pending() == []
+
+
+async def test_a_corrupt_store_file_is_moved_aside_and_reporting_works(
+    dev_certs: DevCerts,
+    broker: tuple[EmbeddedBroker, PublishLog],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, log = broker
+    (tmp_path / STORE_FILE_NAME).write_bytes(b"\x00garbage" * 1000)
+    with anyio.fail_after(10):
+        with caplog.at_level(logging.ERROR, logger="ancsync.mqtt.store"):
+            store = DurableStore.in_dir(tmp_path)
+        assert "moved it to" in caplog.text
+        with store:
+            async with (
+                device_connection(dev_certs, server.port) as iot,
+                EmergencyReporter(iot, store=store) as reporter,
+            ):
+                event = await reporter.report_emergency(alarm(), wait_for_ack=True, timeout=5)
+                assert decode_model(log.on(TOPIC)[0], EmergencyEvent) == event
+        assert len(moved_aside(tmp_path)) == 1
+
+
+def moved_aside(directory: Path) -> list[Path]:
+    return list(directory.glob(f"{STORE_FILE_NAME}.corrupt-*"))
