@@ -61,7 +61,8 @@ class IoTConnection:
 
     - ``keep_alive``: taken as given, so tests may use a few seconds (AWS IoT raises values
       under 30 to 30; :class:`Settings` refuses them).
-    - ``reconnect``: the backoff (base 1 s, cap 60 s, reset after 30 s connected).
+    - ``reconnect``: the backoff policy (base 1 s, cap 60 s, reset after 30 s connected), or a
+      :class:`~ancsync.mqtt.backoff.Backoff` with an injected random source (tests).
     - ``rate_limit``: ``(messages per second, bytes per second)``, default AWS's ``(100, 512 KiB)``.
     - ``lane_limits``: bounds of the outbox lanes; ``in_flight``: concurrent unacknowledged
       QoS 1 publishes (AWS allows 100).
@@ -85,7 +86,7 @@ class IoTConnection:
         tls: bool | None = None,
         persistent_session: bool | None = None,
         firmware_version: str = "unknown",
-        reconnect: BackoffPolicy | None = None,
+        reconnect: BackoffPolicy | Backoff | None = None,
         rate_limit: tuple[float, float] = (100, 512 * 1024),
         lane_limits: Mapping[Lane, LaneLimits] = DEFAULT_LIMITS,
         in_flight: int = 20,
@@ -120,7 +121,7 @@ class IoTConnection:
         self.thing_name = settings.iot.thing_name
         self._keep_alive = settings.iot.keep_alive if keep_alive is None else keep_alive
         self._firmware_version = firmware_version
-        self._backoff_policy = reconnect or BackoffPolicy()
+        self._reconnect = reconnect or BackoffPolicy()
         self._in_flight = in_flight
         self._connect_timeout = connect_timeout
         self._transport_factory = transport_factory
@@ -183,7 +184,9 @@ class IoTConnection:
             clean_session=not iot.persistent_session,
             firmware_version=self._firmware_version,
             transport_factory=self._transport_factory,
-            backoff=Backoff(self._backoff_policy),
+            backoff=self._reconnect
+            if isinstance(self._reconnect, Backoff)
+            else Backoff(self._reconnect),
             in_flight=self._in_flight,
             connect_timeout=self._connect_timeout,
         )

@@ -34,6 +34,12 @@ class _Link:
         self.scope = anyio.CancelScope()
 
 
+async def _close(link: _Link) -> None:
+    with anyio.CancelScope(shield=True):
+        await link.client.aclose()
+        await link.upstream.aclose()
+
+
 class FaultProxy:
     """``async with FaultProxy(broker_port) as proxy:`` then connect to ``proxy.port``."""
 
@@ -62,6 +68,8 @@ class FaultProxy:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._task_group is not None
+        # Close every link, swallowed ones too, so the broker sees the connections end.
+        await self.cut()
         self._task_group.cancel_scope.cancel()
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
@@ -69,8 +77,7 @@ class FaultProxy:
         """Close every open connection."""
         for link in list(self._links):
             link.scope.cancel()
-            await link.client.aclose()
-            await link.upstream.aclose()
+            await _close(link)
 
     def swallow(self) -> None:
         """Make every open connection half-open: traffic is read and dropped both ways."""
@@ -106,8 +113,7 @@ class FaultProxy:
                     tg.start_soon(self._pump, link, upstream, client, tg)
         finally:
             self._links.discard(link)
-            await client.aclose()
-            await upstream.aclose()
+            await _close(link)
 
     async def _pump(
         self, link: _Link, source: SocketStream, sink: SocketStream, tg: TaskGroup
