@@ -43,6 +43,7 @@ from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.mqtt.outbox import Lane, PublishHandle
 from ancsync.mqtt.session import ConnectionEvent
 from ancsync.mqtt.store import DurableStore
+from ancsync.shadow import DeviceShadowSync, ShadowState
 from ancsync.telemetry import TelemetryPublisher
 from ancsync.topics import (
     TELEMETRY_KINDS,
@@ -70,6 +71,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "ConnectionEvent",
+    "DeviceShadowSync",
     "DeviceStatus",
     "DurableStore",
     "EmergencyEvent",
@@ -87,6 +89,7 @@ __all__ = [
     "PublishTimeout",
     "Settings",
     "ShadowRejected",
+    "ShadowState",
     "ShadowTimeout",
     "ShadowTopics",
     "StorageError",

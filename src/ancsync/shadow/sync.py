@@ -1,0 +1,594 @@
+"""DeviceShadowSync: the device side of one Device Shadow, converging honestly (DESIGN 1.4, 5).
+
+The state machine, in one place:
+
+- **Local copy.** Every ``accepted``, ``documents`` and ``get`` reply of the shadow updates
+  :class:`~ancsync.shadow.document.LocalShadow`, which ignores replies older than itself, so the
+  copy always carries the version it reflects.
+- **Reported updates are coalesced.** :meth:`DeviceShadowSync.report` and
+  :meth:`~DeviceShadowSync.update_reported` merge into one pending patch (the latest value per
+  key wins); one update request is in flight at a time and takes everything pending when it
+  starts. Updates carry the local ``version``: a 409 means someone else changed the shadow, so
+  the device re-reads it and tries again.
+- **Deltas.** An ``update/delta`` older than the last one seen is discarded. A newer one (or the
+  delta of a get) goes to the sync task, which validates each desired value against the desired
+  model, hands the valid ones to the delta handler and reports exactly what the handler says it
+  applied. Invalid values and handler failures are reported in ``last_error``, never echoed.
+  A desired value is offered once: it is offered again only when it changes, or after a
+  reconnect (so a refused or clamped value cannot start an update-delta loop).
+- **Re-sync.** After every connect, and every ``sync_interval`` seconds: get the shadow, handle
+  its delta, send what is pending.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydantic import BaseModel, ValidationError
+
+from ancsync.codec import describe_errors
+from ancsync.errors import AncSyncError, InvalidPayload, ShadowRejected
+from ancsync.models import AncDesiredState, AncReportedState
+from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.shadow.document import (
+    JsonObject,
+    LocalShadow,
+    ShadowState,
+    check_state_limits,
+    combine,
+    json_equal,
+)
+from ancsync.shadow.requests import ShadowRequester, limits_for
+from ancsync.topics import ShadowTopics, parse_shadow_topic, validate_thing_name
+
+if TYPE_CHECKING:
+    from ancsync.connection import IoTConnection
+
+__all__ = ["Applied", "DeltaHandler", "DeviceShadowSync"]
+
+log = logging.getLogger("ancsync.shadow")
+
+Applied: TypeAlias = Mapping[str, Any] | BaseModel | None
+"""What a delta handler returns: the values it actually applied (``None``: nothing)."""
+
+DeltaHandler: TypeAlias = Callable[[JsonObject], Awaitable[Applied] | Applied]
+"""``handler(changes) -> applied``, async or plain; ``changes`` are the valid desired values."""
+
+MAX_ERROR_CHARS = 1024  # AncReportedState.last_error's bound
+_KEEP_FAILURES = 16
+
+
+class DeviceShadowSync:
+    """Keep the device's state and one Device Shadow (classic or named) in step.
+
+    ::
+
+        shadow = DeviceShadowSync(iot)                # before `async with iot`, ideally
+        @shadow.on_delta
+        async def apply(changes: dict) -> dict:
+            return anc.apply(changes)                 # return what was really applied
+
+        async with iot, shadow:                       # runs start_sync() in the background
+            await shadow.update_reported({"anc_enabled": True, "battery_level": 85})
+
+    ``model`` validates reported state and ``desired_model`` desired values (``None``: no
+    validation). ``sync_interval`` defaults to the connection's ``shadow.sync_interval`` setting.
+    Each request waits ``request_timeout`` seconds for its reply and is tried ``attempts``
+    times, with ``retry_backoff`` between tries; a version conflict re-reads the shadow and is
+    retried up to ``conflict_retries`` times. ``error_field`` is the reported key that says
+    why desired values were not applied (``None``: only log it).
+
+    The shadow subscribes to its response topics when created, so create it before the
+    connection connects: a request sent before the subscription is in place gets no reply
+    until it is retried.
+    """
+
+    def __init__(
+        self,
+        connection: IoTConnection,
+        thing_name: str | None = None,
+        shadow_name: str | None = None,
+        *,
+        model: type[BaseModel] | None = AncReportedState,
+        desired_model: type[BaseModel] | None = AncDesiredState,
+        sync_interval: float | None = None,
+        request_timeout: float = 5.0,
+        attempts: int = 4,
+        retry_backoff: BackoffPolicy | None = None,
+        conflict_retries: int = 5,
+        error_field: str | None = "last_error",
+        delta_buffer: int = 16,
+    ) -> None:
+        self.thing_name = validate_thing_name(thing_name or connection.thing_name)
+        self.shadow_name = shadow_name
+        self.topics = ShadowTopics(self.thing_name, shadow_name)
+        if sync_interval is None:
+            sync_interval = connection.settings.shadow.sync_interval
+        if sync_interval <= 0:
+            raise ValueError(f"sync_interval must be above 0 seconds, got {sync_interval!r}")
+        self.sync_interval = sync_interval
+        self.model = model
+        self.desired_model = desired_model
+        self.error_field = error_field
+        self.on_delta_callback: DeltaHandler | None = None
+        """The delta handler (the old API's attribute; :meth:`on_delta` sets it too)."""
+        self._connection = connection
+        self._conflict_retries = conflict_retries
+        self._delta_buffer = delta_buffer
+        self._requests = ShadowRequester(
+            connection,
+            self.topics,
+            timeout=request_timeout,
+            attempts=attempts,
+            backoff=retry_backoff or BackoffPolicy(base=0.5, cap=10.0),
+            limits=limits_for(connection, self.thing_name),
+        )
+        self._local = LocalShadow()
+        self._counts: Counter[str] = Counter()
+        # Reported values waiting to go out, numbered by generation (see _flush).
+        self._pending: JsonObject = {}
+        self._in_flight: JsonObject = {}
+        self._generation = 1
+        self._done_generation = 0
+        self._failures: dict[int, AncSyncError] = {}
+        self._flushing: anyio.Event | None = None
+        # Deltas: the newest whole delta waiting for the sync task, and what was offered.
+        self._delta_version = 0
+        self._next_delta: tuple[int, JsonObject] | None = None
+        self._offered: JsonObject = {}
+        self._listeners: list[MemoryObjectSendStream[JsonObject]] = []
+        # The sync task.
+        self._wakeup = anyio.Event()
+        self._resync_due = True
+        self._scope: anyio.CancelScope | None = None
+        self._stack: AsyncExitStack | None = None
+        connection.subscribe(self.topics.all_responses, self._on_message)
+
+    # --- the local copy ----------------------------------------------------------------------
+
+    def get_state(self) -> ShadowState:
+        """The device's copy of the shadow: desired, reported, delta and the version."""
+        return self._local.snapshot()
+
+    @property
+    def version(self) -> int:
+        """The shadow version the local copy reflects (0 before anything is known)."""
+        return self._local.version
+
+    def get_status(self) -> dict[str, Any]:
+        """Counters and queue state, JSON-serialisable (for logs and health checks)."""
+        return {
+            "shadow": self.topics.prefix,
+            "version": self._local.version,
+            "exists": self._local.exists,
+            "syncing": self._scope is not None,
+            "pending_keys": sorted(self._pending),
+            "requests": dict(self._requests.counts),
+            **{name: self._counts[name] for name in _COUNTERS},
+        }
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def get(self) -> ShadowState:
+        """Read the shadow from the service; return the updated local copy.
+
+        A shadow that does not exist is not an error: the copy is empty with ``exists`` false.
+        A delta in the reply goes to the sync task (:meth:`start_sync`) to be handled.
+        """
+        try:
+            document = await self._requests.request("get", {})
+        except ShadowRejected as exc:
+            if exc.code != 404:
+                raise
+            self._local.apply_missing()
+            return self.get_state()
+        self._local.apply_get(document)
+        version = document.get("version")
+        state = document.get("state")
+        if isinstance(version, int) and isinstance(state, dict):
+            self._delta_version = max(self._delta_version, version)
+            if isinstance(state.get("delta"), dict):
+                self._post_delta(version, state["delta"])
+        return self.get_state()
+
+    def report(self, state: Mapping[str, Any] | BaseModel) -> None:
+        """Queue reported values and return at once; the sync task sends them, coalesced.
+
+        Validated now (against ``model``), so a bad value raises here and nothing is queued.
+        ``None`` as a value deletes that key from the shadow.
+
+        Raises:
+            InvalidPayload: a value fails validation, or the state would nest too deep.
+            PayloadTooLarge: the shadow state would exceed 8 KB; names the size.
+        """
+        self._queue_report(self._reported_patch(state))
+
+    async def update_reported(self, state: Mapping[str, Any] | BaseModel) -> ShadowState:
+        """Report values and wait until the service accepted them; return the local copy.
+
+        Updates issued while one is in flight are merged into the next request (the latest value
+        per key wins), so many quick calls cost few requests. Time offline is spent waiting.
+
+        Raises:
+            InvalidPayload, PayloadTooLarge: as :meth:`report`; nothing was sent.
+            ShadowRejected: the service refused the update (400, 413, or 409 after
+                ``conflict_retries`` re-reads).
+            ShadowTimeout: no reply after every attempt; the values stay pending and go out
+                with the next sync.
+        """
+        generation = self._queue_report(self._reported_patch(state))
+        await self._flush(generation)
+        return self.get_state()
+
+    async def update_desired(self, state: Mapping[str, Any] | BaseModel) -> ShadowState:
+        """Set desired values (the cloud's side; for tools and tests) and wait for acceptance.
+
+        Validated against ``desired_model``; ``None`` as a value deletes the key.
+        """
+        patch = _validated(state, self.desired_model, "desired state")
+        check_state_limits(self._local.state_with(desired=patch))
+        await self._update({"desired": patch})
+        return self.get_state()
+
+    async def delete(self) -> None:
+        """Delete the shadow. Its version number is kept by the service and by the local copy.
+
+        Raises:
+            ShadowRejected: 404 if there is no shadow to delete.
+        """
+        document = await self._requests.request("delete", {})
+        self._local.apply_deleted(document)
+
+    async def flush(self) -> None:
+        """Wait until everything reported so far has been accepted (see :meth:`update_reported`)."""
+        if self._pending:
+            await self._flush(self._generation)
+        elif self._flushing is not None:
+            await self._flush(self._generation - 1)
+
+    # --- desired changes ---------------------------------------------------------------------
+
+    def on_delta(self, handler: DeltaHandler) -> DeltaHandler:
+        """Set the delta handler; usable as a decorator. Handlers run in the sync task.
+
+        ``handler(changes)`` gets the valid desired values that differ from reported (a dict),
+        applies what it can and returns what it actually applied (a dict or a model; ``None``
+        means nothing). Exactly that is reported. If it raises, nothing is reported as applied
+        and the error goes to ``last_error``; the sync task carries on.
+        """
+        self.on_delta_callback = handler
+        return handler
+
+    def deltas(self) -> MemoryObjectReceiveStream[JsonObject]:
+        """A stream of the valid desired changes, from now on, alongside the handler.
+
+        ``with shadow.deltas() as deltas: async for changes in deltas: ...``. Report what you
+        apply with :meth:`update_reported` yourself. A listener ``delta_buffer`` changes behind
+        misses the newer ones (counted as ``deltas_dropped``).
+        """
+        send, receive = anyio.create_memory_object_stream[JsonObject](self._delta_buffer)
+        self._listeners.append(send)
+        return receive
+
+    # --- the sync task -----------------------------------------------------------------------
+
+    async def start_sync(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the sync task until :meth:`stop` or cancellation: re-sync after every connect and
+        every ``sync_interval``, handle deltas, send pending reports.
+
+        Run it in a task group (``tg.start_soon(shadow.start_sync)``), or use ``async with``.
+        """
+        if self._scope is not None:
+            raise RuntimeError("start_sync() is already running for this shadow")
+        remove_hook = self._connection.add_connect_hook(self._on_connect)
+        self._resync_due = True
+        try:
+            with anyio.CancelScope() as self._scope:
+                task_status.started()
+                while True:
+                    await self._sync_step()
+                    await self._wait_for_work()
+        finally:
+            self._scope = None
+            remove_hook()
+
+    async def stop(self) -> None:
+        """Stop the sync task (pending reports stay queued for a later :meth:`flush`)."""
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(task_group.cancel_scope.cancel)
+        await task_group.start(self.start_sync)
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _on_connect(self) -> None:
+        # A connect hook must be quick: it only tells the sync task to re-sync, and lets every
+        # desired value be offered again (the device may have restarted its ANC state).
+        self._offered.clear()
+        self._resync_due = True
+        self._wakeup.set()
+
+    async def _wait_for_work(self) -> None:
+        if self._resync_due or self._next_delta is not None or self._pending:
+            return
+        self._wakeup = anyio.Event()
+        with anyio.move_on_after(self.sync_interval) as timer:
+            await self._wakeup.wait()
+        if timer.cancelled_caught:
+            self._resync_due = True
+
+    async def _sync_step(self) -> None:
+        try:
+            if self._resync_due:
+                self._resync_due = False
+                self._counts["resyncs"] += 1
+                await self.get()
+            if self._next_delta is not None:
+                _version, changes = self._next_delta
+                self._next_delta = None
+                await self._handle_delta(changes)
+            if self._pending:
+                await self.flush()
+        except AncSyncError as exc:
+            # The session carries on: pending values stay queued for the next step.
+            self._counts["sync_errors"] += 1
+            log.warning("shadow sync of %s failed: %s", self.topics.prefix, exc)
+
+    # --- incoming messages (the router's worker: must be quick) ------------------------------
+
+    def _on_message(self, topic: str, document: Any) -> None:
+        parsed = parse_shadow_topic(topic)
+        if parsed is None or not isinstance(document, dict):
+            return
+        operation, suffix = parsed.operation, parsed.suffix
+        if suffix == "accepted":
+            # The copy first, so a caller woken by the reply sees it.
+            if operation == "get":
+                self._local.apply_get(document)
+            elif operation == "update":
+                self._local.apply_accepted(document)
+            else:
+                self._local.apply_deleted(document)
+        elif suffix == "documents":
+            self._local.apply_documents(document)
+        elif suffix == "delta":
+            self._on_delta_message(document)
+        if suffix in ("accepted", "rejected"):
+            self._requests.dispatch(operation, suffix == "accepted", document)
+
+    def _on_delta_message(self, document: JsonObject) -> None:
+        version, changes = document.get("version"), document.get("state")
+        if not isinstance(version, int) or not isinstance(changes, dict):
+            return
+        if version <= self._delta_version:
+            self._counts["stale_deltas"] += 1
+            log.info(
+                "discarded a stale delta (version %d, applied %d)", version, self._delta_version
+            )
+            return
+        self._delta_version = version
+        self._post_delta(version, changes)
+
+    def _post_delta(self, version: int, changes: JsonObject) -> None:
+        if self._next_delta is not None and self._next_delta[0] > version:
+            return  # a newer whole delta is already waiting
+        self._next_delta = (version, changes)
+        self._wakeup.set()
+
+    # --- handling a delta --------------------------------------------------------------------
+
+    async def _handle_delta(self, changes: JsonObject) -> None:
+        fresh = {
+            key: value
+            for key, value in changes.items()
+            if key not in self._offered or not json_equal(self._offered[key], value)
+        }
+        if not fresh:
+            return
+        self._offered.update(fresh)
+        self._counts["deltas"] += 1
+        valid, errors = self._split_valid(fresh)
+        applied: JsonObject = {}
+        if valid:
+            self._publish_to_listeners(valid)
+            if self.on_delta_callback is not None:
+                try:
+                    applied = await self._call_handler(valid)
+                except Exception as exc:
+                    self._counts["handler_errors"] += 1
+                    log.exception("the delta handler of %s raised; nothing applied", self.topics)
+                    errors.append(
+                        f"desired {_keys(valid)} not applied: the delta handler raised "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+        report = dict(applied)
+        if self.error_field is not None:
+            if errors:
+                report[self.error_field] = "; ".join(errors)[:MAX_ERROR_CHARS]
+            elif applied and self._local.reported.get(self.error_field) is not None:
+                report[self.error_field] = None  # applied cleanly: clear the old error
+        if report:
+            self._queue_report(report)
+
+    def _split_valid(self, changes: JsonObject) -> tuple[JsonObject, list[str]]:
+        """The desired values that pass ``desired_model``, and why the others do not."""
+        if self.desired_model is None:
+            return dict(changes), []
+        try:
+            self.desired_model.model_validate(changes)
+            return dict(changes), []
+        except ValidationError as exc:
+            bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+            self._counts["invalid_desired"] += len(bad) or 1
+            reason = f"desired value not applied: {describe_errors(exc)}"
+            log.warning("shadow %s: %s", self.topics.prefix, reason)
+            valid = {key: value for key, value in changes.items() if key not in bad}
+            if not bad or not valid:
+                return {}, [reason]
+            try:
+                self.desired_model.model_validate(valid)
+            except ValidationError:  # a rule across fields: refuse all of it
+                return {}, [reason]
+            return valid, [reason]
+
+    async def _call_handler(self, changes: JsonObject) -> JsonObject:
+        assert self.on_delta_callback is not None
+        result = self.on_delta_callback(dict(changes))
+        if inspect.isawaitable(result):
+            result = await result
+        self._counts["deltas_handled"] += 1
+        if result is None:
+            log.info("the delta handler of %s applied nothing", self.topics.prefix)
+            return {}
+        if not isinstance(result, BaseModel | Mapping):
+            raise InvalidPayload(
+                f"the delta handler returned {type(result).__name__}; return a dict (or model) "
+                "of the values it applied, or None"
+            )
+        return self._reported_patch(result)
+
+    def _publish_to_listeners(self, changes: JsonObject) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener.send_nowait(dict(changes))
+            except anyio.WouldBlock:
+                self._counts["deltas_dropped"] += 1
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._listeners.remove(listener)
+
+    # --- reporting ---------------------------------------------------------------------------
+
+    def _reported_patch(self, state: Mapping[str, Any] | BaseModel) -> JsonObject:
+        return _validated(state, self.model, "reported state")
+
+    def _queue_report(self, patch: JsonObject) -> int:
+        """Merge ``patch`` into the pending report; return its generation."""
+        pending = combine(self._pending, patch)
+        check_state_limits(self._local.state_with(reported=combine(self._in_flight, pending)))
+        if self._pending:
+            self._counts["coalesced"] += 1
+        self._pending = pending
+        self._wakeup.set()
+        return self._generation
+
+    async def _flush(self, generation: int) -> None:
+        """Send pending reports until ``generation`` is accepted (or has failed).
+
+        One caller at a time sends (``_flushing``); the others wait for it and then look again.
+        A batch that fails for a reason retrying may fix goes back under the newer values.
+        """
+        while self._done_generation < generation:
+            failure = self._failures.get(generation)
+            if failure is not None:
+                raise failure
+            if self._flushing is not None:
+                await self._flushing.wait()
+                continue
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        batch, generation = self._pending, self._generation
+        self._pending, self._in_flight = {}, batch
+        self._generation += 1
+        done = self._flushing = anyio.Event()
+        try:
+            if batch:
+                await self._update({"reported": batch})
+            self._done_generation = generation
+        except ShadowRejected as exc:
+            self._remember_failure(generation, exc)  # a bad batch: retrying cannot help
+            raise
+        except BaseException as exc:
+            self._pending = combine(batch, self._pending)
+            if isinstance(exc, AncSyncError):
+                self._remember_failure(generation, exc)
+            raise
+        finally:
+            self._in_flight = {}
+            self._flushing = None
+            done.set()
+
+    def _remember_failure(self, generation: int, error: AncSyncError) -> None:
+        self._failures[generation] = error
+        for old in sorted(self._failures)[:-_KEEP_FAILURES]:
+            del self._failures[old]
+
+    async def _update(self, state: JsonObject) -> JsonObject:
+        """An update carrying the local version; on 409, re-read the shadow and try again."""
+        conflicts = 0
+        while True:
+            body: JsonObject = {"state": state}
+            if self._local.exists:
+                body["version"] = self._local.version
+            try:
+                return await self._requests.request("update", body)
+            except ShadowRejected as exc:
+                if exc.code != 409 or conflicts >= self._conflict_retries:
+                    raise
+            conflicts += 1
+            self._counts["conflicts"] += 1
+            log.info("version conflict on %s; re-reading the shadow", self.topics.prefix)
+            await self.get()
+
+
+_COUNTERS = (
+    "resyncs",
+    "conflicts",
+    "coalesced",
+    "deltas",
+    "deltas_handled",
+    "deltas_dropped",
+    "stale_deltas",
+    "invalid_desired",
+    "handler_errors",
+    "sync_errors",
+)
+
+
+def _keys(changes: JsonObject) -> str:
+    return ", ".join(sorted(changes))
+
+
+def _validated(
+    state: Mapping[str, Any] | BaseModel, model: type[BaseModel] | None, what: str
+) -> JsonObject:
+    """``state`` as a JSON patch, checked against ``model``; ``None`` values are kept (they
+    delete keys)."""
+    if isinstance(state, BaseModel):
+        if model is not None and not isinstance(state, model):
+            raise InvalidPayload(f"{what} must be a {model.__name__}, got {type(state).__name__}")
+        return state.model_dump(mode="json", exclude_unset=True)
+    if not isinstance(state, Mapping):
+        raise InvalidPayload(f"{what} must be a dict (or a model), got {type(state).__name__}")
+    if model is None:
+        return dict(state)
+    try:
+        return model.model_validate(dict(state)).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as exc:
+        raise InvalidPayload(f"{what} is invalid: {describe_errors(exc)}") from exc
