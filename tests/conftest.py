@@ -10,6 +10,7 @@ from helpers import MosquittoBroker, running_mosquitto
 
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts, ensure_dev_certs
+from ancsync.emulator.server import Emulator
 
 TEST_THINGS = ("anc-device-001", "anc-device-002")
 
@@ -25,6 +26,13 @@ async def tls_broker(dev_certs: DevCerts) -> AsyncIterator[EmbeddedBroker]:
     """A running embedded broker: TLS with client certificates required, plus a plain port."""
     async with EmbeddedBroker(dev_certs, plain_port=0) as broker:
         yield broker
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
+    """The whole local emulator over TLS for TEST_THINGS: broker, shadows, policy, rules sink."""
+    async with Emulator(tmp_path / "emulator-certs", TEST_THINGS) as running:
+        yield running
 
 
 @pytest.fixture

@@ -1,0 +1,184 @@
+"""Device authorisation through the running emulator: the device policy over real TLS clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiomqtt
+import anyio
+import orjson
+import pytest
+from helpers import mqtt_client, plain_mqtt_client
+
+from ancsync.emulator.auth import ClientIdentity
+from ancsync.emulator.policy import (
+    DevicePolicy,
+    PolicyStatement,
+    load_device_policy,
+    render_policy_template,
+)
+from ancsync.emulator.server import Emulator
+from ancsync.errors import ConfigError
+from ancsync.topics import ShadowTopics
+
+DEVICE = "anc-device-001"
+OTHER = "anc-device-002"
+TIMEOUT = 10
+SUBACK_FAILURE = 0x80
+
+
+def device(emulator: Emulator, thing: str = DEVICE, client_id: str | None = None) -> aiomqtt.Client:
+    certs = emulator.certs
+    return mqtt_client(emulator.port, certs, certs.device(thing), client_id or thing)
+
+
+def operator(emulator: Emulator, client_id: str = "cloud-console") -> aiomqtt.Client:
+    return mqtt_client(emulator.port, emulator.certs, emulator.certs.operator, client_id)
+
+
+async def next_message(client: aiomqtt.Client) -> aiomqtt.Message:
+    return await anext(aiter(client.messages))
+
+
+def granted(codes: object) -> list[int]:
+    return [getattr(code, "value", code) for code in codes]  # type: ignore[attr-defined]
+
+
+async def test_device_subscribes_only_to_its_own_topics(emulator: Emulator) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with device(emulator) as client:
+            codes = await client.subscribe(
+                [
+                    (f"anc/devices/{DEVICE}/commands", 1),
+                    (ShadowTopics(DEVICE).all_responses, 1),
+                    (ShadowTopics(DEVICE, "cfg").all_responses, 1),
+                    (f"anc/devices/{OTHER}/commands", 1),
+                    (ShadowTopics(OTHER).update_delta, 1),
+                    ("anc/devices/+/commands", 1),
+                    ("#", 1),
+                    (f"anc/telemetry/{DEVICE}/anc", 1),  # may publish there, not subscribe
+                ]
+            )
+    assert granted(codes) == [1, 1, 1] + [SUBACK_FAILURE] * 5
+    assert emulator.broker.stats()["subscribes_denied"] == 5
+
+
+async def test_device_publish_to_another_device_is_dropped(emulator: Emulator) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with operator(emulator) as cloud, device(emulator) as client:
+            await cloud.subscribe("anc/#", qos=1)
+            await client.publish(f"anc/devices/{OTHER}/emergency", b"{}", qos=1)
+            await client.publish(f"anc/telemetry/{OTHER}/anc", b"{}", qos=1)
+            # Same client, same order: had the forged ones passed, they would arrive first.
+            await client.publish(f"anc/devices/{DEVICE}/status", b"marker", qos=1)
+            message = await next_message(cloud)
+    assert (message.topic.value, message.payload) == (f"anc/devices/{DEVICE}/status", b"marker")
+    assert emulator.broker.stats()["publishes_denied"] == 2
+
+
+async def test_device_cannot_touch_another_devices_shadow(emulator: Emulator) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with operator(emulator) as cloud, device(emulator) as client:
+            await cloud.subscribe("$aws/things/+/shadow/+/+", qos=1)
+            forged = orjson.dumps({"state": {"desired": {"anc_enabled": False}}})
+            await client.publish(ShadowTopics(OTHER).update, forged, qos=1)
+            await client.publish(ShadowTopics(OTHER, "cfg").delete, b"", qos=1)
+            await client.publish(ShadowTopics(DEVICE).get, b"", qos=1)
+            message = await next_message(cloud)
+    assert message.topic.value == ShadowTopics(DEVICE).get_rejected
+    assert emulator.shadows.store.shadow(OTHER) is None
+    assert emulator.broker.stats()["publishes_denied"] == 2
+
+
+async def test_operator_may_use_every_topic(emulator: Emulator) -> None:
+    command = orjson.dumps({"command_id": "c1", "command": "reboot", "params": {}})
+    with anyio.fail_after(TIMEOUT):
+        async with operator(emulator) as cloud, device(emulator, OTHER) as client:
+            codes = await cloud.subscribe([("#", 1), ("$aws/things/+/shadow/#", 1)])
+            assert granted(codes) == [1, 1]
+            await client.subscribe(f"anc/devices/{OTHER}/commands", qos=1)
+            await cloud.publish(f"anc/devices/{OTHER}/commands", command, qos=1)
+            received = await next_message(client)
+            await cloud.publish(ShadowTopics(OTHER).update, b'{"state": {"desired": {"a": 1}}}')
+            seen = [(await next_message(cloud)).topic.value for _ in range(3)]
+    assert received.payload == command
+    assert seen == [
+        f"anc/devices/{OTHER}/commands",
+        ShadowTopics(OTHER).update_accepted,
+        ShadowTopics(OTHER).update_delta,
+    ]
+    assert emulator.broker.stats()["publishes_denied"] == 0
+
+
+@pytest.mark.parametrize(
+    ("certificate", "client_id"),
+    [(DEVICE, "not-the-thing"), (DEVICE, OTHER), ("operator", DEVICE)],
+)
+async def test_client_id_must_fit_the_certificate(
+    emulator: Emulator, certificate: str, client_id: str
+) -> None:
+    certs = emulator.certs
+    pair = certs.operator if certificate == "operator" else certs.device(certificate)
+    with anyio.fail_after(TIMEOUT), pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+        async with mqtt_client(emulator.port, certs, pair, client_id):
+            pass
+    assert emulator.broker.stats()["connects_denied"] == 1
+
+
+async def test_plain_listener_tells_devices_by_client_id(tmp_path: Path) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            Emulator(tmp_path / "certs", [DEVICE, OTHER], tls=False) as emulator,
+            plain_mqtt_client(emulator.port, DEVICE) as client,
+            plain_mqtt_client(emulator.port, "dashboard") as cloud,
+        ):
+            assert granted(await client.subscribe(f"anc/devices/{OTHER}/commands")) == [
+                SUBACK_FAILURE
+            ]
+            assert granted(await cloud.subscribe("anc/#")) == [0]
+
+
+# -- the policy document itself -------------------------------------------------------------------
+
+
+def test_the_template_renders_like_terraform() -> None:
+    text = '{"r": "arn:aws:iot:${region}:${account_id}:client/$${iot:ClientId}"}'
+    rendered = render_policy_template(text, {"region": "eu-west-1", "account_id": "123"})
+    assert rendered == '{"r": "arn:aws:iot:eu-west-1:123:client/${iot:ClientId}"}'
+    with pytest.raises(ConfigError, match=r"\$\{stage\}.*escape AWS policy variables"):
+        render_policy_template("${stage}", {"region": "r"})
+
+
+def test_the_packaged_policy_scopes_every_resource_to_the_thing() -> None:
+    statements = load_device_policy("eu-west-1", "123456789012")
+    assert {action for s in statements for action in s.actions} == {
+        "iot:Connect",
+        "iot:Publish",
+        "iot:RetainPublish",
+        "iot:Subscribe",
+        "iot:Receive",
+    }
+    for statement in statements:
+        for resource in statement.resources:
+            assert resource.startswith("arn:aws:iot:eu-west-1:123456789012:")
+            assert "${iot:Connection.Thing.ThingName}" in resource
+
+
+def test_retained_publishes_are_limited_to_the_status_topic() -> None:
+    policy = DevicePolicy([DEVICE])
+    identity = ClientIdentity(DEVICE, DEVICE)
+    assert policy.authorize_retain_publish(identity, f"anc/devices/{DEVICE}/status")
+    assert policy.authorize_publish(identity, f"anc/devices/{DEVICE}/emergency")
+    assert not policy.authorize_retain_publish(identity, f"anc/devices/{DEVICE}/emergency")
+
+
+def test_an_explicit_deny_wins() -> None:
+    deny = PolicyStatement(
+        "Deny",
+        ("iot:Publish",),
+        ("arn:aws:iot:local-1:000000000000:topic/anc/telemetry/*/errors",),
+    )
+    policy = DevicePolicy([DEVICE], statements=[*load_device_policy(), deny])
+    identity = ClientIdentity(DEVICE, DEVICE)
+    assert policy.authorize_publish(identity, f"anc/telemetry/{DEVICE}/anc")
+    assert not policy.authorize_publish(identity, f"anc/telemetry/{DEVICE}/errors")
