@@ -145,5 +145,5 @@ async def test_the_database_file_survives_a_restart(tmp_path: Path) -> None:
 def test_an_unwritable_database_path_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(StorageError, match="cannot open the rules database.*writable --db"):
+    with pytest.raises(StorageError, match=r"cannot open the rules database.*writable --db"):
         RulesSink(blocker / "rules.db")
