@@ -1,0 +1,102 @@
+"""Crash safety: a device process killed with SIGKILL loses no emergency it reported.
+
+A child process reports emergencies while the broker is down and is killed mid-stream. A new
+process on the same data directory (and the emulator, back up) must deliver every event whose
+``report_emergency`` had returned: the rules sink shows each ``event_id`` (stored once).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from ancsync.emulator.rules import RulesSink
+from ancsync.emulator.server import Emulator
+
+pytestmark = pytest.mark.slow
+
+THING = "anc-device-001"
+DEVICE_SCRIPT = Path(__file__).with_name("crash_device.py")
+KILL_AFTER = 20  # events reported (returned) before the SIGKILL
+
+
+def device_environment(certs_dir: Path, port: int, data_dir: Path) -> dict[str, str]:
+    device = certs_dir / THING
+    return {
+        **os.environ,
+        "IOT_ENDPOINT": "127.0.0.1",
+        "IOT_PORT": str(port),
+        "IOT_THING_NAME": THING,
+        "IOT_CERT_PATH": str(device / "cert.pem"),
+        "IOT_KEY_PATH": str(device / "private.key"),
+        "IOT_ROOT_CA_PATH": str(certs_dir / "ca.pem"),
+        "ANCSYNC_DATA_DIR": str(data_dir),
+    }
+
+
+async def start_device(environment: dict[str, str], count: int) -> Process:
+    return await anyio.open_process(
+        [sys.executable, str(DEVICE_SCRIPT), str(count)],
+        env=environment,
+        stderr=None,  # the device's log goes to the test output
+    )
+
+
+async def read_lines(process: Process, until: int | None = None) -> list[str]:
+    """Lines of the device's stdout: ``until`` of them, or all of them up to EOF."""
+    assert process.stdout is not None
+    stream = BufferedByteReceiveStream(process.stdout)
+    lines: list[str] = []
+    while until is None or len(lines) < until:
+        try:
+            line = await stream.receive_until(b"\n", 1000)
+        except (anyio.EndOfStream, anyio.IncompleteRead):
+            break  # killed: a half-written last line is no promise
+        lines.append(line.decode())
+    return lines
+
+
+def delivered(rules: RulesSink) -> set[str]:
+    return {event.event_id for event in rules.emergencies(THING)}
+
+
+async def test_every_reported_emergency_survives_a_sigkill(tmp_path: Path) -> None:
+    certs_dir, data_dir = tmp_path / "certs", tmp_path / "data"
+    with anyio.fail_after(60):
+        async with Emulator(certs_dir, things=(THING,)) as probe:
+            port = probe.port  # the emulator comes back on this port later; down until then
+        environment = device_environment(certs_dir, port, data_dir)
+
+        first = await start_device(environment, count=-1)
+        try:
+            assert await read_lines(first, until=1) == ["ready"]
+            reported = await read_lines(first, until=KILL_AFTER)
+            first.send_signal(signal.SIGKILL)
+            reported += await read_lines(first)  # whatever it printed before dying
+        finally:
+            if first.returncode is None:
+                first.kill()
+            await first.wait()
+        assert first.returncode == -signal.SIGKILL
+        assert len(reported) >= KILL_AFTER
+
+        async with Emulator(certs_dir, things=(THING,), port=port) as emulator:
+            second = await start_device(environment, count=0)
+            try:
+                await emulator.rules.wait_for(lambda rules: set(reported) <= delivered(rules))
+            finally:
+                second.terminate()
+                await second.wait()
+
+            stored = emulator.rules.emergencies(THING)
+            assert len({event.event_id for event in stored}) == len(stored)  # stored once
+            # Every seq from the first to the last arrived (a killed, unreturned call may add
+            # one more event at the end, never a hole).
+            assert emulator.rules.gaps(THING) == []
