@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from ancsync.emulator.shadows import ShadowService
 from ancsync.errors import ConfigError, NotStarted
 from ancsync.topics import validate_thing_name
 
-__all__ = ["DEFAULT_THING", "Emulator"]
+__all__ = ["DEFAULT_THING", "Emulator", "serve_until_signalled"]
 
 log = logging.getLogger("ancsync.emulator.server")
 
@@ -83,25 +84,28 @@ class Emulator:
         self._rules: RulesSink | None = None
         self._worker: asyncio.Task[None] | None = None
 
-    def _started(self) -> tuple[DevCerts, EmbeddedBroker, RulesSink]:
-        if self._certs is None or self._broker is None or self._rules is None:
+    def _started(self) -> tuple[EmbeddedBroker, RulesSink]:
+        if self._broker is None or self._rules is None:
             raise NotStarted("the emulator is not running; use `async with Emulator(...)`")
-        return self._certs, self._broker, self._rules
+        return self._broker, self._rules
 
     @property
     def certs(self) -> DevCerts:
-        """The dev certificate paths (CA, server, operator, one per thing)."""
-        return self._started()[0]
+        """The dev certificate paths (CA, server, operator, one per thing); TLS only."""
+        self._started()
+        if self._certs is None:
+            raise ConfigError("this emulator runs without TLS (tls=False): it has no certificates")
+        return self._certs
 
     @property
     def broker(self) -> EmbeddedBroker:
         """The running embedded broker (``publish``, ``stats``...)."""
-        return self._started()[1]
+        return self._started()[0]
 
     @property
     def rules(self) -> RulesSink:
         """The rules sink holding the telemetry and emergencies received."""
-        return self._started()[2]
+        return self._started()[1]
 
     @property
     def port(self) -> int:
@@ -111,16 +115,15 @@ class Emulator:
 
     def device_settings(self, thing_name: str = DEFAULT_THING) -> dict[str, str]:
         """The environment variables a device needs to connect as ``thing_name``."""
-        certs = self.certs
         if thing_name not in self.things:
             raise ConfigError(f"{thing_name!r} is not one of this emulator's things {self.things}")
         settings = {"IOT_ENDPOINT": self.host, "IOT_PORT": str(self.port)}
         settings["IOT_THING_NAME"] = thing_name
         if self.tls:
-            device = certs.device(thing_name)
-            settings["IOT_CERT_PATH"] = str(device.cert)
-            settings["IOT_KEY_PATH"] = str(device.key)
-            settings["IOT_ROOT_CA_PATH"] = str(certs.ca)
+            device = self.certs.device(thing_name)
+            settings["IOT_CERT_PATH"] = str(device.cert.resolve())
+            settings["IOT_KEY_PATH"] = str(device.key.resolve())
+            settings["IOT_ROOT_CA_PATH"] = str(self.certs.ca.resolve())
         else:
             settings["IOT_TLS"] = "false"
         return settings
@@ -129,16 +132,18 @@ class Emulator:
         """Generate certificates, open the rules database, start the services and the broker."""
         if self._broker is not None:
             return
-        certs = await anyio.to_thread.run_sync(ensure_dev_certs, self.certs_dir, self.things)
-        rules = RulesSink(self.db_path)
+        certs = None
+        if self.tls:
+            certs = await anyio.to_thread.run_sync(ensure_dev_certs, self.certs_dir, self.things)
         broker = EmbeddedBroker(
-            certs if self.tls else None,
+            certs,
             host=self.host,
             port=self._requested_port,
             plain_port=None if self.tls else self._requested_port,
             authorizer=self.policy,
             reserved_handler=self.shadows.handle_request,
         )
+        rules = RulesSink(self.db_path)
         rules.attach(broker)
         # A plain asyncio task, like amqtt's own: a test fixture starts the emulator in one task
         # and stops it in another, which an anyio task group held open in between forbids.
@@ -157,7 +162,7 @@ class Emulator:
     async def stop(self) -> None:
         """Stop the broker (disconnecting every client) and the services; close the database."""
         broker, worker, rules = self._broker, self._worker, self._rules
-        self._broker, self._worker, self._rules = None, None, None
+        self._broker, self._worker, self._rules, self._certs = None, None, None, None
         if broker is not None:
             await broker.stop()
         if worker is not None:
@@ -176,3 +181,13 @@ class Emulator:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def serve_until_signalled(emulator: Emulator, on_ready: Callable[[Emulator], None]) -> None:
+    """Run ``emulator``, call ``on_ready(emulator)`` once it listens, stop on SIGINT/SIGTERM."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with emulator:
+            on_ready(emulator)
+            async for signum in signals:
+                log.info("%s received: shutting down", signal.Signals(signum).name)
+                return

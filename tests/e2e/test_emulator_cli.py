@@ -1,0 +1,135 @@
+"""``ancsync emulator`` as a user runs it: a subprocess, its printed settings, a device, signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiomqtt
+import anyio
+import orjson
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from helpers import client_tls_context
+
+from ancsync.config import Settings
+from ancsync.topics import ShadowTopics
+
+pytestmark = pytest.mark.slow
+
+ANCSYNC = str(Path(sys.executable).with_name("ancsync"))
+TIMEOUT = 30  # a fresh interpreter importing amqtt, plus certificate generation
+
+
+@asynccontextmanager
+async def running_emulator(tmp_path: Path, *args: str) -> AsyncIterator[tuple[Process, list[str]]]:
+    """Start ``ancsync emulator --port 0 ...``; yield it with its stdout lines up to ``ready``."""
+    command = [ANCSYNC, "emulator", "--port", "0", "--certs-dir", str(tmp_path / "dev"), *args]
+    process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        stdout = BufferedByteReceiveStream(process.stdout)
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("ready"):
+            lines.append((await stdout.receive_until(b"\n", 65536)).decode())
+        yield process, lines
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        await process.aclose()
+
+
+def printed_settings(lines: list[str]) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in lines if line.startswith("IOT_"))
+
+
+async def test_a_device_round_trips_a_shadow_update_with_the_printed_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running_emulator(tmp_path, "--db", str(tmp_path / "rules.db")) as (
+            process,
+            lines,
+        ):
+            printed = printed_settings(lines)
+            assert set(printed) == {
+                "IOT_ENDPOINT",
+                "IOT_PORT",
+                "IOT_THING_NAME",
+                "IOT_CERT_PATH",
+                "IOT_KEY_PATH",
+                "IOT_ROOT_CA_PATH",
+            }
+            for name, value in printed.items():
+                monkeypatch.setenv(name, value)
+            iot = Settings.load().iot  # the SDK accepts exactly what was printed
+            assert iot.thing_name == "anc-device-001"
+            assert iot.cert_path is not None
+            assert iot.key_path is not None
+            assert iot.root_ca_path is not None
+            tls = client_tls_context(iot.root_ca_path, None)
+            tls.load_cert_chain(iot.cert_path, iot.key_path)
+            topics = ShadowTopics(iot.thing_name)
+            async with aiomqtt.Client(
+                iot.endpoint, iot.port, identifier=iot.thing_name, tls_context=tls
+            ) as device:
+                await device.subscribe(topics.update_accepted, qos=1)
+                update = {"state": {"reported": {"anc_enabled": True}}, "clientToken": "e2e"}
+                await device.publish(topics.update, orjson.dumps(update), qos=1)
+                message = await anext(aiter(device.messages))
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert isinstance(message.payload, bytes)
+    accepted = orjson.loads(message.payload)
+    assert (accepted["state"], accepted["version"], accepted["clientToken"]) == (
+        update["state"],
+        1,
+        "e2e",
+    )
+    assert (tmp_path / "rules.db").is_file()
+
+
+async def read_all(stream: anyio.abc.ByteReceiveStream) -> str:
+    chunks = []
+    async for chunk in stream:
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+async def test_sigint_stops_it_cleanly_and_certificates_are_reused(tmp_path: Path) -> None:
+    certificates = []
+    with anyio.fail_after(TIMEOUT):
+        for _ in range(2):
+            async with running_emulator(tmp_path, "--thing", "left", "--thing", "right") as (
+                process,
+                lines,
+            ):
+                process.send_signal(signal.SIGINT)
+                assert await process.wait() == 0
+                assert process.stderr is not None
+                stderr = await read_all(process.stderr)
+            assert "Traceback" not in stderr
+            things = [line for line in lines if line.startswith("IOT_THING_NAME=")]
+            assert things == ["IOT_THING_NAME=left", "IOT_THING_NAME=right"]
+            certificates.append((tmp_path / "dev" / "left" / "cert.pem").read_bytes())
+    assert certificates[0] == certificates[1]
+    assert (tmp_path / "emulator.db").is_file()  # default: next to the certificates directory
+
+
+def test_no_tls_on_a_public_address_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [ANCSYNC, "emulator", "--no-tls", "--host", "0.0.0.0", "--certs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    [error] = result.stderr.strip().splitlines()
+    assert "not a loopback address" in error
+    assert "use TLS or a loopback host" in error
