@@ -18,6 +18,7 @@ __all__ = [
     "NotAuthorized",
     "NotStarted",
     "PayloadTooLarge",
+    "ProvisionError",
     "PublishTimeout",
     "ShadowRejected",
     "ShadowTimeout",
@@ -110,6 +111,13 @@ class ShadowRejected(AncSyncError):
         self.code = code
         self.message = message
         super().__init__(f"shadow request rejected: {code} {message}")
+
+
+class ProvisionError(AncSyncError):
+    """Provisioning a device in AWS IoT failed: credentials, policy, endpoint or an AWS refusal.
+
+    The message says which step failed and what to change.
+    """
 
 
 class StorageError(AncSyncError, OSError):
