@@ -14,7 +14,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from iot_policy_eval import REPO
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.iotdata.models import iotdata_backends
@@ -22,6 +21,7 @@ from moto.iotdata.models import iotdata_backends
 from ancsync.models import Command, EmergencyEvent
 from ancsync.topics import commands_topic
 
+REPO = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
 LAMBDA_DIR = REPO / "infra" / "lambda"
 

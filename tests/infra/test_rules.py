@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-from iot_policy_eval import REPO
 
 from ancsync.models import json_schemas
 from ancsync.topics import (
@@ -27,6 +27,7 @@ from ancsync.topics import (
     telemetry_topic,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "infra" / "terraform"
 THING = "anc-device-001"
 SCHEMAS = json_schemas()

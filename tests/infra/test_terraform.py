@@ -14,7 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from iot_policy_eval import REPO, TEMPLATE
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "src" / "ancsync" / "emulator" / "device_policy.json.tpl"
+
 
 TERRAFORM_DIR = REPO / "infra" / "terraform"
 
