@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ancsync.errors import ConfigError
+
 __all__ = ["Backoff", "BackoffPolicy"]
 
 
@@ -34,7 +36,7 @@ class BackoffPolicy:
 
     def __post_init__(self) -> None:
         if self.base <= 0 or self.cap < self.base or self.reset_after < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"invalid backoff policy {self}: need 0 < base <= cap and reset_after >= 0"
             )
 

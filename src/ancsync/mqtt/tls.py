@@ -45,8 +45,9 @@ def _read(path: Path, setting: str) -> bytes:
 
 
 def _load_certificate(path: Path) -> x509.Certificate:
+    data = _read(path, "cert_path")  # outside the try: ConfigError is a ValueError too
     try:
-        return x509.load_pem_x509_certificate(_read(path, "cert_path"))
+        return x509.load_pem_x509_certificate(data)
     except ValueError:
         raise ConfigError(
             f"cert_path: {path} is not a PEM certificate (expected '-----BEGIN CERTIFICATE-----'); "

@@ -18,7 +18,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -370,18 +370,35 @@ class FakeBroker:
 
     - ``connect_errors``: raised by the next connects, in order (then connects succeed).
     - ``auto_ack``: when false, QoS 1 publishes wait until :meth:`ack` is called.
-    - ``published``: every publish that completed, in order, as ``(topic, payload, qos, retain)``.
+    - ``attempted`` / ``published``: every publish started / completed, in order, as
+      ``(topic, payload, qos, retain)``.
+    - :meth:`wait_until` waits for a condition on this state, re-checked after every change.
     - ``suback``: granted code per filter (default: the requested QoS); ``SUBSCRIBE_FAILURE``
       refuses one.
     """
 
     connect_errors: list[ConnectError] = field(default_factory=list)
     auto_ack: bool = True
+    attempted: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
     published: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
     subscribed: list[str] = field(default_factory=list)
+    subscribe_packets: list[list[str]] = field(default_factory=list)
     suback: dict[str, int] = field(default_factory=dict)
     connects: list[ConnectOptions] = field(default_factory=list)
     current: FakeTransport | None = None
+    _changed: anyio.Event | None = None
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` is true; it is checked after every change."""
+        while not condition():
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def _note_change(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def transport(self) -> FakeTransport:
         """A transport factory for the session (one transport per connect attempt)."""
@@ -427,6 +444,7 @@ class FakeTransport:
             self._release()
             if self._broker.current is self:
                 self._broker.current = None
+            self._broker._note_change()
 
     def _check(self) -> None:
         if self._reason is not None:
@@ -435,23 +453,29 @@ class FakeTransport:
     async def connect(self, options: ConnectOptions) -> None:
         await anyio.lowlevel.checkpoint()
         self._broker.connects.append(options)
+        self._broker._note_change()
         if self._broker.connect_errors:
             raise self._broker.connect_errors.pop(0)
         self._broker.current = self
 
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self._check()
+        self._broker.attempted.append((topic, payload, qos, retain))
+        self._broker._note_change()
         if qos and not self._broker.auto_ack:
             await self._released.wait()
         else:
             await anyio.lowlevel.checkpoint()
         self._check()
         self._broker.published.append((topic, payload, qos, retain))
+        self._broker._note_change()
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         self._check()
         await anyio.lowlevel.checkpoint()
         self._broker.subscribed.extend(f for f, _ in filters)
+        self._broker.subscribe_packets.append([f for f, _ in filters])
+        self._broker._note_change()
         return [self._broker.suback.get(f, qos) for f, qos in filters]
 
     async def unsubscribe(self, filters: Sequence[str]) -> None:
@@ -459,6 +483,7 @@ class FakeTransport:
         await anyio.lowlevel.checkpoint()
         for f in filters:
             self._broker.subscribed.remove(f)
+        self._broker._note_change()
 
     async def messages(self) -> AsyncIterator[IncomingMessage]:
         async for message in self._incoming:

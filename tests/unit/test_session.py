@@ -1,0 +1,229 @@
+"""MqttSession against the in-memory FakeTransport: the connect sequence, requeue on loss,
+permanent errors, subscriptions, hooks and shutdown. (Real-broker behaviour: tests/integration.)"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import ObjectReceiveStream
+
+from ancsync.codec import decode, decode_model
+from ancsync.errors import ConnectError, ConnectTimeout, NotAuthorized, TLSError
+from ancsync.models import DeviceStatus
+from ancsync.mqtt.backoff import Backoff, BackoffPolicy
+from ancsync.mqtt.outbox import Lane, Outbox, OutgoingMessage, PublishHandle
+from ancsync.mqtt.ratelimit import RateLimiter
+from ancsync.mqtt.router import TopicRouter
+from ancsync.mqtt.session import ConnectionEvent, MqttSession
+from ancsync.mqtt.transport import SUBSCRIBE_FAILURE, FakeBroker
+
+THING = "anc-device-001"
+STATUS = f"anc/devices/{THING}/status"
+
+
+class Rig:
+    """A session on a fake broker, with its outbox and router, running in a task group."""
+
+    def __init__(self, broker: FakeBroker, **options: Any) -> None:
+        self.broker = broker
+        self.outbox = Outbox()
+        self.router = TopicRouter()
+        options.setdefault("backoff", Backoff(BackoffPolicy(base=0.001, cap=0.002)))
+        self.session = MqttSession(
+            thing_name=THING,
+            host="127.0.0.1",
+            port=8883,
+            outbox=self.outbox,
+            router=self.router,
+            rate_limiter=RateLimiter(10_000, 10_000_000),
+            ssl_context_factory=None,
+            transport_factory=broker.transport,
+            **options,
+        )
+
+    def put(self, topic: str, n: int, lane: Lane = Lane.TELEMETRY) -> PublishHandle:
+        handle = PublishHandle(f"m{n}")
+        self.outbox.put(
+            OutgoingMessage(topic, b'{"n":%d}' % n, 1, False, lane, f"m{n}", None, handle)
+        )
+        return handle
+
+
+@contextlib.asynccontextmanager
+async def running(rig: Rig) -> AsyncIterator[Rig]:
+    """Run the router and the session for the block, then cancel them."""
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rig.router.run)
+            tg.start_soon(rig.session.run)
+            yield rig
+            tg.cancel_scope.cancel()
+
+
+async def test_connect_sequence() -> None:
+    """Last will offline, subscriptions (8 per SUBSCRIBE), then retained status online."""
+    rig = Rig(FakeBroker())
+    for n in range(10):
+        rig.router.add_route(f"anc/in/{n}", lambda topic, payload: None)
+    async with running(rig):
+        await rig.session.wait_connected()
+
+    options = rig.broker.connects[0]
+    assert (options.client_id, options.clean_session) == (THING, True)
+    assert options.will is not None
+    will = decode_model(options.will.payload, DeviceStatus)
+    assert (options.will.topic, will.status, options.will.retain) == (STATUS, "offline", True)
+
+    assert [len(packet) for packet in rig.broker.subscribe_packets] == [8, 2]
+    topic, payload, qos, retain = rig.broker.published[0]
+    online = decode_model(payload, DeviceStatus)
+    assert (topic, online.status, qos, retain) == (STATUS, "online", 1, True)
+    assert online.session_id == will.session_id
+
+
+async def test_unacknowledged_messages_are_requeued_with_their_ids() -> None:
+    async with running(Rig(FakeBroker())) as rig:
+        await rig.session.wait_connected()
+        rig.broker.auto_ack = False
+        handles = [rig.put(f"anc/t/{n}", n) for n in range(3)]
+        await rig.broker.wait_until(lambda: len(rig.broker.attempted) == 1 + 3)
+        assert rig.session.status()["in_flight"] == 3
+
+        with rig.session.events() as events:
+            rig.broker.auto_ack = True
+            rig.broker.drop("cable pulled")
+            lost = await _next(events, "disconnected")
+            assert "cable pulled" in str(lost.error)
+            for handle in handles:
+                await handle.delivered()
+        # Resent after the reconnect, in order, once each.
+        resent = [topic for topic, *_ in rig.broker.published if topic != STATUS]
+        assert resent == ["anc/t/0", "anc/t/1", "anc/t/2"]
+        assert rig.outbox.stats()["telemetry"]["requeued"] == 3
+        assert rig.session.status()["reconnect_count"] == 1
+
+
+async def test_emergency_lane_drains_first() -> None:
+    rig = Rig(FakeBroker())
+    rig.put("anc/t/0", 0)
+    rig.put("anc/t/1", 1)
+    rig.put("anc/e", 2, Lane.EMERGENCY)
+    async with running(rig):
+        await rig.broker.wait_until(lambda: len(rig.broker.published) == 4)
+    assert [topic for topic, *_ in rig.broker.published[1:]] == ["anc/e", "anc/t/0", "anc/t/1"]
+
+
+async def test_incoming_messages_reach_the_router() -> None:
+    got = anyio.Event()
+    seen: list[Any] = []
+
+    def handler(topic: str, payload: Any) -> None:
+        seen.append((topic, payload))
+        got.set()
+
+    rig = Rig(FakeBroker())
+    rig.router.add_route("anc/devices/+/commands", handler)
+    async with running(rig):
+        await rig.session.wait_connected()
+        rig.broker.deliver(f"anc/devices/{THING}/commands", b'{"command":"reboot"}')
+        await got.wait()
+    assert seen == [(f"anc/devices/{THING}/commands", {"command": "reboot"})]
+
+
+async def test_subscription_changes_follow_the_router() -> None:
+    async with running(Rig(FakeBroker())) as rig:
+        await rig.session.wait_connected()
+        route = rig.router.add_route("anc/a/#", lambda topic, payload: None)
+        rig.session.subscriptions_changed()
+        await rig.broker.wait_until(lambda: rig.broker.subscribed == ["anc/a/#"])
+        rig.router.remove_route(route)
+        rig.session.subscriptions_changed()
+        await rig.broker.wait_until(lambda: rig.broker.subscribed == [])
+
+
+async def test_refused_subscription_is_reported() -> None:
+    rig = Rig(FakeBroker(suback={"anc/secret/#": SUBSCRIBE_FAILURE}))
+    rig.router.add_route("anc/secret/#", lambda topic, payload: None)
+    rig.router.add_route("anc/ok", lambda topic, payload: None)
+    async with running(rig):
+        await rig.session.wait_connected()
+        assert rig.session.status()["failed_subscriptions"] == ["anc/secret/#"]
+
+
+@pytest.mark.parametrize("error", [TLSError("bad certificate"), NotAuthorized("no policy")])
+async def test_permanent_error_is_raised_and_retried_slowly(error: ConnectError) -> None:
+    backoff = Backoff(BackoffPolicy(base=0.001, cap=0.01), random=lambda: 1.0)
+    rig = Rig(FakeBroker(connect_errors=[error]), backoff=backoff)
+    with rig.session.events() as events:
+        async with running(rig):
+            with pytest.raises(type(error)):
+                await rig.session.wait_connected()
+            status = rig.session.status()
+            assert status["last_error"]["permanent"] is True
+            assert status["last_error"]["type"] == type(error).__name__
+            failed = await _next(events, "disconnected")
+            assert failed.retry_in == 0.01  # the cap, not the base
+            # It keeps trying: once the cloud side is fixed it connects by itself.
+            await _next(events, "connected")
+            assert rig.session.permanent_error is None
+            await rig.session.wait_connected()
+
+
+async def test_wait_connected_times_out_naming_the_last_error() -> None:
+    refused = ConnectError("127.0.0.1:8883 refused the TCP connection")
+    broker = FakeBroker(connect_errors=[refused] * 1000)
+    rig = Rig(broker, backoff=Backoff(BackoffPolicy(base=10, cap=10)))
+    async with running(rig):
+        with pytest.raises(ConnectTimeout, match="refused the TCP connection"):
+            await rig.session.wait_connected(timeout=0.05)
+
+
+async def test_connect_hooks_run_after_every_connect() -> None:
+    rig = Rig(FakeBroker())
+    runs, ran = anyio.create_memory_object_stream[str](10)
+
+    async def hook() -> None:
+        runs.send_nowait(rig.session.state.value)
+
+    rig.session.add_connect_hook(hook)
+    async with running(rig):
+        assert await ran.receive() == "connected"
+        rig.broker.drop()
+        assert await ran.receive() == "connected"
+    assert rig.session.connections == 2
+
+
+async def test_a_failing_hook_does_not_affect_the_connection() -> None:
+    async def broken() -> None:
+        raise RuntimeError("hook bug")
+
+    rig = Rig(FakeBroker())
+    rig.session.add_connect_hook(broken)
+    async with running(rig):
+        await rig.session.wait_connected()
+        await rig.put("anc/after-hook", 1).delivered()
+        assert rig.session.status()["reconnect_count"] == 0
+
+
+async def test_stop_flushes_then_publishes_offline() -> None:
+    rig = Rig(FakeBroker())
+    async with running(rig):
+        await rig.session.wait_connected()
+        handles = [rig.put(f"anc/t/{n}", n) for n in range(5)]
+        await rig.session.stop(flush_timeout=2)
+        assert rig.session.state.value == "stopped"
+    assert all(handle.done for handle in handles)
+    topics = [topic for topic, *_ in rig.broker.published]
+    assert topics == [STATUS] + [f"anc/t/{n}" for n in range(5)] + [STATUS]
+    assert decode(rig.broker.published[-1][1])["status"] == "offline"
+
+
+async def _next(events: ObjectReceiveStream[ConnectionEvent], kind: str) -> ConnectionEvent:
+    async for event in events:
+        if event.kind == kind:
+            return event
+    raise AssertionError(f"no {kind!r} event")
