@@ -10,8 +10,7 @@ resource "aws_iot_thing_type" "anc_device" {
   name = "${local.prefix}-anc-device"
 
   properties {
-    description           = "Active-noise-cancelling device running ancsync"
-    searchable_attributes = ["firmware_version"]
+    description = "Active-noise-cancelling device running ancsync"
   }
 }
 

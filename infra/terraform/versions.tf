@@ -1,5 +1,6 @@
 terraform {
-  required_version = ">= 1.5"
+  # 1.7 for the mocked provider in tests/plan.tftest.hcl.
+  required_version = ">= 1.7"
 
   required_providers {
     # 5.100 is the version CI installs as a local plugin directory (there is no registry there).

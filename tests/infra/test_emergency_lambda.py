@@ -222,3 +222,9 @@ def test_package_is_deterministic_and_holds_the_handler(tmp_path: Path) -> None:
         assert archive.namelist() == ["handler.py"]
         source = (LAMBDA_DIR / "emergency_handler" / "handler.py").read_bytes()
         assert archive.read("handler.py") == source
+
+
+def test_handler_needs_only_fields_every_emergency_carries() -> None:
+    # The rule passes the payload through (SELECT *): what the handler requires, the model must.
+    required = set(EmergencyEvent.model_json_schema()["required"])
+    assert set(handler.REQUIRED_FIELDS) <= required
