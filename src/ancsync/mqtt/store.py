@@ -8,8 +8,12 @@ numbers keep counting up across restarts.
 
 Design choices:
 
-* **One file, WAL, ``synchronous=FULL``.** Every commit is fsynced before it returns, so an entry
-  that :meth:`DurableStore.put` accepted survives a power cut, not only a process crash.
+* **One file, WAL.** Every commit survives a crash of the process. An emergency's commit is also
+  fsynced (``synchronous=FULL``) before :meth:`DurableStore.put` returns, so it survives a power
+  cut. Telemetry batches, acknowledgements and bare ``seq`` updates are not fsynced
+  (``synchronous=NORMAL``; a few milliseconds each on flash, at up to 100 batches a second): a
+  power cut may lose the last of them, which means lost telemetry or a duplicate, never a lost
+  emergency.
 * **Synchronous methods, thread-safe.** SQLite is a blocking library. Every method takes a lock
   and is safe to call from a worker thread; async callers use ``anyio.to_thread.run_sync`` so that
   the fsync never stalls the event loop (and the ANC control loop on it).
@@ -129,7 +133,9 @@ class DurableStore:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.path = Path(path)
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection: held during I/O, by worker threads
+        self._seq_lock = threading.Lock()  # the counters only: never held during I/O
+        self._sync_mode = "FULL"
         self._evicted_messages = 0
         self._evicted_records = 0
         self._conn = self._open_or_recover()
@@ -202,7 +208,9 @@ class DurableStore:
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, message: StoredMessage, *, seq: tuple[str, int] | None = None) -> int:
-        """Store ``message`` durably (fsynced) and return how many telemetry records were evicted.
+        """Store ``message`` and return how many telemetry records were evicted to make room.
+
+        An emergency is fsynced before this returns; telemetry survives a process crash.
 
         ``seq`` is ``(stream, value)``: the counter of ``stream`` is raised to ``value`` in the
         same transaction, so a stored message and the counter that numbered it never disagree.
@@ -212,7 +220,8 @@ class DurableStore:
         and :class:`StorageError` when SQLite cannot write.
         """
         size = len(message.payload)
-        with self._transaction("store a message") as conn:
+        fsync = message.lane == "emergency"
+        with self._transaction("store a message", fsync=fsync) as conn:
             if conn.execute(
                 "SELECT 1 FROM messages WHERE msg_id = ?", (message.msg_id,)
             ).fetchone():
@@ -275,7 +284,8 @@ class DurableStore:
 
     def ack(self, msg_id: str) -> bool:
         """Delete an acknowledged message; ``False`` if it was not (or is no longer) held."""
-        with self._transaction("delete an acknowledged message") as conn:
+        # Not fsynced: an acknowledgement lost in a power cut only means a duplicate.
+        with self._transaction("delete an acknowledged message", fsync=False) as conn:
             row = conn.execute(
                 "DELETE FROM messages WHERE msg_id = ? RETURNING LENGTH(payload)", (msg_id,)
             ).fetchone()
@@ -290,14 +300,14 @@ class DurableStore:
         Reserving happens in memory so that callers on the event loop get distinct numbers
         without a thread hop; the number is persisted with the message it numbers.
         """
-        with self._lock:
+        with self._seq_lock:
             value = self._seqs.get(stream, 0) + 1
             self._seqs[stream] = value
             return value
 
     def save_seq(self, stream: str, value: int) -> None:
         """Persist ``value`` as the last used ``seq`` of ``stream`` (for unstored messages)."""
-        with self._transaction("save a sequence counter") as conn:
+        with self._transaction("save a sequence counter", fsync=False) as conn:
             self._save_seq(conn, stream, value)
 
     def _save_seq(self, conn: sqlite3.Connection, stream: str, value: int) -> None:
@@ -306,7 +316,8 @@ class DurableStore:
             " ON CONFLICT (stream) DO UPDATE SET value = MAX(value, excluded.value)",
             (stream, value),
         )
-        self._seqs[stream] = max(self._seqs.get(stream, 0), value)
+        with self._seq_lock:
+            self._seqs[stream] = max(self._seqs.get(stream, 0), value)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -367,11 +378,18 @@ class DurableStore:
     # -- plumbing ------------------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """Run a write under the lock in one ``BEGIN IMMEDIATE`` transaction; map SQLite errors."""
+    def _transaction(self, doing: str, *, fsync: bool) -> Iterator[sqlite3.Connection]:
+        """Run a write under the lock in one ``BEGIN IMMEDIATE`` transaction; map SQLite errors.
+
+        ``fsync`` chooses whether the commit waits for the disk (``synchronous`` FULL/NORMAL).
+        """
         with self._lock:
             conn = self._conn
             try:
+                mode = "FULL" if fsync else "NORMAL"
+                if mode != self._sync_mode:
+                    conn.execute(f"PRAGMA synchronous = {mode}")
+                    self._sync_mode = mode
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 conn.execute("COMMIT")
