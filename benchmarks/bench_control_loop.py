@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import gc
+import os
 import statistics
 import tempfile
 import time
