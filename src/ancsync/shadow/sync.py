@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from ancsync.codec import describe_errors
 from ancsync.errors import AncSyncError, InvalidPayload, ShadowRejected
 from ancsync.models import AncDesiredState, AncReportedState
-from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.mqtt.backoff import Backoff, BackoffPolicy
 from ancsync.shadow.document import (
     JsonObject,
     LocalShadow,
@@ -124,12 +124,13 @@ class DeviceShadowSync:
         self._connection = connection
         self._conflict_retries = conflict_retries
         self._delta_buffer = delta_buffer
+        self._retry_backoff = retry_backoff or BackoffPolicy(base=0.5, cap=10.0)
         self._requests = ShadowRequester(
             connection,
             self.topics,
             timeout=request_timeout,
             attempts=attempts,
-            backoff=retry_backoff or BackoffPolicy(base=0.5, cap=10.0),
+            backoff=self._retry_backoff,
             limits=limits_for(connection, self.thing_name),
         )
         self._local = LocalShadow()
@@ -148,6 +149,7 @@ class DeviceShadowSync:
         self._listeners: list[MemoryObjectSendStream[JsonObject]] = []
         # The sync task.
         self._wakeup = anyio.Event()
+        self._connected = anyio.Event()
         self._resync_due = True
         self._scope: anyio.CancelScope | None = None
         self._stack: AsyncExitStack | None = None
@@ -296,9 +298,17 @@ class DeviceShadowSync:
         try:
             with anyio.CancelScope() as self._scope:
                 task_status.started()
+                failures = Backoff(self._retry_backoff)
                 while True:
-                    await self._sync_step()
-                    await self._wait_for_work()
+                    if await self._sync_step():
+                        failures = Backoff(self._retry_backoff)
+                        await self._wait_for_work()
+                        continue
+                    # Not a tight loop when the service or the connection is down: back off,
+                    # or go again as soon as the connection is (re)made.
+                    self._connected = anyio.Event()
+                    with anyio.move_on_after(failures.next_delay()):
+                        await self._connected.wait()
         finally:
             self._scope = None
             remove_hook()
@@ -333,6 +343,7 @@ class DeviceShadowSync:
         self._offered.clear()
         self._resync_due = True
         self._wakeup.set()
+        self._connected.set()
 
     async def _wait_for_work(self) -> None:
         if self._resync_due or self._next_delta is not None or self._pending:
@@ -343,7 +354,8 @@ class DeviceShadowSync:
         if timer.cancelled_caught:
             self._resync_due = True
 
-    async def _sync_step(self) -> None:
+    async def _sync_step(self) -> bool:
+        """Re-sync if due, handle the waiting delta, send pending reports; False on failure."""
         try:
             if self._resync_due:
                 self._resync_due = False
@@ -356,9 +368,12 @@ class DeviceShadowSync:
             if self._pending:
                 await self.flush()
         except AncSyncError as exc:
-            # The session carries on: pending values stay queued for the next step.
+            # The sync task carries on: pending values stay queued, the re-sync is retried.
             self._counts["sync_errors"] += 1
+            self._resync_due = True
             log.warning("shadow sync of %s failed: %s", self.topics.prefix, exc)
+            return False
+        return True
 
     # --- incoming messages (the router's worker: must be quick) ------------------------------
 
@@ -429,9 +444,11 @@ class DeviceShadowSync:
                     )
         report = dict(applied)
         if self.error_field is not None:
-            if errors:
-                report[self.error_field] = "; ".join(errors)[:MAX_ERROR_CHARS]
-            elif applied and self._local.reported.get(self.error_field) is not None:
+            current = self._local.reported.get(self.error_field)
+            message = "; ".join(errors)[:MAX_ERROR_CHARS]
+            if errors and current != message:  # the same error again is not news
+                report[self.error_field] = message
+            elif applied and not errors and current is not None:
                 report[self.error_field] = None  # applied cleanly: clear the old error
         if report:
             self._queue_report(report)
