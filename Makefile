@@ -4,6 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Terraform has no registry here: `terraform init` in the tests takes the AWS provider from a local
+# plugin directory when one is on disk (.../registry.terraform.io/hashicorp/aws/<version>/<os_arch>/).
+ifeq ($(origin TF_PLUGIN_DIR),undefined)
+TF_PLUGIN_DIR := $(shell find / \( -path /proc -o -path /sys -o -path '*/.venv' \) -prune -o -name 'terraform-provider-aws*' -type f -print 2>/dev/null | head -n 1 | sed -E 's#/registry\.terraform\.io/.*##')
+endif
+export TF_PLUGIN_DIR
+
 .PHONY: install test lint typecheck pytest docs demo bench clean
 
 $(STAMP): pyproject.toml
