@@ -7,11 +7,14 @@ on its own. The emulator's shadow service follows the same rules on the server s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
+from ancsync.codec import describe_errors
 from ancsync.errors import InvalidPayload, PayloadTooLarge
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "JsonObject",
     "LocalShadow",
     "ShadowState",
+    "as_patch",
     "check_state_limits",
     "combine",
     "delta",
@@ -104,6 +108,30 @@ def combine(older: JsonObject, newer: JsonObject) -> JsonObject:
         else:
             result[key] = value
     return result
+
+
+def as_patch(
+    state: Mapping[str, Any] | BaseModel, model: type[BaseModel] | None, what: str
+) -> JsonObject:
+    """``state`` (a dict or a model) as a JSON patch, validated against ``model`` if given.
+
+    Only the keys given are kept, and ``None`` stays (as JSON ``null`` it deletes the key).
+
+    Raises:
+        InvalidPayload: ``state`` does not fit ``model``; names each bad field and value.
+    """
+    if isinstance(state, BaseModel):
+        if model is not None and not isinstance(state, model):
+            raise InvalidPayload(f"{what} must be a {model.__name__}, got {type(state).__name__}")
+        return state.model_dump(mode="json", exclude_unset=True)
+    if not isinstance(state, Mapping):
+        raise InvalidPayload(f"{what} must be a dict (or a model), got {type(state).__name__}")
+    if model is None:
+        return dict(state)
+    try:
+        return model.model_validate(dict(state)).model_dump(mode="json", exclude_unset=True)
+    except ValidationError as exc:
+        raise InvalidPayload(f"{what} is invalid: {describe_errors(exc)}") from exc
 
 
 def depth(value: Any) -> int:

@@ -22,49 +22,39 @@ The state machine, in one place:
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from pydantic import BaseModel, ValidationError
+from anyio.streams.memory import MemoryObjectReceiveStream
+from pydantic import BaseModel
 
-from ancsync.codec import describe_errors
-from ancsync.errors import AncSyncError, InvalidPayload, ShadowRejected
+from ancsync.errors import AncSyncError, ShadowRejected
 from ancsync.models import AncDesiredState, AncReportedState
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
+from ancsync.shadow.deltas import DeltaApplier, DeltaHandler
 from ancsync.shadow.document import (
     JsonObject,
     LocalShadow,
     ShadowState,
+    as_patch,
     check_state_limits,
-    combine,
-    json_equal,
 )
+from ancsync.shadow.reporting import ReportQueue
 from ancsync.shadow.requests import ShadowRequester, limits_for
 from ancsync.topics import ShadowTopics, parse_shadow_topic, validate_thing_name
 
 if TYPE_CHECKING:
     from ancsync.connection import IoTConnection
 
-__all__ = ["Applied", "DeltaHandler", "DeviceShadowSync"]
+__all__ = ["DeviceShadowSync"]
 
 log = logging.getLogger("ancsync.shadow")
-
-Applied: TypeAlias = Mapping[str, Any] | BaseModel | None
-"""What a delta handler returns: the values it actually applied (``None``: nothing)."""
-
-DeltaHandler: TypeAlias = Callable[[JsonObject], Awaitable[Applied] | Applied]
-"""``handler(changes) -> applied``, async or plain; ``changes`` are the valid desired values."""
-
-MAX_ERROR_CHARS = 1024  # AncReportedState.last_error's bound
-_KEEP_FAILURES = 16
 
 
 class DeviceShadowSync:
@@ -118,7 +108,6 @@ class DeviceShadowSync:
         self.sync_interval = sync_interval
         self.model = model
         self.desired_model = desired_model
-        self.error_field = error_field
         self.on_delta_callback: DeltaHandler | None = None
         """The delta handler (the old API's attribute; :meth:`on_delta` sets it too)."""
         self._connection = connection
@@ -135,18 +124,16 @@ class DeviceShadowSync:
         )
         self._local = LocalShadow()
         self._counts: Counter[str] = Counter()
-        # Reported values waiting to go out, numbered by generation (see _flush).
-        self._pending: JsonObject = {}
-        self._in_flight: JsonObject = {}
-        self._generation = 1
-        self._done_generation = 0
-        self._failures: dict[int, AncSyncError] = {}
-        self._flushing: anyio.Event | None = None
-        # Deltas: the newest whole delta waiting for the sync task, and what was offered.
+        self._reports = ReportQueue(self._send_report, self._check_reported)
+        self._deltas = DeltaApplier(
+            desired_model=desired_model,
+            as_reported=self._reported_patch,
+            error_field=error_field,
+            name=self.topics.prefix,
+        )
+        # The newest whole delta waiting for the sync task, and the version of the last seen.
         self._delta_version = 0
         self._next_delta: tuple[int, JsonObject] | None = None
-        self._offered: JsonObject = {}
-        self._listeners: list[MemoryObjectSendStream[JsonObject]] = []
         # The sync task.
         self._wakeup = anyio.Event()
         self._connected = anyio.Event()
@@ -173,9 +160,11 @@ class DeviceShadowSync:
             "version": self._local.version,
             "exists": self._local.exists,
             "syncing": self._scope is not None,
-            "pending_keys": sorted(self._pending),
+            "pending_keys": sorted(self._reports.pending),
+            "coalesced": self._reports.coalesced,
             "requests": dict(self._requests.counts),
             **{name: self._counts[name] for name in _COUNTERS},
+            **{name: self._deltas.counts[name] for name in _DELTA_COUNTERS},
         }
 
     # --- requests ----------------------------------------------------------------------------
@@ -212,7 +201,8 @@ class DeviceShadowSync:
             InvalidPayload: a value fails validation, or the state would nest too deep.
             PayloadTooLarge: the shadow state would exceed 8 KB; names the size.
         """
-        self._queue_report(self._reported_patch(state))
+        self._reports.add(self._reported_patch(state))
+        self._wakeup.set()
 
     async def update_reported(self, state: Mapping[str, Any] | BaseModel) -> ShadowState:
         """Report values and wait until the service accepted them; return the local copy.
@@ -227,8 +217,9 @@ class DeviceShadowSync:
             ShadowTimeout: no reply after every attempt; the values stay pending and go out
                 with the next sync.
         """
-        generation = self._queue_report(self._reported_patch(state))
-        await self._flush(generation)
+        generation = self._reports.add(self._reported_patch(state))
+        self._wakeup.set()
+        await self._reports.wait_for(generation)
         return self.get_state()
 
     async def update_desired(self, state: Mapping[str, Any] | BaseModel) -> ShadowState:
@@ -236,7 +227,7 @@ class DeviceShadowSync:
 
         Validated against ``desired_model``; ``None`` as a value deletes the key.
         """
-        patch = _validated(state, self.desired_model, "desired state")
+        patch = as_patch(state, self.desired_model, "desired state")
         check_state_limits(self._local.state_with(desired=patch))
         await self._update({"desired": patch})
         return self.get_state()
@@ -252,10 +243,7 @@ class DeviceShadowSync:
 
     async def flush(self) -> None:
         """Wait until everything reported so far has been accepted (see :meth:`update_reported`)."""
-        if self._pending:
-            await self._flush(self._generation)
-        elif self._flushing is not None:
-            await self._flush(self._generation - 1)
+        await self._reports.flush()
 
     # --- desired changes ---------------------------------------------------------------------
 
@@ -277,9 +265,7 @@ class DeviceShadowSync:
         apply with :meth:`update_reported` yourself. A listener ``delta_buffer`` changes behind
         misses the newer ones (counted as ``deltas_dropped``).
         """
-        send, receive = anyio.create_memory_object_stream[JsonObject](self._delta_buffer)
-        self._listeners.append(send)
-        return receive
+        return self._deltas.listen(self._delta_buffer)
 
     # --- the sync task -----------------------------------------------------------------------
 
@@ -340,13 +326,13 @@ class DeviceShadowSync:
     async def _on_connect(self) -> None:
         # A connect hook must be quick: it only tells the sync task to re-sync, and lets every
         # desired value be offered again (the device may have restarted its ANC state).
-        self._offered.clear()
+        self._deltas.forget_offered()
         self._resync_due = True
         self._wakeup.set()
         self._connected.set()
 
     async def _wait_for_work(self) -> None:
-        if self._resync_due or self._next_delta is not None or self._pending:
+        if self._resync_due or self._next_delta is not None or self._reports.pending:
             return
         self._wakeup = anyio.Event()
         with anyio.move_on_after(self.sync_interval) as timer:
@@ -364,9 +350,13 @@ class DeviceShadowSync:
             if self._next_delta is not None:
                 _version, changes = self._next_delta
                 self._next_delta = None
-                await self._handle_delta(changes)
-            if self._pending:
-                await self.flush()
+                report = await self._deltas.apply(
+                    changes, self.on_delta_callback, self._local.reported
+                )
+                if report:
+                    self._reports.add(report)
+            if self._reports.pending:
+                await self._reports.flush()
         except AncSyncError as exc:
             # The sync task carries on: pending values stay queued, the re-sync is retried.
             self._counts["sync_errors"] += 1
@@ -416,145 +406,16 @@ class DeviceShadowSync:
         self._next_delta = (version, changes)
         self._wakeup.set()
 
-    # --- handling a delta --------------------------------------------------------------------
-
-    async def _handle_delta(self, changes: JsonObject) -> None:
-        fresh = {
-            key: value
-            for key, value in changes.items()
-            if key not in self._offered or not json_equal(self._offered[key], value)
-        }
-        if not fresh:
-            return
-        self._offered.update(fresh)
-        self._counts["deltas"] += 1
-        valid, errors = self._split_valid(fresh)
-        applied: JsonObject = {}
-        if valid:
-            self._publish_to_listeners(valid)
-            if self.on_delta_callback is not None:
-                try:
-                    applied = await self._call_handler(valid)
-                except Exception as exc:
-                    self._counts["handler_errors"] += 1
-                    log.exception("the delta handler of %s raised; nothing applied", self.topics)
-                    errors.append(
-                        f"desired {_keys(valid)} not applied: the delta handler raised "
-                        f"{type(exc).__name__}: {exc}"
-                    )
-        report = dict(applied)
-        if self.error_field is not None:
-            current = self._local.reported.get(self.error_field)
-            message = "; ".join(errors)[:MAX_ERROR_CHARS]
-            if errors and current != message:  # the same error again is not news
-                report[self.error_field] = message
-            elif applied and not errors and current is not None:
-                report[self.error_field] = None  # applied cleanly: clear the old error
-        if report:
-            self._queue_report(report)
-
-    def _split_valid(self, changes: JsonObject) -> tuple[JsonObject, list[str]]:
-        """The desired values that pass ``desired_model``, and why the others do not."""
-        if self.desired_model is None:
-            return dict(changes), []
-        try:
-            self.desired_model.model_validate(changes)
-            return dict(changes), []
-        except ValidationError as exc:
-            bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
-            self._counts["invalid_desired"] += len(bad) or 1
-            reason = f"desired value not applied: {describe_errors(exc)}"
-            log.warning("shadow %s: %s", self.topics.prefix, reason)
-            valid = {key: value for key, value in changes.items() if key not in bad}
-            if not bad or not valid:
-                return {}, [reason]
-            try:
-                self.desired_model.model_validate(valid)
-            except ValidationError:  # a rule across fields: refuse all of it
-                return {}, [reason]
-            return valid, [reason]
-
-    async def _call_handler(self, changes: JsonObject) -> JsonObject:
-        assert self.on_delta_callback is not None
-        result = self.on_delta_callback(dict(changes))
-        if inspect.isawaitable(result):
-            result = await result
-        self._counts["deltas_handled"] += 1
-        if result is None:
-            log.info("the delta handler of %s applied nothing", self.topics.prefix)
-            return {}
-        if not isinstance(result, BaseModel | Mapping):
-            raise InvalidPayload(
-                f"the delta handler returned {type(result).__name__}; return a dict (or model) "
-                "of the values it applied, or None"
-            )
-        return self._reported_patch(result)
-
-    def _publish_to_listeners(self, changes: JsonObject) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener.send_nowait(dict(changes))
-            except anyio.WouldBlock:
-                self._counts["deltas_dropped"] += 1
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._listeners.remove(listener)
-
     # --- reporting ---------------------------------------------------------------------------
 
     def _reported_patch(self, state: Mapping[str, Any] | BaseModel) -> JsonObject:
-        return _validated(state, self.model, "reported state")
+        return as_patch(state, self.model, "reported state")
 
-    def _queue_report(self, patch: JsonObject) -> int:
-        """Merge ``patch`` into the pending report; return its generation."""
-        pending = combine(self._pending, patch)
-        check_state_limits(self._local.state_with(reported=combine(self._in_flight, pending)))
-        if self._pending:
-            self._counts["coalesced"] += 1
-        self._pending = pending
-        self._wakeup.set()
-        return self._generation
+    def _check_reported(self, reported: JsonObject) -> None:
+        check_state_limits(self._local.state_with(reported=reported))
 
-    async def _flush(self, generation: int) -> None:
-        """Send pending reports until ``generation`` is accepted (or has failed).
-
-        One caller at a time sends (``_flushing``); the others wait for it and then look again.
-        A batch that fails for a reason retrying may fix goes back under the newer values.
-        """
-        while self._done_generation < generation:
-            failure = self._failures.get(generation)
-            if failure is not None:
-                raise failure
-            if self._flushing is not None:
-                await self._flushing.wait()
-                continue
-            await self._send_pending()
-
-    async def _send_pending(self) -> None:
-        batch, generation = self._pending, self._generation
-        self._pending, self._in_flight = {}, batch
-        self._generation += 1
-        done = self._flushing = anyio.Event()
-        try:
-            if batch:
-                await self._update({"reported": batch})
-            self._done_generation = generation
-        except ShadowRejected as exc:
-            self._remember_failure(generation, exc)  # a bad batch: retrying cannot help
-            raise
-        except BaseException as exc:
-            self._pending = combine(batch, self._pending)
-            if isinstance(exc, AncSyncError):
-                self._remember_failure(generation, exc)
-            raise
-        finally:
-            self._in_flight = {}
-            self._flushing = None
-            done.set()
-
-    def _remember_failure(self, generation: int, error: AncSyncError) -> None:
-        self._failures[generation] = error
-        for old in sorted(self._failures)[:-_KEEP_FAILURES]:
-            del self._failures[old]
+    async def _send_report(self, batch: JsonObject) -> None:
+        await self._update({"reported": batch})
 
     async def _update(self, state: JsonObject) -> JsonObject:
         """An update carrying the local version; on 409, re-read the shadow and try again."""
@@ -574,38 +435,11 @@ class DeviceShadowSync:
             await self.get()
 
 
-_COUNTERS = (
-    "resyncs",
-    "conflicts",
-    "coalesced",
+_COUNTERS = ("resyncs", "conflicts", "stale_deltas", "sync_errors")
+_DELTA_COUNTERS = (
     "deltas",
     "deltas_handled",
     "deltas_dropped",
-    "stale_deltas",
     "invalid_desired",
     "handler_errors",
-    "sync_errors",
 )
-
-
-def _keys(changes: JsonObject) -> str:
-    return ", ".join(sorted(changes))
-
-
-def _validated(
-    state: Mapping[str, Any] | BaseModel, model: type[BaseModel] | None, what: str
-) -> JsonObject:
-    """``state`` as a JSON patch, checked against ``model``; ``None`` values are kept (they
-    delete keys)."""
-    if isinstance(state, BaseModel):
-        if model is not None and not isinstance(state, model):
-            raise InvalidPayload(f"{what} must be a {model.__name__}, got {type(state).__name__}")
-        return state.model_dump(mode="json", exclude_unset=True)
-    if not isinstance(state, Mapping):
-        raise InvalidPayload(f"{what} must be a dict (or a model), got {type(state).__name__}")
-    if model is None:
-        return dict(state)
-    try:
-        return model.model_validate(dict(state)).model_dump(mode="json", exclude_unset=True)
-    except ValidationError as exc:
-        raise InvalidPayload(f"{what} is invalid: {describe_errors(exc)}") from exc

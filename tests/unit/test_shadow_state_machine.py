@@ -28,6 +28,7 @@ from ancsync.shadow.document import (
     json_equal,
     merge,
 )
+from ancsync.shadow.reporting import ReportQueue
 from ancsync.topics import ShadowTopics, matches, parse_shadow_topic
 
 THING = "anc-device-001"
@@ -427,3 +428,48 @@ async def test_reconnect_resyncs_and_offers_desired_again() -> None:
             await connection.until(lambda: connection.stored()["reported"]["anc_intensity"] == 0.6)
             tg.cancel_scope.cancel()
     assert device.calls[-1] == {"anc_intensity": 0.6}
+
+
+# --- the report queue on its own ----------------------------------------------------------------
+
+
+async def test_a_cancelled_sender_puts_its_batch_back_and_a_waiter_takes_over() -> None:
+    sent: list[dict[str, Any]] = []
+    release = anyio.Event()
+
+    async def send(batch: dict[str, Any]) -> None:
+        if not sent:  # the first batch hangs until its sender is cancelled
+            sent.append(batch)
+            await release.wait()
+        sent.append(batch)
+
+    queue = ReportQueue(send, lambda state: None)
+    leader = anyio.CancelScope()
+
+    async def lead(generation: int) -> None:
+        with leader:
+            await queue.wait_for(generation)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lead, queue.add({"a": 1}))
+            await anyio.wait_all_tasks_blocked()  # the first batch is in flight
+            tg.start_soon(queue.wait_for, queue.add({"a": 0, "b": 2}))
+            await anyio.wait_all_tasks_blocked()
+            leader.cancel()
+    # The first batch went back under the newer values and travelled with the second.
+    assert sent == [{"a": 1}, {"a": 0, "b": 2}]
+    assert queue.pending == {}
+
+
+async def test_a_refused_batch_fails_its_waiters_and_is_dropped() -> None:
+    async def send(batch: dict[str, Any]) -> None:
+        raise ShadowRejected(400, "Invalid JSON")
+
+    queue = ReportQueue(send, lambda state: None)
+    generation = queue.add({"a": 1})
+    with pytest.raises(ShadowRejected):
+        await queue.wait_for(generation)
+    with pytest.raises(ShadowRejected):  # a second waiter of the same batch hears it too
+        await queue.wait_for(generation)
+    assert queue.pending == {}
