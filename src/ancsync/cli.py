@@ -143,9 +143,11 @@ def emulator(
         line(f"\nready: emulator listening on {local.host}:{local.port} (Ctrl-C to stop)")
 
     setup_logging(verbose)
-    if not verbose:  # amqtt and its state machine narrate every step at INFO
+    if not verbose:
+        # amqtt narrates every step and logs tracebacks for failures the emulator reports in
+        # its own words (a taken port, a refused client); --verbose shows them.
         for noisy in ("amqtt", "transitions"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
     db_path = db if db is not None else certs_dir.parent / "emulator.db"
     try:
         local = Emulator(

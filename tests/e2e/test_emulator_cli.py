@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -133,3 +134,22 @@ def test_no_tls_on_a_public_address_is_refused_in_one_line(tmp_path: Path) -> No
     [error] = result.stderr.strip().splitlines()
     assert "not a loopback address" in error
     assert "use TLS or a loopback host" in error
+
+
+def test_a_taken_port_is_refused_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [ANCSYNC, "emulator", "--port", str(port), "--certs-dir", str(tmp_path / "dev")],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]  # after the certificate generation log
+    assert error.startswith("error:")
+    assert f"port {port}" in error
+    assert "choose a free port or 0" in error
