@@ -325,3 +325,33 @@ async def test_handler_exception_is_isolated(emulator: Emulator) -> None:
             state = await ops.until(reported("anc_enabled", False))
     assert state["reported"] == {"anc_enabled": False}  # the old error is cleared
     assert shadow.get_status()["handler_errors"] == 1
+
+
+async def test_periodic_resync_finds_changes_whose_delta_was_missed(emulator: Emulator) -> None:
+    device = AncDevice()
+    iot = device_connection(emulator.certs, emulator.port, reconnect=FAST)
+    shadow = new_shadow(iot, sync_interval=0.2)
+    shadow.on_delta(device.apply)
+    with anyio.fail_after(TIMEOUT):
+        async with operator(emulator) as ops, iot, shadow:
+            await shadow.update_reported({"anc_enabled": True})
+            # Changed behind the device's back: no delta message is ever published for it.
+            change = orjson.dumps({"state": {"desired": {"anc_enabled": False}}})
+            emulator.shadows.store.handle("update", THING, None, change, 1)
+            await ops.until(reported("anc_enabled", False))
+    assert device.applied == [{"anc_enabled": False}]
+    assert shadow.get_status()["resyncs"] >= 2
+
+
+async def test_update_desired_delete_and_recreate(emulator: Emulator) -> None:
+    iot = device_connection(emulator.certs, emulator.port, reconnect=FAST)
+    shadow = new_shadow(iot)
+    with anyio.fail_after(TIMEOUT):
+        async with iot:
+            state = await shadow.update_desired({"anc_intensity": 0.6})
+            assert (state.version, state.delta) == (1, {"anc_intensity": 0.6})
+            await shadow.delete()
+            assert (shadow.get_state().exists, shadow.version) == (False, 1)
+            assert emulator.shadows.store.shadow(THING) is None
+            state = await shadow.update_reported({"anc_intensity": 0.6})
+    assert (state.exists, state.version, state.desired) == (True, 2, {})
