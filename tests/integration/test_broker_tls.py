@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -190,11 +191,18 @@ async def test_restart_on_the_same_port_after_stop(dev_certs: DevCerts) -> None:
                 assert (await next_message(client)).payload == b"again"
 
 
-async def test_a_taken_port_is_a_config_error(
+async def test_a_taken_port_is_a_config_error_and_releases_the_other_listener(
     tls_broker: EmbeddedBroker, dev_certs: DevCerts
 ) -> None:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        free_port = probe.getsockname()[1]
+    failing = EmbeddedBroker(dev_certs, port=tls_broker.port, plain_port=free_port)
     with pytest.raises(ConfigError, match=f"port {tls_broker.port}.*choose a free port"):
-        await EmbeddedBroker(dev_certs, port=tls_broker.port).start()
+        await failing.start()
+    # the plain listener it had bound before the TLS one failed is closed again
+    with socket.socket() as again:
+        again.bind((HOST, free_port))
 
 
 async def test_shadow_requests_go_to_the_handler_and_are_not_broadcast(dev_certs: DevCerts) -> None:
