@@ -119,12 +119,12 @@ async def flood(client: MqttShadowClient, count: int) -> list[Document]:
 
 
 async def test_too_many_requests_in_flight_are_throttled(certs_dir: Path) -> None:
-    # With 50 ms per request (a cloud round trip), 10 requests published at once cannot all
+    # With 200 ms per request (a slow cloud round trip), 10 requests published at once cannot all
     # be served before the third arrives.
     limits = ShadowLimits(max_in_flight=2, max_requests_per_second=None)
     with anyio.fail_after(TIMEOUT):
         async with (
-            Emulator(certs_dir, [DEVICE], limits=limits, shadow_latency=0.05) as emulator,
+            Emulator(certs_dir, [DEVICE], limits=limits, shadow_latency=0.2) as emulator,
             device_client(emulator) as client,
         ):
             replies = await flood(client, 10)
