@@ -408,3 +408,43 @@ async def test_a_plain_only_broker_has_no_tls_port() -> None:
 def test_a_broker_needs_a_listener() -> None:
     with pytest.raises(ConfigError, match="needs a listener"):
         EmbeddedBroker(None)
+
+
+# -- measured differences from MQTT (docs/emulator.md lists them; mosquitto is the reference) ----
+
+
+async def test_offline_messages_reach_a_persistent_session(
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+) -> None:
+    """Emulator sessions are authenticated, not anonymous, so amqtt queues for them, but it
+    flags queued messages as retained (mosquitto does not)."""
+    topic = f"anc/devices/{DEVICE}/commands"
+    device = dev_certs.device(DEVICE)
+    with anyio.fail_after(TIMEOUT):
+        async with mqtt_client(
+            any_broker.port, dev_certs, device, DEVICE, clean_session=False
+        ) as client:
+            await client.subscribe(topic, qos=1)
+        async with mqtt_client(any_broker.port, dev_certs, dev_certs.operator, "cloud") as cloud:
+            await cloud.publish(topic, b"while you were away", qos=1)
+        async with mqtt_client(
+            any_broker.port, dev_certs, device, DEVICE, clean_session=False
+        ) as client:
+            message = await next_message(client)
+    assert (message.payload, message.qos) == (b"while you were away", 1)
+    assert message.retain is isinstance(any_broker, EmbeddedBroker)
+
+
+async def test_delivery_qos_is_the_subscription_qos_in_amqtt(
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+) -> None:
+    """MQTT delivers at min(publish QoS, subscription QoS); amqtt uses the subscription's."""
+    topic = f"anc/devices/{DEVICE}/status"
+    with anyio.fail_after(TIMEOUT):
+        async with mqtt_client(
+            any_broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE
+        ) as client:
+            await client.subscribe(topic, qos=1)
+            await client.publish(topic, b"qos 0", qos=0)
+            message = await next_message(client)
+    assert message.qos == (1 if isinstance(any_broker, EmbeddedBroker) else 0)
