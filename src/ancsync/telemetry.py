@@ -121,6 +121,9 @@ class TelemetryPublisher:
         self._wakeup: anyio.Event | None = None
         self._window: anyio.Semaphore | None = None
         self._scope: anyio.CancelScope | None = None
+        self._watchers: TaskGroup | None = None
+        self._acknowledged_ids: list[str] = []
+        self._forgetting = False
         self._offline_wait: anyio.CancelScope | None = None
         self._stopped: anyio.Event | None = None
         self._delivered = dict.fromkeys(TELEMETRY_KINDS, 0)
@@ -200,12 +203,17 @@ class TelemetryPublisher:
         try:
             with anyio.CancelScope() as self._scope:
                 async with anyio.create_task_group() as watchers:
+                    self._watchers = watchers
                     task_status.started()
                     await self._resend_stored(watchers)
                     await self._batch_until_stopped(watchers)
                     await self._wait_until_delivered()
                     watchers.cancel_scope.cancel()
         finally:
+            self._watchers = None
+            if self._acknowledged_ids:  # a cancelled flusher may have left some
+                with anyio.CancelScope(shield=True):
+                    await self._forget_acknowledged()
             self._running = False
             self._stopped.set()
 
@@ -359,18 +367,33 @@ class TelemetryPublisher:
             self._batches_acknowledged += 1
             self._delivered[kind] += message.records
             if self._durable and self._store is not None:
-                await self._forget(message.msg_id)
+                self._forget(message.msg_id)
         finally:
             self._buffer.settle(message.records)
             self._window.release()
 
-    async def _forget(self, msg_id: str) -> None:
+    def _forget(self, msg_id: str) -> None:
+        """Delete an acknowledged batch from the store, soon, together with the others."""
+        self._acknowledged_ids.append(msg_id)
+        if not self._forgetting and self._watchers is not None:
+            self._forgetting = True
+            self._watchers.start_soon(self._forget_acknowledged)
+
+    async def _forget_acknowledged(self) -> None:
+        # One worker-thread call for all the acknowledgements that arrived since the last one.
         assert self._store is not None
         try:
-            await anyio.to_thread.run_sync(self._store.ack, msg_id)
-        except StorageError as exc:
-            # It stays stored and is sent again on the next start: a duplicate, never a loss.
-            logger.warning("acknowledged telemetry batch %s stays stored: %s", msg_id, exc)
+            while self._acknowledged_ids:
+                msg_ids, self._acknowledged_ids = self._acknowledged_ids, []
+                try:
+                    # Shielded: stopping must not lose acknowledgements already received.
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(partial(self._store.ack, *msg_ids))
+                except StorageError as exc:
+                    # They stay stored and are sent again on the next start: duplicates, no loss.
+                    logger.warning("%d acknowledged batches stay stored: %s", len(msg_ids), exc)
+        finally:
+            self._forgetting = False
 
     async def _resend_stored(self, watchers: TaskGroup) -> None:
         if not self._durable or self._store is None:

@@ -61,11 +61,21 @@ def test_ack_removes_only_that_message(store: DurableStore) -> None:
     store.put(first)
     store.put(second)
 
-    assert store.ack(first.msg_id) is True
-    assert store.ack(first.msg_id) is False
-    assert store.ack("never-stored") is False
+    assert store.ack(first.msg_id) == 1
+    assert store.ack(first.msg_id) == 0
+    assert store.ack("never-stored") == 0
     assert store.pending() == [second]
     assert store.stats().bytes == 50
+
+
+def test_many_acknowledgements_go_in_one_call(store: DurableStore) -> None:
+    entries = [message("telemetry", 10) for _ in range(5)]
+    for entry in entries:
+        store.put(entry)
+
+    assert store.ack(entries[0].msg_id, entries[3].msg_id, "unknown", entries[0].msg_id) == 2
+    assert store.pending() == [entries[1], entries[2], entries[4]]
+    assert store.stats().bytes == 30
 
 
 def test_storing_the_same_msg_id_twice_keeps_one_copy(store: DurableStore) -> None:

@@ -282,17 +282,19 @@ class DurableStore:
             return [], 0, 0  # evicting would not help: keep the telemetry, refuse the new entry
         return ids, freed, records
 
-    def ack(self, msg_id: str) -> bool:
-        """Delete an acknowledged message; ``False`` if it was not (or is no longer) held."""
+    def ack(self, *msg_ids: str) -> int:
+        """Delete acknowledged messages; return how many were held (others are ignored)."""
         # Not fsynced: an acknowledgement lost in a power cut only means a duplicate.
-        with self._transaction("delete an acknowledged message", fsync=False) as conn:
-            row = conn.execute(
-                "DELETE FROM messages WHERE msg_id = ? RETURNING LENGTH(payload)", (msg_id,)
-            ).fetchone()
-        if row is None:
-            return False
-        self._bytes -= int(row[0])
-        return True
+        with self._transaction("delete acknowledged messages", fsync=False) as conn:
+            freed = [
+                row[0]
+                for msg_id in msg_ids
+                for row in conn.execute(
+                    "DELETE FROM messages WHERE msg_id = ? RETURNING LENGTH(payload)", (msg_id,)
+                )
+            ]
+        self._bytes -= sum(freed)
+        return len(freed)
 
     def reserve_seq(self, stream: str) -> int:
         """Return the next ``seq`` of ``stream`` (1, 2, ...). Made durable by ``put``/``save_seq``.
