@@ -182,7 +182,7 @@ class DeviceShadowSync:
                 raise
             self._local.apply_missing()
             return self.get_state()
-        self._local.apply_get(document)
+        # The copy was already updated from the reply (_on_message); the delta is the news.
         version = document.get("version")
         state = document.get("state")
         if isinstance(version, int) and isinstance(state, dict):
