@@ -18,6 +18,7 @@ exists to prevent. A caller that cannot wait can start the call as a task.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -30,7 +31,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from pydantic import ValidationError
 
 from ancsync.codec import describe_errors, encode
-from ancsync.errors import AncSyncError, InvalidPayload, StorageError
+from ancsync.errors import AncSyncError, InvalidPayload, PublishTimeout, StorageError
 from ancsync.models import EmergencyEvent, EmergencyInput, new_id
 from ancsync.mqtt.outbox import Lane, PublishHandle
 from ancsync.mqtt.store import DurableStore, StoredMessage
@@ -184,11 +185,28 @@ class EmergencyReporter:
             seq,
         )
         if wait_for_ack:
-            if handle is None:
-                handle = await self._requeue_until_accepted(message)
-            await handle.delivered(timeout)
-            await self._acknowledge(message.msg_id)
+            await self._wait_for_ack(message, handle, timeout)
         return emergency
+
+    async def _wait_for_ack(
+        self,
+        message: StoredMessage,
+        handle: PublishHandle | None,
+        timeout: float | None,  # noqa: ASYNC109 (the caller's timeout, passed on)
+    ) -> None:
+        deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
+        if handle is None:  # the connection refused it for now: keep offering it
+            with anyio.move_on_after(timeout):
+                handle = await self._requeue_until_accepted(message)
+            if handle is None:
+                raise PublishTimeout(
+                    f"emergency {message.msg_id} could not be queued within {timeout} s; it "
+                    "stays stored and is retried"
+                )
+        remaining = None if timeout is None else max(0.0, deadline - anyio.current_time())
+        await handle.delivered(remaining)
+        if self._tasks is None:  # otherwise _follow, waiting on the same handle, deletes it
+            await self._acknowledge(message.msg_id)
 
     def _validate(self, event: Mapping[str, Any] | EmergencyInput) -> EmergencyInput:
         if isinstance(event, EmergencyInput):

@@ -75,6 +75,7 @@ async def test_an_emergency_is_stored_sent_flat_and_removed_on_puback(
             assert (event.device_id, event.seq, event.severity) == (THING, 1, "critical")
             (payload,) = log.on(TOPIC)
             assert decode_model(payload, EmergencyEvent) == event
+            await reporter.wait_acknowledged()
             assert store.pending() == []
             status = reporter.get_status()
             assert (status["reported"], status["acknowledged"], status["pending"]) == (1, 1, 0)
