@@ -1,8 +1,9 @@
 """Telemetry batching: per-kind queues of encoded records under one bound, and when to send.
 
 This is the pure part of :class:`~ancsync.telemetry.TelemetryPublisher`: no I/O, no tasks, a clock
-that tests replace. Records arrive already validated and encoded as JSON (so their size is known
-exactly); :meth:`RecordBuffer.take` hands out the records of one batch.
+that tests replace. :func:`encode_record` validates and encodes a record (so its size is known
+exactly), :meth:`RecordBuffer.take` hands out the records of one batch and :func:`batch_payload`
+wraps them in the batch envelope of DESIGN 4.
 
 Rules:
 
@@ -18,17 +19,77 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
-from ancsync.codec import MAX_PAYLOAD_BYTES
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from ancsync.codec import MAX_PAYLOAD_BYTES, describe_errors
+from ancsync.errors import InvalidPayload, PayloadTooLarge
+from ancsync.models import RECORD_MODELS, utc_now
 from ancsync.topics import TELEMETRY_KINDS, TelemetryKind
 
-__all__ = ["BATCH_OVERHEAD_BYTES", "RecordBuffer"]
+__all__ = [
+    "BATCH_OVERHEAD_BYTES",
+    "RecordBuffer",
+    "batch_payload",
+    "encode_record",
+    "kind_of_topic",
+]
 
 # Room kept in every batch for the envelope around the records: device id (<= 128 characters),
 # kind, msg_id, seq, sent_at and the JSON punctuation. Generous on purpose.
 BATCH_OVERHEAD_BYTES = 512
+
+
+def encode_record(
+    kind: TelemetryKind, record: Mapping[str, Any] | BaseModel, *, limit: int
+) -> bytes:
+    """Validate ``record`` as the model of ``kind`` (``timestamp`` defaults to now) and encode it.
+
+    Raises :class:`InvalidPayload` naming the bad field, or :class:`PayloadTooLarge` when the
+    encoded record is over ``limit`` bytes.
+    """
+    model = RECORD_MODELS[kind]
+    if isinstance(record, model):
+        validated: BaseModel = record
+    elif isinstance(record, Mapping):
+        data = record if "timestamp" in record else {**record, "timestamp": utc_now()}
+        try:
+            validated = model.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidPayload(
+                f"{kind} telemetry record is invalid: {describe_errors(exc)}"
+            ) from None
+    else:
+        raise InvalidPayload(
+            f"{kind} telemetry takes a mapping or a {model.__name__}, not {type(record).__name__}"
+        )
+    # Not codec.encode: orjson's result keeps its 4 KiB buffer, 30x what a record needs.
+    encoded = validated.model_dump_json(exclude_none=True).encode()
+    if len(encoded) > limit:
+        raise PayloadTooLarge(f"one {kind} telemetry record", len(encoded), limit)
+    return encoded
+
+
+def batch_payload(
+    device_id: str, kind: TelemetryKind, msg_id: str, seq: int, records: list[bytes]
+) -> bytes:
+    """The JSON of a telemetry batch around encoded ``records`` (spliced in, not re-encoded)."""
+    head = orjson.dumps(
+        {"device_id": device_id, "kind": kind, "msg_id": msg_id, "seq": seq, "sent_at": utc_now()}
+    )
+    return b"".join((head[:-1], b',"records":[', b",".join(records), b"]}"))
+
+
+def kind_of_topic(topic: str) -> TelemetryKind:
+    """The telemetry kind a topic ``anc/telemetry/{id}/{kind}`` is for."""
+    last = topic.rsplit("/", 1)[-1]
+    for kind in TELEMETRY_KINDS:
+        if kind == last:
+            return kind
+    raise InvalidPayload(f"{topic!r} is not a telemetry topic (anc/telemetry/{{id}}/{{kind}})")
 
 
 class _Record(NamedTuple):

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from ancsync.batching import BATCH_OVERHEAD_BYTES, RecordBuffer
+from ancsync.batching import (
+    BATCH_OVERHEAD_BYTES,
+    RecordBuffer,
+    batch_payload,
+    encode_record,
+    kind_of_topic,
+)
+from ancsync.codec import decode_model
+from ancsync.errors import InvalidPayload, PayloadTooLarge
+from ancsync.models import SystemMetrics, TelemetryBatch
 
 
 class FakeClock:
@@ -141,3 +150,41 @@ def test_when_everything_allowed_is_in_flight_new_records_are_dropped(clock: Fak
 
     assert len(buffer) == 0
     assert buffer.dropped["anc"] == 1
+
+
+def test_encoded_records_spliced_into_a_batch_make_a_valid_batch() -> None:
+    records = [
+        encode_record("system", {"battery_level": 85, "cpu_usage": 45.2}, limit=1000),
+        encode_record(
+            "system",
+            SystemMetrics(timestamp="2025-11-16T14:30:00Z", battery_level=84, cpu_usage=1),
+            limit=1000,
+        ),
+    ]
+    payload = batch_payload("anc-device-001", "system", "m1", 7, records)
+
+    batch = decode_model(payload, TelemetryBatch)
+    assert (batch.device_id, batch.kind, batch.msg_id, batch.seq) == (
+        "anc-device-001",
+        "system",
+        "m1",
+        7,
+    )
+    assert [r.battery_level for r in batch.records] == [85, 84]
+    assert batch.records[1].timestamp == "2025-11-16T14:30:00Z"
+    assert b"memory_usage" not in payload  # unset optional fields are not sent as null
+
+
+def test_a_bad_or_oversize_record_is_refused_with_the_reason() -> None:
+    with pytest.raises(InvalidPayload, match="cpu_usage"):
+        encode_record("system", {"battery_level": 85}, limit=1000)
+    with pytest.raises(InvalidPayload, match="mapping or a SystemMetrics"):
+        encode_record("system", "85%", limit=1000)  # type: ignore[arg-type]
+    with pytest.raises(PayloadTooLarge, match="one errors telemetry record"):
+        encode_record("errors", {"component": "dsp", "message": "x" * 2000}, limit=500)
+
+
+def test_the_kind_of_a_stored_batch_comes_from_its_topic() -> None:
+    assert kind_of_topic("anc/telemetry/anc-device-001/errors") == "errors"
+    with pytest.raises(InvalidPayload):
+        kind_of_topic("anc/devices/anc-device-001/emergency")
