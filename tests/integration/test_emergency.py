@@ -24,6 +24,7 @@ from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts
 from ancsync.models import EmergencyEvent
 from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.mqtt.outbox import DEFAULT_LIMITS, Lane, LaneLimits
 from ancsync.mqtt.store import STORE_FILE_NAME, DurableStore
 from ancsync.topics import emergency_topic
 
@@ -239,3 +240,32 @@ async def test_a_corrupt_store_file_is_moved_aside_and_reporting_works(
 
 def moved_aside(directory: Path) -> list[Path]:
     return list(directory.glob(f"{STORE_FILE_NAME}.corrupt-*"))
+
+
+async def test_an_event_the_connection_cannot_take_yet_is_offered_again_until_delivered(
+    dev_certs: DevCerts, tmp_path: Path
+) -> None:
+    """The emergency lane holds one message: the second event is refused (BufferFull) while
+    offline, stays stored, and is queued again and delivered once the lane drains."""
+    port = await unused_port(dev_certs)
+    log = PublishLog()
+    server = EmbeddedBroker(dev_certs, port=port)
+    server.add_publish_listener(log)
+    one_slot = {**DEFAULT_LIMITS, Lane.EMERGENCY: LaneLimits(max_messages=1, max_bytes=10_000)}
+    with anyio.fail_after(15), DurableStore.in_dir(tmp_path) as store:
+        async with (
+            device_connection(
+                dev_certs, port, reconnect=FAST_RECONNECT, lane_limits=one_slot
+            ) as iot,
+            EmergencyReporter(iot, store=store, retry_interval=0.05) as reporter,
+        ):
+            first = await reporter.report_emergency(alarm("first"))
+            second = await reporter.report_emergency(alarm("second"))
+            assert "full" in reporter.get_status()["last_error"]
+            assert [m.msg_id for m in store.pending()] == [first.event_id, second.event_id]
+
+            async with server:
+                await reporter.wait_acknowledged()
+                sent = [decode_model(p, EmergencyEvent).event_id for p in log.on(TOPIC)]
+                assert sent == [first.event_id, second.event_id]
+                assert store.pending() == []
