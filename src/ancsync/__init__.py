@@ -43,6 +43,7 @@ from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.mqtt.outbox import Lane, PublishHandle
 from ancsync.mqtt.session import ConnectionEvent
 from ancsync.mqtt.store import DurableStore
+from ancsync.orchestrator import DataSyncOrchestrator
 from ancsync.shadow import DeviceShadowSync, ShadowState
 from ancsync.telemetry import TelemetryPublisher
 from ancsync.topics import (
@@ -71,6 +72,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "ConnectionEvent",
+    "DataSyncOrchestrator",
     "DeviceShadowSync",
     "DeviceStatus",
     "DurableStore",

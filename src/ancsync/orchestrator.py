@@ -1,0 +1,518 @@
+"""DataSyncOrchestrator: one object that keeps an ANC device in sync with AWS IoT Core.
+
+It builds and runs the parts (DESIGN 2): an :class:`~ancsync.connection.IoTConnection`, a
+:class:`~ancsync.shadow.DeviceShadowSync` for the ANC state, a
+:class:`~ancsync.telemetry.TelemetryPublisher`, an :class:`~ancsync.emergency.EmergencyReporter`
+with its durable store, and a :class:`~ancsync.commands.CommandDispatcher` for the commands topic.
+The components' tasks run in the orchestrator's one task group, each under a supervisor: a
+component that fails is logged, shown in :meth:`DataSyncOrchestrator.get_status` and restarted
+after a pause, while the others carry on.
+
+The library installs no signal handlers: the application decides what SIGINT and SIGTERM mean
+and cancels (``asyncio.run`` turns Ctrl-C into a cancellation), and the orchestrator stops cleanly
+on cancellation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+import anyio
+from anyio.abc import TaskStatus
+from pydantic import BaseModel
+
+from ancsync.commands import CommandDispatcher, CommandHandler
+from ancsync.config import Settings
+from ancsync.connection import IoTConnection
+from ancsync.emergency import EmergencyReporter
+from ancsync.errors import AncSyncError, ConfigError, NotStarted
+from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
+from ancsync.mqtt.backoff import Backoff, BackoffPolicy
+from ancsync.mqtt.store import DurableStore
+from ancsync.shadow import DeviceShadowSync
+from ancsync.telemetry import TelemetryPublisher
+from ancsync.topics import commands_topic
+
+__all__ = ["DataSyncOrchestrator", "DesiredStateHandler"]
+
+log = logging.getLogger("ancsync.orchestrator")
+
+Applied: TypeAlias = Mapping[str, Any] | BaseModel | None
+DesiredStateHandler: TypeAlias = Callable[[dict[str, Any]], Awaitable[Applied] | Applied]
+"""``handler(changes) -> applied``: gets the valid desired ANC values that differ from reported
+(``anc_enabled``, ``anc_intensity``, ``anc_algorithm``), returns those it really applied."""
+
+EMERGENCY_ACK = "emergency_ack"
+"""The command the cloud's emergency handler sends back for each event it recorded."""
+
+# A failed component is restarted after 1 s, 2 s, 4 s... up to 30 s.
+_RESTART = BackoffPolicy(base=1.0, cap=30.0)
+
+
+@dataclass
+class _Component:
+    """A component task under supervision, as :meth:`get_status` shows it."""
+
+    run: Callable[[], Awaitable[None]]
+    scope: anyio.CancelScope | None = None
+    running: bool = False
+    restarts: int = 0
+    last_error: dict[str, str] | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {"running": self.running, "restarts": self.restarts, "last_error": self.last_error}
+
+
+class DataSyncOrchestrator:
+    """Keep one ANC device in sync: shadow state, telemetry, emergencies and commands.
+
+    ::
+
+        async with DataSyncOrchestrator(
+            thing_name="anc-device-001",
+            endpoint="xxxxx-ats.iot.us-east-1.amazonaws.com",
+            cert_path="cert.pem",
+            key_path="private.key",
+            root_ca_path="AmazonRootCA1.pem",
+        ) as orchestrator:
+            await orchestrator.update_anc_state(enabled=True, intensity=0.85, algorithm="nlms")
+            orchestrator.publish_metrics(anc_metrics={"latency_ms": 35.2, ...})
+            await orchestrator.run_forever()
+
+    Settings not given as arguments come from the environment (``IOT_ENDPOINT``...), then from
+    the JSON ``config_file`` (or ``ANCSYNC_CONFIG``), then defaults; or pass ready ``settings``.
+    ``data_dir`` holds the durable outbox: emergencies (and telemetry batches) survive restarts.
+    Without it they are kept in memory only. ``stop_timeout`` bounds :meth:`stop`;
+    ``connection_options`` go to :class:`~ancsync.connection.IoTConnection` (``keep_alive``,
+    ``reconnect``, ``rate_limit``...).
+
+    Raises:
+        ConfigError: a setting is missing or not allowed (named, with what is allowed).
+        StorageError: the data directory cannot be used.
+    """
+
+    def __init__(
+        self,
+        thing_name: str | None = None,
+        endpoint: str | None = None,
+        cert_path: str | Path | None = None,
+        key_path: str | Path | None = None,
+        root_ca_path: str | Path | None = None,
+        *,
+        port: int | None = None,
+        keep_alive: int | None = None,
+        tls: bool | None = None,
+        batch_size: int | None = None,
+        batch_interval: float | None = None,
+        max_buffer_size: int | None = None,
+        sync_interval: float | None = None,
+        data_dir: str | Path | None = None,
+        config_file: str | Path | None = None,
+        settings: Settings | None = None,
+        firmware_version: str = "unknown",
+        stop_timeout: float = 5.0,
+        connection_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        given: dict[str, Any] = {
+            "thing_name": thing_name,
+            "endpoint": endpoint,
+            "cert_path": cert_path,
+            "key_path": key_path,
+            "root_ca_path": root_ca_path,
+            "port": port,
+            "keep_alive": keep_alive,
+            "tls": tls,
+            "batch_size": batch_size,
+            "batch_interval": batch_interval,
+            "max_buffer_size": max_buffer_size,
+            "sync_interval": sync_interval,
+            "data_dir": data_dir,
+        }
+        if settings is None:
+            settings = Settings.load(config_file, **given)
+        elif config_file is not None or any(value is not None for value in given.values()):
+            raise ConfigError(
+                "DataSyncOrchestrator got both settings and other settings arguments; put them "
+                "all in the settings (Settings.load(...)) or pass only the arguments"
+            )
+        if stop_timeout <= 0:
+            raise ConfigError(f"stop_timeout must be above 0 seconds, got {stop_timeout!r}")
+        self.settings = settings
+        self.thing_name = settings.iot.thing_name
+        self.firmware_version = firmware_version
+        self._stop_timeout = stop_timeout
+        self.connection = IoTConnection(
+            settings=settings, firmware_version=firmware_version, **(connection_options or {})
+        )
+        data_dir = settings.data_dir
+        durable = data_dir is not None
+        self.store = DurableStore.in_dir(data_dir) if data_dir else DurableStore(":memory:")
+        self.shadow = DeviceShadowSync(self.connection)
+        self.shadow.on_delta(self._apply_desired)
+        self.telemetry = TelemetryPublisher(
+            self.connection,
+            batch_size=settings.telemetry.batch_size,
+            batch_interval=settings.telemetry.batch_interval,
+            max_buffer_size=settings.telemetry.max_buffer_size,
+            store=self.store,
+            durable=durable,
+        )
+        self.emergencies = EmergencyReporter(self.connection, store=self.store)
+        self.commands = CommandDispatcher()
+        self.commands.register(EMERGENCY_ACK, self._on_emergency_ack)
+        self.connection.subscribe(commands_topic(self.thing_name), self._on_command, Command)
+        self._desired_handler: DesiredStateHandler | None = None
+        self._ack_handler: CommandHandler | None = None
+        self._cloud_acknowledged: set[str] = set()
+        self._components = {
+            "shadow": _Component(self.shadow.start_sync),
+            "telemetry": _Component(self.telemetry.start_publishing),
+            "emergency": _Component(self.emergencies.run),
+        }
+        self._stack: AsyncExitStack | None = None
+        self._release_connection = anyio.Event()
+        self._connection_flush = stop_timeout
+        self._started_at: float | None = None
+        self._started_iso: str | None = None
+        self._stopped = False
+
+    @classmethod
+    def from_env(cls, **options: Any) -> DataSyncOrchestrator:
+        """Build from the environment (``IOT_ENDPOINT``, ``IOT_THING_NAME``...) and the file
+        named by ``ANCSYNC_CONFIG``, if set. ``options`` are the other keyword arguments."""
+        return cls(**options)
+
+    @classmethod
+    def from_config_file(cls, path: str | Path, **options: Any) -> DataSyncOrchestrator:
+        """Build from a JSON config file (sections ``iot``, ``telemetry``, ``shadow``);
+        environment variables still override it, as in :meth:`Settings.load`."""
+        return cls(config_file=path, **options)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the connection and the components and return at once (offline is fine).
+
+        Pair it with :meth:`stop` in the same task; ``async with`` does both.
+        """
+        if self._stack is not None or self._stopped:
+            raise NotStarted("this orchestrator was already started; create a new one")
+        stack = AsyncExitStack()
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(task_group.cancel_scope.cancel)  # runs before the group is exited
+        try:
+            await task_group.start(self._run_connection, name="ancsync-connection")
+        except BaseException:
+            await stack.aclose()
+            raise
+        for name, component in self._components.items():
+            # Made now, so that a stop() before the task runs still cancels it.
+            component.scope = anyio.CancelScope(shield=True)
+            task_group.start_soon(self._supervise, name, name=f"ancsync-{name}")
+        self._stack = stack
+        self._started_at = time.monotonic()
+        self._started_iso = utc_now()
+        self.shadow.report(
+            {
+                "status": "online",
+                "device_id": self.thing_name,
+                "firmware_version": self.firmware_version,
+                "uptime": 0,
+                "timestamp": self._started_iso,
+            }
+        )
+        log.info("orchestrator for %s started", self.thing_name)
+
+    async def stop(self) -> None:
+        """Flush and stop, within ``stop_timeout`` seconds, even when cancelled.
+
+        In order: telemetry waiting is sent, emergencies are awaited until acknowledged, the
+        shadow is told ``status: offline`` and pending reports are sent, the components stop,
+        and the connection publishes status "offline" and disconnects. What could not be sent
+        stays in the durable store (with ``data_dir``) for the next start.
+        """
+        if self._stack is None:
+            return
+        stack, self._stack = self._stack, None
+        self._stopped = True
+        deadline = anyio.current_time() + self._stop_timeout
+
+        def left() -> float:
+            return max(0.1, deadline - anyio.current_time())
+
+        with anyio.CancelScope(shield=True):
+            await self.telemetry.stop(timeout=left())
+            with anyio.move_on_after(left()):
+                await self.emergencies.wait_acknowledged()
+            if self.connection.connected:
+                with anyio.move_on_after(left()):
+                    try:
+                        await self.shadow.update_reported(
+                            {"status": "offline", "uptime": self._uptime(), "timestamp": utc_now()}
+                        )
+                    except AncSyncError as exc:
+                        log.warning("could not report status offline in the shadow: %s", exc)
+            for component in self._components.values():
+                if component.scope is not None:
+                    component.scope.cancel()
+            self._connection_flush = left()
+            self._release_connection.set()  # flushes the rest, says "offline", disconnects
+        # Outside the shield: a task group is exited in the scope it was entered in.
+        await stack.aclose()
+        self.store.close()
+        log.info("orchestrator for %s stopped", self.thing_name)
+
+    async def run_forever(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled, then stop cleanly (the old SDK's blocking ``run_forever``).
+
+        Starts the orchestrator if it is not running (``await task_group.start(orchestrator.
+        run_forever)`` returns once it has). Cancel it from the application, e.g. on SIGTERM;
+        ``asyncio.run`` cancels it on Ctrl-C.
+        """
+        if self._stack is None:
+            async with self:
+                task_status.started()
+                await anyio.sleep_forever()
+        task_status.started()
+        await anyio.sleep_forever()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until the connection is up (see :meth:`IoTConnection.wait_connected`).
+
+        Raises:
+            ConnectTimeout: not connected within ``timeout`` seconds; names the last error.
+            TLSError, NotAuthorized: retrying cannot help until the cloud side is fixed.
+        """
+        await self.connection.wait_connected(timeout)
+
+    # The connection and the components run shielded from the caller's cancellation: when the
+    # caller is cancelled (Ctrl-C), stop() still needs them to flush. stop() ends them itself.
+
+    async def _run_connection(self, *, task_status: TaskStatus[None]) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.connection.start()
+            try:
+                task_status.started()
+                await self._release_connection.wait()
+            finally:
+                await self.connection.stop(flush_timeout=self._connection_flush)
+
+    async def _supervise(self, name: str) -> None:
+        """Run one component; log, record and restart it if it fails."""
+        component = self._components[name]
+        backoff = Backoff(_RESTART)
+        assert component.scope is not None
+        with component.scope:
+            while True:
+                component.running = True
+                try:
+                    await component.run()
+                    return  # stopped on purpose
+                except Exception as exc:
+                    component.last_error = {"type": type(exc).__name__, "message": str(exc)}
+                    component.last_error["at"] = utc_now()
+                    log.exception("the %s component failed; restarting it", name)
+                finally:
+                    component.running = False
+                await anyio.sleep(backoff.next_delay())
+                component.restarts += 1
+
+    # --- what the control loop calls --------------------------------------------------------------
+
+    async def update_anc_state(
+        self,
+        enabled: bool | None = None,
+        intensity: float | None = None,
+        algorithm: str | None = None,
+        *,
+        wait: bool = False,
+        **fields: Any,
+    ) -> None:
+        """Report ANC state in the shadow (``anc_enabled``, ``anc_intensity``, ``anc_algorithm``
+        and any other reported field: ``battery_level=85, noise_type="office"``...).
+
+        Returns at once: reports are coalesced (the latest value per key wins) and sent by the
+        shadow task. With ``wait=True`` it waits until the shadow service accepted them.
+        ``uptime`` and ``timestamp`` are added.
+
+        Raises:
+            InvalidPayload: a value is not allowed (named); nothing is reported.
+            PayloadTooLarge: the shadow would pass AWS IoT's 8 KB.
+        """
+        patch: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("anc_enabled", enabled),
+                ("anc_intensity", intensity),
+                ("anc_algorithm", algorithm),
+            )
+            if value is not None
+        }
+        patch.update(fields)
+        patch.update(uptime=self._uptime(), timestamp=utc_now())
+        if wait:
+            await self.shadow.update_reported(patch)
+        else:
+            self.shadow.report(patch)
+
+    def publish_metrics(
+        self,
+        anc_metrics: Mapping[str, Any] | AncMetrics | None = None,
+        audio_metrics: Mapping[str, Any] | AudioMetrics | None = None,
+        system_metrics: Mapping[str, Any] | SystemMetrics | None = None,
+    ) -> None:
+        """Queue metrics records for batched telemetry; returns in microseconds, never waits.
+
+        Each record gets ``timestamp`` now unless it has one. Drops (when the buffer is full
+        while offline) are counted in ``get_status()["telemetry"]``.
+
+        Raises:
+            InvalidPayload: a record has a bad or missing field (named). Records of the other
+                kinds in the same call are still queued only if they come before it.
+        """
+        if anc_metrics is not None:
+            self.telemetry.publish_anc_metrics(anc_metrics)
+        if audio_metrics is not None:
+            self.telemetry.publish_audio_metrics(audio_metrics)
+        if system_metrics is not None:
+            self.telemetry.publish_system_metrics(system_metrics)
+
+    async def report_emergency(
+        self,
+        event: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        wait_for_ack: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (only with wait_for_ack)
+        **fields: Any,
+    ) -> EmergencyEvent:
+        """Report an emergency: stored durably before this returns, then sent at QoS 1 ahead of
+        everything else, and re-sent until the broker acknowledges it.
+
+        Pass the event as a dict (``{"is_emergency": True, "predicted_class": "fire_alarm",
+        "confidence": 0.94, "action": "anc_bypassed"}``) or as keyword arguments. Returns the
+        event as sent (with ``event_id`` and ``seq``). ``wait_for_ack`` also waits for the
+        broker's acknowledgement (``timeout`` seconds at most).
+
+        Raises:
+            InvalidPayload: a field is missing or not allowed (named).
+            StorageError, BufferFull: the event could not be stored: it was not reported.
+        """
+        data = event.model_dump(exclude_unset=True) if isinstance(event, BaseModel) else event
+        return await self.emergencies.report_emergency(
+            {**(data or {}), **fields}, wait_for_ack=wait_for_ack, timeout=timeout
+        )
+
+    # --- what the cloud asks for ----------------------------------------------------------------
+
+    def on_desired_state(self, handler: DesiredStateHandler) -> DesiredStateHandler:
+        """Apply desired ANC changes with ``handler`` (usable as a decorator).
+
+        ``handler(changes)`` (async or plain) gets the valid desired values that differ from
+        what is reported, e.g. ``{"anc_intensity": 0.9}``, and returns what it really applied;
+        exactly that is reported. Invalid values never reach it: they are reported in
+        ``last_error``. Without a handler nothing is applied (and a warning is logged).
+        """
+        self._desired_handler = handler
+        return handler
+
+    def on_command(self, name: str, handler: CommandHandler) -> CommandHandler:
+        """Handle the command ``name`` from ``anc/devices/{id}/commands`` with ``handler``.
+
+        ``handler(command)`` (async or plain) gets the :class:`~ancsync.models.Command`
+        (``command_id``, ``command``, ``params``, ``issued_at``). Repeats of a ``command_id``
+        are ignored; a handler that raises is logged and counted. ``emergency_ack`` is always
+        recorded in the status; a handler for it runs as well.
+        """
+        if name == EMERGENCY_ACK:
+            self._ack_handler = handler
+        else:
+            self.commands.register(name, handler)
+        return handler
+
+    async def _apply_desired(self, changes: dict[str, Any]) -> Mapping[str, Any] | None:
+        if self._desired_handler is None:
+            log.warning(
+                "desired %s not applied: register a handler with on_desired_state()", changes
+            )
+            return None
+        result = self._desired_handler(changes)
+        applied = await result if inspect.isawaitable(result) else result
+        if isinstance(applied, BaseModel):
+            applied = applied.model_dump(mode="json", exclude_unset=True)
+        if not applied:
+            return None
+        return {**applied, "timestamp": utc_now()}
+
+    async def _on_command(self, topic: str, command: Command) -> None:
+        await self.commands.dispatch(command)
+
+    async def _on_emergency_ack(self, command: Command) -> None:
+        event_id = command.params.get("event_id")
+        if isinstance(event_id, str):
+            self._cloud_acknowledged.add(event_id)
+            log.info("the cloud acknowledged emergency %s", event_id)
+        if self._ack_handler is not None:
+            result = self._ack_handler(command)
+            if inspect.isawaitable(result):
+                await result
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def _uptime(self) -> int:
+        return 0 if self._started_at is None else int(time.monotonic() - self._started_at)
+
+    def cloud_acknowledged(self) -> frozenset[str]:
+        """The ``event_id`` of every emergency the cloud acknowledged (``emergency_ack``)."""
+        return frozenset(self._cloud_acknowledged)
+
+    def get_status(self) -> dict[str, Any]:
+        """Everything worth watching, JSON-serialisable (for logs, health checks, the CLI).
+
+        ``connection`` (state, reconnects, last error, queues), ``shadow`` (version, sync
+        counters, ``in_sync``: reported matches desired), ``telemetry`` (records accepted,
+        delivered, dropped), ``emergency`` (reported, acknowledged by the broker, pending,
+        ``cloud_acknowledged``), ``commands`` and ``components`` (running, restarts, last error).
+        """
+        state = self.shadow.get_state()
+        return {
+            "thing_name": self.thing_name,
+            "running": self._stack is not None,
+            "started_at": self._started_iso,
+            "uptime_s": self._uptime(),
+            "connection": self.connection.get_status(),
+            "shadow": {
+                **self.shadow.get_status(),
+                "desired": state.desired,
+                "reported": state.reported,
+                "in_sync": not state.delta,
+            },
+            "telemetry": self.telemetry.get_status(),
+            "emergency": {
+                **self.emergencies.get_status(),
+                "cloud_acknowledged": len(self._cloud_acknowledged),
+            },
+            "commands": self.commands.status(),
+            "components": {name: c.status() for name, c in self._components.items()},
+        }

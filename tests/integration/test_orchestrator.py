@@ -1,0 +1,267 @@
+"""DataSyncOrchestrator end to end against the emulator, over real TLS with dev certificates.
+
+The cloud side is a :class:`~ancsync.operator.ShadowOperator` with the operator certificate: it
+changes desired state, sends commands and plays the emergency Lambda (an ``emergency_ack`` for
+each stored event). Every wait is for a message, an event or a stored row, under ``fail_after``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from device import THING
+
+from ancsync import Command, DataSyncOrchestrator, DeviceStatus, utc_now
+from ancsync.emulator.server import Emulator
+from ancsync.errors import ConfigError, InvalidPayload
+from ancsync.models import new_id
+from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.operator import OperatorCredentials, ShadowDocument, ShadowOperator
+from ancsync.telemetry import TelemetryPublisher
+from ancsync.topics import commands_topic, status_topic
+
+TIMEOUT = 15
+FAST = BackoffPolicy(base=0.02, cap=0.1)
+
+
+def orchestrator(emulator: Emulator, tmp_path: Path, **options: Any) -> DataSyncOrchestrator:
+    pair = emulator.certs.device(THING)
+    options.setdefault("batch_interval", 0.2)
+    return DataSyncOrchestrator(
+        thing_name=THING,
+        endpoint="127.0.0.1",
+        port=emulator.port,
+        cert_path=pair.cert,
+        key_path=pair.key,
+        root_ca_path=emulator.certs.ca,
+        data_dir=tmp_path / "device-data",
+        batch_size=5,
+        firmware_version="1.2.3",
+        connection_options={"reconnect": FAST},
+        **options,
+    )
+
+
+@asynccontextmanager
+async def cloud(emulator: Emulator) -> AsyncIterator[ShadowOperator]:
+    credentials = OperatorCredentials.from_certs_dir(emulator.certs.root, port=emulator.port)
+    async with ShadowOperator(credentials.connection(reconnect=FAST), THING) as operator:
+        yield operator
+
+
+async def until(documents: Any, holds: Any) -> ShadowDocument:
+    async for document in documents:
+        if holds(document):
+            return document  # type: ignore[no-any-return]
+    raise AssertionError("the watch ended")
+
+
+def command(name: str, **params: Any) -> Command:
+    return Command(command_id=new_id(), command=name, params=params, issued_at=utc_now())
+
+
+async def test_desired_change_command_emergency_and_telemetry(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    applied: list[dict[str, Any]] = []
+    modes: list[Command] = []
+    mode_set, acked = anyio.Event(), anyio.Event()
+    device = orchestrator(emulator, tmp_path)
+
+    @device.on_desired_state
+    async def apply(changes: dict[str, Any]) -> dict[str, Any]:
+        applied.append(changes)
+        return changes
+
+    def set_mode(received: Command) -> None:
+        modes.append(received)
+        mode_set.set()
+
+    device.on_command("set_mode", set_mode)
+    device.on_command("emergency_ack", lambda _: acked.set())
+
+    async def acknowledge(topic: str, event: Any) -> None:  # the emergency Lambda's job
+        ack = command("emergency_ack", event_id=event["event_id"])
+        await operator.connection.publish(commands_topic(THING), ack)
+
+    with anyio.fail_after(TIMEOUT):
+        async with cloud(emulator) as operator, device:
+            operator.connection.subscribe(f"anc/devices/{THING}/emergency", acknowledge)
+            await device.wait_connected()
+            await device.update_anc_state(enabled=True, intensity=0.5, algorithm="nlms", wait=True)
+
+            with operator.watch() as documents:
+                await operator.update_desired({"anc_intensity": 0.9, "anc_algorithm": "fxlms"})
+                converged = await until(
+                    documents, lambda d: d.reported.get("anc_intensity") == 0.9 and d.converged
+                )
+
+            order = command("set_mode", mode="transparency")
+            await operator.connection.publish(commands_topic(THING), order)
+            await operator.connection.publish(commands_topic(THING), order)  # a redelivery
+            await mode_set.wait()
+
+            event = await device.report_emergency(
+                {"is_emergency": True, "predicted_class": "fire_alarm", "confidence": 0.94},
+                action="anc_bypassed",
+            )
+            await acked.wait()
+
+            for i in range(12):
+                device.publish_metrics(
+                    anc_metrics={
+                        "latency_ms": 35.0 + i,
+                        "cancellation_db": 42.5,
+                        "snr_improvement_db": 38.2,
+                    },
+                )
+            await emulator.rules.wait_for(lambda sink: sink.record_count(THING, "anc") == 12)
+            status = device.get_status()
+
+    assert applied == [{"anc_intensity": 0.9, "anc_algorithm": "fxlms"}]
+    assert converged.reported["anc_enabled"] is True
+    assert converged.reported["firmware_version"] == "1.2.3"
+    assert [m.params for m in modes] == [{"mode": "transparency"}]
+    [stored] = emulator.rules.emergencies(THING)
+    assert stored.event_id == event.event_id
+    assert stored.payload["predicted_class"] == "fire_alarm"
+    assert emulator.rules.gaps(THING) == []
+
+    orjson.dumps(status)  # JSON-serialisable as promised
+    assert status["running"] is True
+    assert status["connection"]["state"] == "connected"
+    assert status["shadow"]["in_sync"] is True
+    assert status["shadow"]["reported"]["anc_algorithm"] == "fxlms"
+    assert status["telemetry"]["records"]["anc"]["delivered"] == 12
+    assert status["telemetry"]["dropped"] == 0
+    assert status["emergency"]["reported"] == 1
+    assert status["emergency"]["cloud_acknowledged"] == 1
+    assert status["commands"]["handled"] == 2  # set_mode and emergency_ack
+    assert status["commands"]["duplicates"] == 1
+    assert all(c["running"] and c["last_error"] is None for c in status["components"].values())
+    assert device.get_status()["running"] is False
+
+
+async def test_cancelled_run_forever_flushes_and_goes_offline(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    device = orchestrator(emulator, tmp_path, batch_interval=30.0)  # only stop() sends them
+    statuses: list[DeviceStatus] = []
+    offline = anyio.Event()
+
+    def follow(topic: str, status: DeviceStatus) -> None:
+        statuses.append(status)
+        if status.status == "offline":
+            offline.set()
+
+    with anyio.fail_after(TIMEOUT):
+        async with cloud(emulator) as operator:
+            operator.connection.subscribe(status_topic(THING), follow, DeviceStatus)
+            async with anyio.create_task_group() as tg:
+                await tg.start(device.run_forever)
+                await device.wait_connected()
+                await device.update_anc_state(intensity=0.3, wait=True)
+                device.publish_metrics(system_metrics={"battery_level": 85, "cpu_usage": 45.2})
+                tg.cancel_scope.cancel()  # what asyncio.run does on Ctrl-C
+            await offline.wait()
+            document = await operator.get()
+
+    assert emulator.rules.record_count(THING, "system") == 1
+    assert document.reported["status"] == "offline"
+    assert statuses[-1].status == "offline"
+    assert device.get_status()["running"] is False
+    assert device.get_status()["connection"]["state"] == "stopped"
+
+
+async def test_a_failing_component_is_restarted_and_the_others_carry_on(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = TelemetryPublisher.start_publishing
+    calls = 0
+
+    async def fails_once(self: TelemetryPublisher, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("telemetry broke")
+        await real(self, **kwargs)
+
+    monkeypatch.setattr(TelemetryPublisher, "start_publishing", fails_once)
+    device = orchestrator(emulator, tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        async with device:
+            await device.update_anc_state(intensity=0.6, wait=True)  # the shadow works
+            device.publish_metrics(
+                audio_metrics={"noise_type": "office", "confidence": 0.9, "rms": 0.4}
+            )
+            await emulator.rules.wait_for(lambda sink: sink.record_count(THING, "audio") == 1)
+            telemetry = device.get_status()["components"]["telemetry"]
+    assert telemetry["restarts"] == 1
+    assert telemetry["last_error"]["message"] == "telemetry broke"
+    assert telemetry["running"] is True
+
+
+async def test_a_bad_desired_value_is_reported_not_applied(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    applied: list[dict[str, Any]] = []
+    device = orchestrator(emulator, tmp_path)
+    device.on_desired_state(lambda changes: applied.append(changes) or changes)
+    with anyio.fail_after(TIMEOUT):
+        async with cloud(emulator) as operator, device:
+            await device.update_anc_state(intensity=0.5, wait=True)
+            operator_raw = ShadowOperator(operator.connection, THING, desired_model=None)
+            with operator.watch() as documents:
+                await operator_raw.update_desired({"anc_intensity": 7})
+                document = await until(documents, lambda d: "last_error" in d.reported)
+    assert applied == []
+    assert document.reported["anc_intensity"] == 0.5
+    assert "anc_intensity" in document.reported["last_error"]
+
+
+def test_settings_come_from_arguments_env_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "ancsync.json"
+    config.write_text(
+        orjson.dumps(
+            {
+                "iot": {"thing_name": "anc-device-009", "endpoint": "127.0.0.1", "tls": False},
+                "telemetry": {"batch_size": 25},
+            }
+        ).decode()
+    )
+    monkeypatch.setenv("TELEMETRY_BATCH_INTERVAL", "7")
+    device = DataSyncOrchestrator.from_config_file(config)
+    assert device.thing_name == "anc-device-009"
+    assert device.settings.telemetry.batch_size == 25
+    assert device.settings.telemetry.batch_interval == 7
+
+    monkeypatch.setenv("ANCSYNC_CONFIG", str(config))
+    assert DataSyncOrchestrator.from_env(batch_size=3).settings.telemetry.batch_size == 3
+
+    monkeypatch.setenv("IOT_PORT", "eighty")
+    with pytest.raises(ConfigError, match="IOT_PORT"):
+        DataSyncOrchestrator.from_env()
+
+
+async def test_bad_calls_raise_clear_errors_and_change_nothing(tmp_path: Path) -> None:
+    device = DataSyncOrchestrator(
+        thing_name=THING, endpoint="127.0.0.1", tls=False, port=1, data_dir=tmp_path
+    )
+    with pytest.raises(InvalidPayload, match="anc_intensity"):
+        await device.update_anc_state(intensity=1.5)
+    with pytest.raises(InvalidPayload, match="latency_ms"):
+        device.publish_metrics(anc_metrics={"cancellation_db": 1.0, "snr_improvement_db": 1.0})
+    with pytest.raises(InvalidPayload, match="confidence"):
+        await device.report_emergency(is_emergency=True, predicted_class="siren", action="none")
+    status = device.get_status()
+    assert status["shadow"]["pending_keys"] == []
+    assert status["telemetry"]["depth"] == 0
+    assert status["emergency"]["reported"] == 0
