@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -26,6 +25,7 @@ import aiomqtt
 import anyio
 import anyio.lowlevel
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ancsync.errors import ConnectError, NotAuthorized, TLSError
@@ -88,8 +88,14 @@ class Transport(Protocol):
     async def connect(self, options: ConnectOptions) -> None:
         """Connect and wait for a successful CONNACK."""
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Publish; for QoS 1 return once the PUBACK arrived."""
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None]:
+        """Send a PUBLISH now; the result completes on its PUBACK (QoS 1) or once written (QoS 0).
+
+        Starting the send synchronously keeps the wire order equal to the call order and lets
+        one task keep many publishes in flight without a task per message. The awaitable never
+        completes if the connection is lost first (``messages()`` reports the loss).
+        """
+        ...
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         """One SUBSCRIBE; returns the granted QoS or :data:`SUBSCRIBE_FAILURE` per filter."""
@@ -218,6 +224,19 @@ def _fail_fast_before_connack(client: aiomqtt.Client, paho_log: _PahoLog) -> Non
     paho.on_disconnect = on_disconnect
 
 
+def _call_on_publish(client: aiomqtt.Client, callback: Callable[[int], None]) -> None:
+    """Call ``callback(mid)`` when paho completes a publish (PUBACK, or QoS 0 written)."""
+    paho = client._client
+    aiomqtt_on_publish = paho.on_publish
+
+    def on_publish(*args: Any, **kwargs: Any) -> None:
+        callback(args[2])  # (client, userdata, mid, reason_code, properties)
+        if aiomqtt_on_publish is not None:
+            aiomqtt_on_publish(*args, **kwargs)
+
+    paho.on_publish = on_publish
+
+
 class AiomqttTransport:
     """A :class:`Transport` on an :class:`aiomqtt.Client` (one client per connection).
 
@@ -231,6 +250,7 @@ class AiomqttTransport:
         self._keep_alive = 0
         self._watchdog: asyncio.Task[None] | None = None
         self._dead_reason: str | None = None
+        self._acks: dict[int, asyncio.Future[None]] = {}
 
     async def connect(self, options: ConnectOptions) -> None:
         paho_log = _PahoLog(logging.getLogger("ancsync.mqtt.paho"))
@@ -255,6 +275,7 @@ class AiomqttTransport:
         # Bounds the TCP connect and TLS handshake, which aiomqtt runs in a worker thread.
         client._client.connect_timeout = options.connect_timeout
         _fail_fast_before_connack(client, paho_log)
+        _call_on_publish(client, self._on_publish)
         try:
             # Shielded: a cancelled connect would leave that thread to finish the connection
             # unseen, and a stray connection with our client id would kick the next one off.
@@ -273,13 +294,24 @@ class AiomqttTransport:
             raise ConnectError("not connected")
         return self._client
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        client = self._connected_client()
-        try:
-            # No timeout: a missing PUBACK means a dead link, which the keep-alive detects.
-            await client.publish(topic, payload, qos, retain, timeout=math.inf)
-        except aiomqtt.MqttError as exc:
-            raise _lost(exc) from exc
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None]:
+        # paho directly, not aiomqtt's publish coroutine: one future per message instead of a
+        # task per message (measured: benchmarks/bench_publish.py). No timeout: a missing
+        # PUBACK means a dead link, which the keep-alive watchdog detects.
+        info = self._connected_client()._client.publish(topic, payload, qos, retain)
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise ConnectError(f"connection lost: cannot publish ({error_string(info.rc)})")
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if info.is_published():
+            ack.set_result(None)
+        else:
+            self._acks[info.mid] = ack
+        return ack
+
+    def _on_publish(self, mid: int) -> None:
+        ack = self._acks.pop(mid, None)
+        if ack is not None and not ack.done():
+            ack.set_result(None)
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         client = self._connected_client()
@@ -427,21 +459,21 @@ class FakeTransport:
     def __init__(self, broker: FakeBroker) -> None:
         self._broker = broker
         self._reason: str | None = None
-        self._released = anyio.Event()
+        self._unacked: list[tuple[asyncio.Future[None], tuple[str, bytes, int, bool]]] = []
         self._incoming_send, self._incoming = anyio.create_memory_object_stream[IncomingMessage](
             100
         )
 
     def _release(self) -> None:
-        # Waiters hold the old event; new publishes wait for the next ack.
-        self._released.set()
-        self._released = anyio.Event()
+        for ack, record in self._unacked:
+            self._complete(ack, record)
+        self._unacked.clear()
 
     def _lose(self, reason: str) -> None:
         if self._reason is None:
             self._reason = reason
             self._incoming_send.close()
-            self._release()
+            self._unacked.clear()  # never acknowledged, as on a real lost link
             if self._broker.current is self:
                 self._broker.current = None
             self._broker._note_change()
@@ -458,17 +490,22 @@ class FakeTransport:
             raise self._broker.connect_errors.pop(0)
         self._broker.current = self
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None]:
         self._check()
-        self._broker.attempted.append((topic, payload, qos, retain))
+        record = (topic, payload, qos, retain)
+        self._broker.attempted.append(record)
         self._broker._note_change()
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if qos and not self._broker.auto_ack:
-            await self._released.wait()
+            self._unacked.append((ack, record))
         else:
-            await anyio.lowlevel.checkpoint()
-        self._check()
-        self._broker.published.append((topic, payload, qos, retain))
+            self._complete(ack, record)
+        return ack
+
+    def _complete(self, ack: asyncio.Future[None], record: tuple[str, bytes, int, bool]) -> None:
+        self._broker.published.append(record)
         self._broker._note_change()
+        ack.set_result(None)
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         self._check()
