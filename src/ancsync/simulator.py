@@ -19,7 +19,7 @@ import anyio
 from ancsync.models import Command, EmergencyEvent
 from ancsync.orchestrator import DataSyncOrchestrator
 
-__all__ = ["AncState", "SimulatedAncDevice"]
+__all__ = ["AncState", "SimulatedAncDevice", "run_simulation"]
 
 log = logging.getLogger("ancsync.simulator")
 
@@ -162,3 +162,28 @@ class SimulatedAncDevice:
         self.orchestrator.publish_metrics(
             anc_metrics=anc, audio_metrics=audio, system_metrics=system
         )
+
+
+async def run_simulation(
+    device: SimulatedAncDevice,
+    *,
+    duration: float | None = None,
+    fire_alarm_at: float | None = None,
+) -> None:
+    """Start ``device.orchestrator``, run the device until ``duration`` passes (or until
+    cancelled), hear a fire alarm after ``fire_alarm_at`` seconds if asked, then stop cleanly."""
+    async with device.orchestrator, anyio.create_task_group() as tasks:
+        await device.report_state()
+        tasks.start_soon(device.run)
+        if fire_alarm_at is not None:
+            tasks.start_soon(_alarm_after, device, fire_alarm_at)
+        if duration is None:
+            await anyio.sleep_forever()
+        else:
+            await anyio.sleep(duration)
+            tasks.cancel_scope.cancel()
+
+
+async def _alarm_after(device: SimulatedAncDevice, delay: float) -> None:
+    await anyio.sleep(delay)
+    await device.fire_alarm()
