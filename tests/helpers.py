@@ -20,10 +20,14 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from faultproxy import FaultProxy
 
+from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.certs import CertPair, DevCerts
 
 HOST = "127.0.0.1"
+SUBACK_FAILURE = 0x80
+"""The SUBACK return code of a refused subscription (MQTT 3.1.1, 3.9.3)."""
 
 
 def client_tls_context(
@@ -69,6 +73,41 @@ def plain_mqtt_client(
 ) -> aiomqtt.Client:
     """An (unconnected) aiomqtt client without TLS to ``127.0.0.1:port``."""
     return aiomqtt.Client(HOST, port, identifier=client_id, timeout=timeout, **kwargs)
+
+
+async def next_message(client: aiomqtt.Client) -> aiomqtt.Message:
+    """The next message ``client`` receives (bound the wait with ``anyio.fail_after``)."""
+    return await anext(aiter(client.messages))
+
+
+def granted(codes: object) -> list[int]:
+    """SUBACK return codes as integers (aiomqtt gives ReasonCode objects or ints)."""
+    return [getattr(code, "value", code) for code in codes]  # type: ignore[attr-defined]
+
+
+async def cut_off(client: aiomqtt.Client, proxy: FaultProxy) -> None:
+    """Cut the connection ``client`` has through ``proxy`` and wait until the client sees it.
+
+    No DISCONNECT reaches the broker, so it publishes the client's last will.
+    """
+    await proxy.cut()
+    with pytest.raises(aiomqtt.MqttError):
+        await next_message(client)
+
+
+class AllowEverything:
+    """An authorizer for tests that allows everything; subclasses refuse what they test."""
+
+    def authorize_connect(self, identity: ClientIdentity) -> str | None:
+        return None
+
+    def authorize_publish(
+        self, identity: ClientIdentity, topic: str, *, retain: bool = False
+    ) -> bool:
+        return True
+
+    def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
+        return True
 
 
 @dataclass(frozen=True)

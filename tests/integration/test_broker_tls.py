@@ -7,22 +7,34 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import anyio
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import HOST, MosquittoBroker, mqtt_client, plain_mqtt_client, running_mosquitto
+from faultproxy import FaultProxy
+from helpers import (
+    HOST,
+    SUBACK_FAILURE,
+    AllowEverything,
+    MosquittoBroker,
+    cut_off,
+    granted,
+    mqtt_client,
+    next_message,
+    plain_mqtt_client,
+    running_mosquitto,
+)
 
-from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker
+from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker, _AwsLikeBroker
 from ancsync.emulator.certs import CertPair, DevCerts, generate_ca, issue_certificate, write_pair
-from ancsync.errors import ConfigError
+from ancsync.errors import ConfigError, NotStarted
 
 DEVICE = "anc-device-001"
 OTHER_DEVICE = "anc-device-002"
 TIMEOUT = 5
-SUBACK_FAILURE = 0x80
 
 
 @pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
@@ -36,10 +48,6 @@ async def any_broker(
     else:
         with running_mosquitto(dev_certs, tmp_path / "mosquitto") as mosquitto:
             yield mosquitto
-
-
-async def next_message(client: aiomqtt.Client) -> aiomqtt.Message:
-    return await anext(aiter(client.messages))
 
 
 class Recorder:
@@ -283,7 +291,9 @@ class DenyForbidden:
     def authorize_connect(self, identity: ClientIdentity) -> str | None:
         return "banned for the test" if identity.common_name == OTHER_DEVICE else None
 
-    def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
+    def authorize_publish(
+        self, identity: ClientIdentity, topic: str, *, retain: bool = False
+    ) -> bool:
         return not topic.startswith("forbidden/")
 
     def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
@@ -304,8 +314,8 @@ async def test_authorizer_decides_connect_publish_and_subscribe(dev_certs: DevCe
                 mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
                 mqtt_client(broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE) as device,
             ):
-                granted = await device.subscribe([("allowed/#", 1), ("forbidden/#", 1)])
-                assert [code.value for code in granted] == [1, SUBACK_FAILURE]  # type: ignore[union-attr]
+                codes = await device.subscribe([("allowed/#", 1), ("forbidden/#", 1)])
+                assert granted(codes) == [1, SUBACK_FAILURE]
                 await operator.subscribe("#")
                 await device.publish("forbidden/x", b"dropped")
                 await device.publish("allowed/x", b"delivered")
@@ -314,19 +324,13 @@ async def test_authorizer_decides_connect_publish_and_subscribe(dev_certs: DevCe
     assert broker.stats() == {"connects_denied": 1, "publishes_denied": 1, "subscribes_denied": 1}
 
 
-class ClientIdIsThingName:
+class ClientIdIsThingName(AllowEverything):
     """An authorizer for the test: a device must use its thing name as client id."""
 
     def authorize_connect(self, identity: ClientIdentity) -> str | None:
         if identity.common_name in (identity.client_id, "operator"):
             return None
         return "the client id must be the thing name"
-
-    def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
-        return True
-
-    def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
-        return True
 
 
 @pytest.mark.parametrize("clean_session", [True, False])
@@ -355,6 +359,91 @@ async def test_a_refused_impostor_does_not_disturb_the_connected_device(
             await operator.publish(f"anc/devices/{DEVICE}/commands", b"still yours", qos=1)
             assert (await next_message(device)).payload == b"still yours"
     assert broker.stats()["connects_denied"] == 1
+
+
+async def test_a_refused_impostor_leaves_the_will_of_the_resumed_session_alone(
+    dev_certs: DevCerts,
+) -> None:
+    status = f"anc/devices/{DEVICE}/status"
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            EmbeddedBroker(dev_certs, authorizer=ClientIdIsThingName()) as broker,
+            FaultProxy(broker.port) as proxy,
+            mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
+        ):
+            await operator.subscribe(status, qos=1)
+            device = mqtt_client(
+                proxy.port,
+                dev_certs,
+                dev_certs.device(DEVICE),
+                DEVICE,
+                clean_session=False,
+                will=aiomqtt.Will(status, b"device lost", qos=1),
+            )
+            async with device:
+                impostor = mqtt_client(
+                    broker.port,
+                    dev_certs,
+                    dev_certs.device(OTHER_DEVICE),
+                    DEVICE,
+                    clean_session=False,
+                    will=aiomqtt.Will(status, b"forged by the impostor", qos=1),
+                )
+                with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+                    async with impostor:
+                        pass
+                await cut_off(device, proxy)  # the broker now publishes the session's will
+            will = await next_message(operator)
+    assert will.payload == b"device lost"
+
+
+async def test_service_publishes_work_while_the_broker_is_still_starting(
+    dev_certs: DevCerts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain listener serves clients while the TLS one is still being set up."""
+    plain_ports: list[int] = []
+    tls_starting, release_tls = anyio.Event(), anyio.Event()
+    create_server = _AwsLikeBroker._create_server_instance
+
+    async def hold_the_tls_listener(self: _AwsLikeBroker, *args: Any) -> Any:
+        server = await create_server(self, *args)
+        if args[-1] is None:  # no SSL context: the plain listener, bound first
+            plain_ports.append(server.sockets[0].getsockname()[1])
+        else:
+            tls_starting.set()
+            await release_tls.wait()
+        return server
+
+    monkeypatch.setattr(_AwsLikeBroker, "_create_server_instance", hold_the_tls_listener)
+    refusals: list[NotStarted] = []
+    handled = anyio.Event()
+
+    async def answer(identity: ClientIdentity, topic: str, payload: bytes) -> None:
+        try:
+            await broker.publish(f"{topic}/accepted", payload, qos=1)
+        except NotStarted as exc:
+            refusals.append(exc)
+        finally:
+            handled.set()
+
+    broker = EmbeddedBroker(dev_certs, plain_port=0, reserved_handler=answer)
+    get_topic = f"$aws/things/{DEVICE}/shadow/get"
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as starting:
+                starting.start_soon(broker.start)
+                await tls_starting.wait()
+                async with plain_mqtt_client(plain_ports[0], DEVICE) as device:
+                    await device.subscribe(f"{get_topic}/accepted", qos=1)
+                    await device.publish(get_topic, b'{"clientToken":"early"}', qos=1)
+                    await handled.wait()
+                    assert refusals == [], "the reply was lost: publish() refused while starting"
+                    release_tls.set()
+                    reply = await next_message(device)
+    finally:
+        release_tls.set()
+        await broker.stop()
+    assert reply.payload == b'{"clientToken":"early"}'
 
 
 async def test_a_resumed_session_is_identified_by_its_new_certificate(

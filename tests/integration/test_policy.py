@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import anyio
 import orjson
 import pytest
-from helpers import mqtt_client, plain_mqtt_client
+from faultproxy import FaultProxy
+from helpers import (
+    SUBACK_FAILURE,
+    cut_off,
+    granted,
+    mqtt_client,
+    next_message,
+    plain_mqtt_client,
+)
 
 from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.policy import (
@@ -24,24 +33,19 @@ from ancsync.topics import ShadowTopics
 DEVICE = "anc-device-001"
 OTHER = "anc-device-002"
 TIMEOUT = 10
-SUBACK_FAILURE = 0x80
+STATUS = f"anc/devices/{DEVICE}/status"
 
 
-def device(emulator: Emulator, thing: str = DEVICE, client_id: str | None = None) -> aiomqtt.Client:
+def device(
+    emulator: Emulator, thing: str = DEVICE, *, port: int | None = None, **options: Any
+) -> aiomqtt.Client:
+    """A client with ``thing``'s certificate and client id (``options`` go to aiomqtt)."""
     certs = emulator.certs
-    return mqtt_client(emulator.port, certs, certs.device(thing), client_id or thing)
+    return mqtt_client(port or emulator.port, certs, certs.device(thing), thing, **options)
 
 
 def operator(emulator: Emulator, client_id: str = "cloud-console") -> aiomqtt.Client:
     return mqtt_client(emulator.port, emulator.certs, emulator.certs.operator, client_id)
-
-
-async def next_message(client: aiomqtt.Client) -> aiomqtt.Message:
-    return await anext(aiter(client.messages))
-
-
-def granted(codes: object) -> list[int]:
-    return [getattr(code, "value", code) for code in codes]  # type: ignore[attr-defined]
 
 
 async def test_device_subscribes_only_to_its_own_topics(emulator: Emulator) -> None:
@@ -70,9 +74,9 @@ async def test_device_publish_to_another_device_is_dropped(emulator: Emulator) -
             await client.publish(f"anc/devices/{OTHER}/emergency", b"{}", qos=1)
             await client.publish(f"anc/telemetry/{OTHER}/anc", b"{}", qos=1)
             # Same client, same order: had the forged ones passed, they would arrive first.
-            await client.publish(f"anc/devices/{DEVICE}/status", b"marker", qos=1)
+            await client.publish(STATUS, b"marker", qos=1)
             message = await next_message(cloud)
-    assert (message.topic.value, message.payload) == (f"anc/devices/{DEVICE}/status", b"marker")
+    assert (message.topic.value, message.payload) == (STATUS, b"marker")
     assert emulator.broker.stats()["publishes_denied"] == 2
 
 
@@ -108,6 +112,54 @@ async def test_operator_may_use_every_topic(emulator: Emulator) -> None:
         ShadowTopics(OTHER).update_delta,
     ]
     assert emulator.broker.stats()["publishes_denied"] == 0
+
+
+async def test_only_the_status_may_be_retained(emulator: Emulator) -> None:
+    emergency = f"anc/devices/{DEVICE}/emergency"
+    with anyio.fail_after(TIMEOUT):
+        async with operator(emulator) as cloud, device(emulator) as client:
+            await cloud.subscribe("anc/#", qos=1)
+            await client.publish(emergency, b"may be published, not retained", qos=1, retain=True)
+            await client.publish(STATUS, b"online", qos=1, retain=True)
+            live = await next_message(cloud)  # same client, same order: the first was dropped
+        async with operator(emulator, "late-subscriber") as late:
+            await late.subscribe(f"anc/devices/{DEVICE}/#", qos=1)
+            retained = await next_message(late)
+    assert (live.topic.value, live.payload) == (STATUS, b"online")
+    assert (retained.topic.value, retained.payload, retained.retain) == (STATUS, b"online", True)
+    assert emulator.broker.stats()["publishes_denied"] == 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "retain"),
+    [(f"anc/devices/{DEVICE}/emergency", True), (f"anc/devices/{OTHER}/status", False)],
+)
+async def test_a_will_the_policy_does_not_allow_refuses_the_connection(
+    emulator: Emulator, topic: str, retain: bool
+) -> None:
+    will = aiomqtt.Will(topic, b"offline", qos=1, retain=retain)
+    with anyio.fail_after(TIMEOUT), pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+        async with device(emulator, will=will):
+            pass
+    assert emulator.broker.stats()["connects_denied"] == 1
+
+
+async def test_the_retained_will_on_the_status_is_published_and_retained(
+    emulator: Emulator,
+) -> None:
+    will = aiomqtt.Will(STATUS, b"offline", qos=1, retain=True)
+    with anyio.fail_after(TIMEOUT):
+        async with FaultProxy(emulator.port) as proxy, operator(emulator) as cloud:
+            await cloud.subscribe(STATUS, qos=1)
+            async with device(emulator, port=proxy.port, will=will) as client:
+                await cut_off(client, proxy)
+            live = await next_message(cloud)
+        async with operator(emulator, "late-subscriber") as late:
+            await late.subscribe(STATUS, qos=1)
+            retained = await next_message(late)
+    assert live.payload == b"offline"
+    assert (retained.payload, retained.retain) == (b"offline", True)
+    assert emulator.broker.stats()["connects_denied"] == 0
 
 
 @pytest.mark.parametrize(

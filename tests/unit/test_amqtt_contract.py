@@ -17,8 +17,9 @@ from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from helpers import AllowEverything
 
-from ancsync.emulator.auth import ClientIdentity, connect_refusal
+from ancsync.emulator.auth import ClientIdentity, connect_refusal, publish_allowed
 from ancsync.emulator.certs import DevCerts
 
 # name -> (parameters, is a coroutine function)
@@ -122,16 +123,45 @@ def test_identities_of_accepted_connections(dev_certs: DevCerts) -> None:
 
 
 def test_the_authorizer_reason_is_the_refusal(dev_certs: DevCerts) -> None:
-    class Refuse:
+    class Refuse(AllowEverything):
         def authorize_connect(self, identity: ClientIdentity) -> str | None:
             return f"{identity.client_id} is not {identity.common_name}"
-
-        def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
-            return True
-
-        def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
-            return True
 
     tls = device_tls(dev_certs, "anc-device-001")
     _identity, reason = connect_refusal("anc-device-002", tls, Refuse())
     assert reason == "anc-device-002 is not anc-device-001"
+
+
+class NoRetainedWill(AllowEverything):
+    """Allows everything but retaining, and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, bool]] = []
+
+    def authorize_publish(
+        self, identity: ClientIdentity, topic: str, *, retain: bool = False
+    ) -> bool:
+        self.asked.append((topic, retain))
+        return not retain
+
+
+def test_the_last_will_is_part_of_the_connect_decision(dev_certs: DevCerts) -> None:
+    tls = device_tls(dev_certs, "anc-device-001")
+    policy = NoRetainedWill()
+    _identity, reason = connect_refusal("anc-device-001", tls, policy, will_topic="a/b")
+    assert reason is None
+    _identity, reason = connect_refusal(
+        "anc-device-001", tls, policy, will_topic="a/b", will_retain=True
+    )
+    assert reason == "the retained last will on 'a/b' is not allowed; use a topic the policy allows"
+    assert policy.asked == [("a/b", False), ("a/b", True)]
+
+
+def test_an_authorizer_without_the_retain_flag_still_decides_ordinary_publishes() -> None:
+    class TopicOnly:
+        def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
+            return topic == "ok"
+
+    identity = ClientIdentity("tool", None)
+    assert publish_allowed(TopicOnly(), identity, "ok", retain=False)  # type: ignore[arg-type]
+    assert not publish_allowed(TopicOnly(), identity, "no", retain=False)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ __all__ = [
     "ClientIdentity",
     "connect_refusal",
     "identity_of",
+    "publish_allowed",
     "remember_identity",
 ]
 
@@ -56,8 +57,10 @@ class Authorizer(Protocol):
     def authorize_connect(self, identity: ClientIdentity) -> str | None:
         """None to accept the connection, else the reason it is refused (logged by the broker)."""
 
-    def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
-        """Whether ``identity`` may publish to ``topic``."""
+    def authorize_publish(
+        self, identity: ClientIdentity, topic: str, *, retain: bool = False
+    ) -> bool:
+        """Whether ``identity`` may publish to ``topic`` (``retain``: as a retained message)."""
 
     def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
         """Whether ``identity`` may subscribe to ``topic_filter``."""
@@ -87,23 +90,49 @@ def remember_identity(session: Session, identity: ClientIdentity) -> None:
     session.attributes[_IDENTITY_KEY] = identity
 
 
+def publish_allowed(
+    authorizer: Authorizer, identity: ClientIdentity, topic: str, *, retain: bool
+) -> bool:
+    """Ask ``authorizer`` about a publish, retained or not.
+
+    ``retain`` is passed only when set, so an authorizer written without it still decides every
+    ordinary publish.
+    """
+    if retain:
+        return authorizer.authorize_publish(identity, topic, retain=True)
+    return authorizer.authorize_publish(identity, topic)
+
+
 def connect_refusal(
-    client_id: str, tls: ssl.SSLObject | None, authorizer: Authorizer | None
+    client_id: str,
+    tls: ssl.SSLObject | None,
+    authorizer: Authorizer | None,
+    *,
+    will_topic: str | None = None,
+    will_retain: bool = False,
 ) -> tuple[ClientIdentity, str | None]:
     """The identity of a connecting client and why it must be refused (None: accept it).
 
     ``tls`` is the TLS object of the connection (None on the plain listener). A TLS connection
     needs a verified client certificate (the listener already requires one; this is the second
-    lock), every client an id of its own, and then the authorizer decides.
+    lock), every client an id of its own, and then the authorizer decides, the last will
+    included: like AWS IoT, the client must be allowed to publish its will (and to retain it,
+    for a retained will) on the will topic.
     """
     identity = ClientIdentity(client_id, _peer_common_name(tls))
     if tls is not None and identity.common_name is None:
         return identity, "no verified client certificate with a subject CN; use the device's"
     if not client_id or _GENERATED_CLIENT_ID.fullmatch(client_id):
         return identity, "empty client id; set the client id to the thing name"
-    if authorizer is not None:
-        return identity, authorizer.authorize_connect(identity)
-    return identity, None
+    if authorizer is None:
+        return identity, None
+    reason = authorizer.authorize_connect(identity)
+    if reason is not None or will_topic is None:
+        return identity, reason
+    if publish_allowed(authorizer, identity, will_topic, retain=will_retain):
+        return identity, None
+    will = "retained last will" if will_retain else "last will"
+    return identity, f"the {will} on {will_topic!r} is not allowed; use a topic the policy allows"
 
 
 class AcceptedConnectionPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped

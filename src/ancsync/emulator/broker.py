@@ -39,6 +39,7 @@ from ancsync.emulator.auth import (
     ClientIdentity,
     connect_refusal,
     identity_of,
+    publish_allowed,
     remember_identity,
 )
 from ancsync.emulator.certs import DevCerts
@@ -90,6 +91,31 @@ async def _refuse_connection(writer: Any) -> None:
 _NOT_CONNECTING = object()
 _connecting_tls: contextvars.ContextVar[object] = contextvars.ContextVar("connecting_tls")
 
+# What amqtt copies from a CONNECT into the persistent session it resumes, and where the values
+# of the last accepted CONNECT are kept, so that a refused one can be undone.
+_RESUMED_FIELDS = (
+    "will_flag",
+    "will_message",
+    "will_topic",
+    "will_qos",
+    "keep_alive",
+    "username",
+    "password",
+)
+_ACCEPTED_FIELDS_KEY = "ancsync.accepted_connect"
+
+
+def _keep_accepted_fields(session: Session) -> None:
+    session.attributes[_ACCEPTED_FIELDS_KEY] = {
+        name: getattr(session, name) for name in _RESUMED_FIELDS
+    }
+
+
+def _undo_refused_fields(session: Session) -> None:
+    """Give a resumed session back the values of its last accepted CONNECT (no-op if new)."""
+    for name, value in session.attributes.get(_ACCEPTED_FIELDS_KEY, {}).items():
+        setattr(session, name, value)
+
 
 class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's broker with the AWS IoT behaviour the emulator needs (see the module docstring)."""
@@ -131,10 +157,19 @@ class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             )
         finally:
             _connecting_tls.reset(token)
-        identity, reason = self._owner._decide_connect(session.client_id or "", tls)
+        # For a resumed persistent session amqtt keeps the will's retain flag of the session's
+        # first CONNECT (it copies topic, payload and QoS only): check the will it will publish.
+        will_topic = session.will_topic if session.will_flag else None
+        identity, reason = self._owner._decide_connect(
+            session.client_id or "", tls, will_topic=will_topic, will_retain=session.will_retain
+        )
         if reason is not None:
+            # amqtt has already copied this CONNECT's will, keep-alive and credentials into the
+            # session it resumes (maybe the real device's): nothing of a refused one may stay.
+            _undo_refused_fields(session)
             await _refuse_connection(writer)
             raise MQTTError(f"refused connection of {identity}: {reason}")
+        _keep_accepted_fields(session)
         # A resumed session keeps the TLS object of its previous connection: use this one's.
         session.ssl_object = tls
         remember_identity(session, identity)
@@ -155,7 +190,7 @@ class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         ordinary = bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
         if shadow_request or ordinary:
             identity = identity_of(client_session)
-            if not self._owner._allows_publish(identity, topic):
+            if not self._owner._allows_publish(identity, topic, retain=bool(message.retain)):
                 return True  # dropped, logged and counted; the client stays connected
             if shadow_request:
                 await self._owner._handle_reserved(identity, topic, bytes(message.data or b""))
@@ -255,9 +290,13 @@ class EmbeddedBroker:
         if self._broker is not None:
             return
         broker = _AwsLikeBroker(self._config(), self)
+        # Serve publish() before amqtt binds: a client may connect, and a service answer it,
+        # before broker.start() returns (amqtt queues the messages until its delivery loop runs).
+        self._broker = broker
         try:
             await broker.start()
         except BrokerError as exc:
+            self._broker = None
             # amqtt leaves the listeners it did bind open when a later one fails
             for server in broker._servers.values():
                 await server.close_instance()
@@ -270,7 +309,6 @@ class EmbeddedBroker:
         for amqtt_name, server in broker._servers.items():
             name = names.get(amqtt_name, amqtt_name)
             self._bound[name] = server.instance.sockets[0].getsockname()[1]
-        self._broker = broker
         log.info(
             "broker listening on %s (TLS port %s, plain port %s)",
             self.host,
@@ -345,10 +383,17 @@ class EmbeddedBroker:
     # -- decisions and hooks, called by _AwsLikeBroker ------------------------------------
 
     def _decide_connect(
-        self, client_id: str, tls: ssl.SSLObject | None
+        self,
+        client_id: str,
+        tls: ssl.SSLObject | None,
+        *,
+        will_topic: str | None,
+        will_retain: bool,
     ) -> tuple[ClientIdentity, str | None]:
         """The identity of a connecting client and why it is refused (None: accepted)."""
-        identity, reason = connect_refusal(client_id, tls, self._authorizer)
+        identity, reason = connect_refusal(
+            client_id, tls, self._authorizer, will_topic=will_topic, will_retain=will_retain
+        )
         if reason is not None:
             self._stats["connects_denied"] += 1
             log.warning(
@@ -363,12 +408,19 @@ class EmbeddedBroker:
         """Whether a connection would be refused, without counting or logging it."""
         return connect_refusal(client_id, tls, self._authorizer)[1] is not None
 
-    def _allows_publish(self, identity: ClientIdentity, topic: str) -> bool:
+    def _allows_publish(self, identity: ClientIdentity, topic: str, *, retain: bool) -> bool:
         """Ask the authorizer; a refusal is logged and counted."""
-        if self._authorizer is None or self._authorizer.authorize_publish(identity, topic):
+        if self._authorizer is None or publish_allowed(
+            self._authorizer, identity, topic, retain=retain
+        ):
             return True
         self._stats["publishes_denied"] += 1
-        log.warning("dropped publish of %r to %r: not authorised", identity.client_id, topic)
+        log.warning(
+            "dropped %spublish of %r to %r: not authorised",
+            "retained " if retain else "",
+            identity.client_id,
+            topic,
+        )
         return False
 
     def _count_refused_publish(self, identity: ClientIdentity, topic: str) -> None:

@@ -218,15 +218,17 @@ class DevicePolicy:
             )
         return None
 
-    def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
-        """``iot:Publish`` on ``topic/<topic>``."""
-        return self.allows(identity, "iot:Publish", "topic", topic)
+    def authorize_publish(
+        self, identity: ClientIdentity, topic: str, *, retain: bool = False
+    ) -> bool:
+        """``iot:Publish`` on ``topic/<topic>``, and ``iot:RetainPublish`` if ``retain``."""
+        return self.allows(identity, "iot:Publish", "topic", topic) and (
+            not retain or self.allows(identity, "iot:RetainPublish", "topic", topic)
+        )
 
     def authorize_retain_publish(self, identity: ClientIdentity, topic: str) -> bool:
-        """``iot:Publish`` and ``iot:RetainPublish`` on ``topic/<topic>``."""
-        return self.authorize_publish(identity, topic) and self.allows(
-            identity, "iot:RetainPublish", "topic", topic
-        )
+        """``authorize_publish(identity, topic, retain=True)``."""
+        return self.authorize_publish(identity, topic, retain=True)
 
     def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
         """``iot:Subscribe`` on ``topicfilter/<filter>``, and ``iot:Receive`` on it as a topic.
