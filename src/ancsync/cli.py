@@ -457,6 +457,15 @@ def shadow_update(
         desired.update(parsed)
     if not desired:
         raise fail("nothing to update: give KEY=VALUE arguments or --desired JSON", 2)
+    if not no_validate and name is None:  # before connecting: a typo costs no round trip
+        from ancsync.errors import InvalidPayload
+        from ancsync.models import AncDesiredState
+        from ancsync.shadow.document import as_patch
+
+        try:
+            as_patch(desired, AncDesiredState, "desired state")
+        except InvalidPayload as exc:
+            raise fail(f"{exc} (--no-validate sends it anyway)", 2) from None
     credentials = _operator_credentials(
         endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls
     )
