@@ -68,6 +68,16 @@ def mqtt_client(
     )
 
 
+def device_client(port: int, certs: DevCerts, thing: str, **kwargs: Any) -> aiomqtt.Client:
+    """An (unconnected) client with ``thing``'s certificate and its thing name as client id."""
+    return mqtt_client(port, certs, certs.device(thing), thing, **kwargs)
+
+
+def operator_client(port: int, certs: DevCerts, client_id: str, **kwargs: Any) -> aiomqtt.Client:
+    """An (unconnected) client with the operator certificate (the cloud side)."""
+    return mqtt_client(port, certs, certs.operator, client_id, **kwargs)
+
+
 def plain_mqtt_client(
     port: int, client_id: str, *, timeout: float = 5, **kwargs: Any
 ) -> aiomqtt.Client:

@@ -123,13 +123,14 @@ async def test_sigint_stops_it_cleanly_and_certificates_are_reused(tmp_path: Pat
     assert (tmp_path / "emulator.db").is_file()  # default: next to the certificates directory
 
 
+def run_to_the_end(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``ancsync emulator ARGS`` that is expected to exit by itself; capture its output."""
+    command = [ANCSYNC, "emulator", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+
+
 def test_no_tls_on_a_public_address_is_refused_in_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [ANCSYNC, "emulator", "--no-tls", "--host", "0.0.0.0", "--certs-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_to_the_end("--no-tls", "--host", "0.0.0.0", "--certs-dir", str(tmp_path))
     assert result.returncode == 2
     [error] = result.stderr.strip().splitlines()
     assert "not a loopback address" in error
@@ -141,12 +142,7 @@ def test_a_taken_port_is_refused_in_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [ANCSYNC, "emulator", "--port", str(port), "--certs-dir", str(tmp_path / "dev")],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
+        result = run_to_the_end("--port", str(port), "--certs-dir", str(tmp_path / "dev"))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]  # after the certificate generation log

@@ -21,9 +21,11 @@ from helpers import (
     AllowEverything,
     MosquittoBroker,
     cut_off,
+    device_client,
     granted,
     mqtt_client,
     next_message,
+    operator_client,
     plain_mqtt_client,
     running_mosquitto,
 )
@@ -71,9 +73,7 @@ async def test_device_publishes_json_and_receives_it_back(
     topic = f"anc/devices/{DEVICE}/status"
     document = {"device_id": DEVICE, "status": "online", "firmware_version": "1.2.3"}
     with anyio.fail_after(TIMEOUT):
-        async with mqtt_client(
-            any_broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE
-        ) as client:
+        async with device_client(any_broker.port, dev_certs, DEVICE) as client:
             await client.subscribe(topic, qos=1)
             await client.publish(topic, orjson.dumps(document), qos=1)
             message = await next_message(client)
@@ -181,19 +181,18 @@ async def test_an_empty_client_id_is_refused(
 
 
 async def test_restart_on_the_same_port_after_stop(dev_certs: DevCerts) -> None:
-    device = dev_certs.device(DEVICE)
     with anyio.fail_after(TIMEOUT):
         first = EmbeddedBroker(dev_certs, plain_port=0)
         await first.start()
         port, plain_port = first.port, first.plain_port
-        async with mqtt_client(port, dev_certs, device, DEVICE) as client:
+        async with device_client(port, dev_certs, DEVICE) as client:
             await client.subscribe("x/y")
             await first.stop()
             with pytest.raises(aiomqtt.MqttError):
                 await next_message(client)  # the stop disconnected the client
         async with EmbeddedBroker(dev_certs, port=port, plain_port=plain_port) as second:
             assert (second.port, second.plain_port) == (port, plain_port)
-            async with mqtt_client(port, dev_certs, device, DEVICE) as client:
+            async with device_client(port, dev_certs, DEVICE) as client:
                 await client.subscribe("x/y")
                 await client.publish("x/y", b"again")
                 assert (await next_message(client)).payload == b"again"
@@ -220,9 +219,9 @@ async def test_shadow_requests_go_to_the_handler_and_are_not_broadcast(dev_certs
     with anyio.fail_after(TIMEOUT):
         async with (
             EmbeddedBroker(dev_certs, reserved_handler=recorder) as broker,
-            mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
-            mqtt_client(broker.port, dev_certs, dev_certs.operator, "everything") as wildcard,
-            mqtt_client(broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE) as device,
+            operator_client(broker.port, dev_certs, "cloud") as operator,
+            operator_client(broker.port, dev_certs, "everything") as wildcard,
+            device_client(broker.port, dev_certs, DEVICE) as device,
         ):
             await operator.subscribe(get_topic)
             await operator.subscribe(accepted_topic)
@@ -254,9 +253,7 @@ async def test_other_dollar_topics_disconnect_the_client(
     recorder = Recorder()
     tls_broker.add_publish_listener(recorder)
     with anyio.fail_after(TIMEOUT):
-        async with mqtt_client(
-            tls_broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE
-        ) as device:
+        async with device_client(tls_broker.port, dev_certs, DEVICE) as device:
             await device.subscribe("anc/#")
             await device.publish(f"$aws/things/{DEVICE}/jobs/get", b"{}")
             with pytest.raises(aiomqtt.MqttError):
@@ -274,9 +271,7 @@ async def test_a_failing_handler_or_listener_does_not_disconnect_the_client(
     with anyio.fail_after(TIMEOUT):
         async with EmbeddedBroker(dev_certs, reserved_handler=broken) as broker:
             broker.add_publish_listener(broken)
-            async with mqtt_client(
-                broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE
-            ) as device:
+            async with device_client(broker.port, dev_certs, DEVICE) as device:
                 await device.subscribe("anc/#")
                 await device.publish(f"$aws/things/{DEVICE}/shadow/update", b"{}")
                 await device.publish("anc/one", b"1")
@@ -304,15 +299,13 @@ async def test_authorizer_decides_connect_publish_and_subscribe(dev_certs: DevCe
     with anyio.fail_after(TIMEOUT):
         async with EmbeddedBroker(dev_certs, authorizer=DenyForbidden()) as broker:
             with pytest.raises(aiomqtt.MqttCodeError) as refused:
-                async with mqtt_client(
-                    broker.port, dev_certs, dev_certs.device(OTHER_DEVICE), OTHER_DEVICE
-                ):
+                async with device_client(broker.port, dev_certs, OTHER_DEVICE):
                     pass
             assert "Not authorized" in str(refused.value)  # CONNACK return code 5
 
             async with (
-                mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
-                mqtt_client(broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE) as device,
+                operator_client(broker.port, dev_certs, "cloud") as operator,
+                device_client(broker.port, dev_certs, DEVICE) as device,
             ):
                 codes = await device.subscribe([("allowed/#", 1), ("forbidden/#", 1)])
                 assert granted(codes) == [1, SUBACK_FAILURE]
@@ -340,10 +333,8 @@ async def test_a_refused_impostor_does_not_disturb_the_connected_device(
     with anyio.fail_after(TIMEOUT):
         async with (
             EmbeddedBroker(dev_certs, authorizer=ClientIdIsThingName()) as broker,
-            mqtt_client(
-                broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE, clean_session=False
-            ) as device,
-            mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
+            device_client(broker.port, dev_certs, DEVICE, clean_session=False) as device,
+            operator_client(broker.port, dev_certs, "cloud") as operator,
         ):
             await device.subscribe(f"anc/devices/{DEVICE}/commands", qos=1)
             impostor = mqtt_client(
@@ -369,13 +360,12 @@ async def test_a_refused_impostor_leaves_the_will_of_the_resumed_session_alone(
         async with (
             EmbeddedBroker(dev_certs, authorizer=ClientIdIsThingName()) as broker,
             FaultProxy(broker.port) as proxy,
-            mqtt_client(broker.port, dev_certs, dev_certs.operator, "cloud") as operator,
+            operator_client(broker.port, dev_certs, "cloud") as operator,
         ):
             await operator.subscribe(status, qos=1)
-            device = mqtt_client(
+            device = device_client(
                 proxy.port,
                 dev_certs,
-                dev_certs.device(DEVICE),
                 DEVICE,
                 clean_session=False,
                 will=aiomqtt.Will(status, b"device lost", qos=1),
@@ -508,17 +498,12 @@ async def test_offline_messages_reach_a_persistent_session(
     """Emulator sessions are authenticated, not anonymous, so amqtt queues for them, but it
     flags queued messages as retained (mosquitto does not)."""
     topic = f"anc/devices/{DEVICE}/commands"
-    device = dev_certs.device(DEVICE)
     with anyio.fail_after(TIMEOUT):
-        async with mqtt_client(
-            any_broker.port, dev_certs, device, DEVICE, clean_session=False
-        ) as client:
+        async with device_client(any_broker.port, dev_certs, DEVICE, clean_session=False) as client:
             await client.subscribe(topic, qos=1)
-        async with mqtt_client(any_broker.port, dev_certs, dev_certs.operator, "cloud") as cloud:
+        async with operator_client(any_broker.port, dev_certs, "cloud") as cloud:
             await cloud.publish(topic, b"while you were away", qos=1)
-        async with mqtt_client(
-            any_broker.port, dev_certs, device, DEVICE, clean_session=False
-        ) as client:
+        async with device_client(any_broker.port, dev_certs, DEVICE, clean_session=False) as client:
             message = await next_message(client)
     assert (message.payload, message.qos) == (b"while you were away", 1)
     assert message.retain is isinstance(any_broker, EmbeddedBroker)
@@ -530,9 +515,7 @@ async def test_delivery_qos_is_the_subscription_qos_in_amqtt(
     """MQTT delivers at min(publish QoS, subscription QoS); amqtt uses the subscription's."""
     topic = f"anc/devices/{DEVICE}/status"
     with anyio.fail_after(TIMEOUT):
-        async with mqtt_client(
-            any_broker.port, dev_certs, dev_certs.device(DEVICE), DEVICE
-        ) as client:
+        async with device_client(any_broker.port, dev_certs, DEVICE) as client:
             await client.subscribe(topic, qos=1)
             await client.publish(topic, b"qos 0", qos=0)
             message = await next_message(client)

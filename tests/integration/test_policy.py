@@ -13,9 +13,11 @@ from faultproxy import FaultProxy
 from helpers import (
     SUBACK_FAILURE,
     cut_off,
+    device_client,
     granted,
     mqtt_client,
     next_message,
+    operator_client,
     plain_mqtt_client,
 )
 
@@ -36,16 +38,12 @@ TIMEOUT = 10
 STATUS = f"anc/devices/{DEVICE}/status"
 
 
-def device(
-    emulator: Emulator, thing: str = DEVICE, *, port: int | None = None, **options: Any
-) -> aiomqtt.Client:
-    """A client with ``thing``'s certificate and client id (``options`` go to aiomqtt)."""
-    certs = emulator.certs
-    return mqtt_client(port or emulator.port, certs, certs.device(thing), thing, **options)
+def device(emulator: Emulator, thing: str = DEVICE, **options: Any) -> aiomqtt.Client:
+    return device_client(emulator.port, emulator.certs, thing, **options)
 
 
 def operator(emulator: Emulator, client_id: str = "cloud-console") -> aiomqtt.Client:
-    return mqtt_client(emulator.port, emulator.certs, emulator.certs.operator, client_id)
+    return operator_client(emulator.port, emulator.certs, client_id)
 
 
 async def test_device_subscribes_only_to_its_own_topics(emulator: Emulator) -> None:
@@ -151,7 +149,7 @@ async def test_the_retained_will_on_the_status_is_published_and_retained(
     with anyio.fail_after(TIMEOUT):
         async with FaultProxy(emulator.port) as proxy, operator(emulator) as cloud:
             await cloud.subscribe(STATUS, qos=1)
-            async with device(emulator, port=proxy.port, will=will) as client:
+            async with device_client(proxy.port, emulator.certs, DEVICE, will=will) as client:
                 await cut_off(client, proxy)
             live = await next_message(cloud)
         async with operator(emulator, "late-subscriber") as late:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import anyio
 import orjson
 import pytest
-from helpers import mqtt_client
+from helpers import device_client
 
 from ancsync.emulator.rules import RulesSink, SeqGap
 from ancsync.emulator.server import Emulator
@@ -49,17 +48,13 @@ def emergency(seq: int, event_id: str | None = None, device_id: str = DEVICE) ->
     )
 
 
-def device(emulator: Emulator, thing: str = DEVICE) -> aiomqtt.Client:
-    return mqtt_client(emulator.port, emulator.certs, emulator.certs.device(thing), thing)
-
-
 def stored(count: int, key: str) -> Any:
     return lambda sink: sum(sink.stats()[k] for k in key.split("+")) >= count
 
 
 async def test_a_redelivered_batch_is_stored_once(emulator: Emulator) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with device(emulator) as client:
+        async with device_client(emulator.port, emulator.certs, DEVICE) as client:
             await client.publish(f"anc/telemetry/{DEVICE}/anc", batch(0, "same"), qos=1)
             await client.publish(f"anc/telemetry/{DEVICE}/anc", batch(0, "same"), qos=1)
             await emulator.rules.wait_for(stored(2, "telemetry_batches+duplicates"))
@@ -76,7 +71,10 @@ async def test_a_redelivered_batch_is_stored_once(emulator: Emulator) -> None:
 
 async def test_a_skipped_seq_is_reported_per_device_and_stream(emulator: Emulator) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with device(emulator) as client, device(emulator, OTHER) as other:
+        async with (
+            device_client(emulator.port, emulator.certs, DEVICE) as client,
+            device_client(emulator.port, emulator.certs, OTHER) as other,
+        ):
             for seq in (0, 1, 4):
                 await client.publish(f"anc/telemetry/{DEVICE}/anc", batch(seq), qos=1)
             for seq in (0, 1):  # a different stream of the same device: no gap of its own
@@ -103,7 +101,7 @@ async def test_a_skipped_seq_is_reported_per_device_and_stream(emulator: Emulato
 
 async def test_an_emergency_is_stored_whole_and_once(emulator: Emulator) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with device(emulator) as client:
+        async with device_client(emulator.port, emulator.certs, DEVICE) as client:
             for _ in range(3):  # QoS 1 re-deliveries of one event
                 await client.publish(f"anc/devices/{DEVICE}/emergency", emergency(0, "ev"), qos=1)
             await emulator.rules.wait_for(stored(3, "emergencies+duplicates"))
@@ -114,7 +112,7 @@ async def test_an_emergency_is_stored_whole_and_once(emulator: Emulator) -> None
 
 async def test_a_payload_without_its_keys_is_refused_and_counted(emulator: Emulator) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with device(emulator) as client:
+        async with device_client(emulator.port, emulator.certs, DEVICE) as client:
             topic = f"anc/telemetry/{DEVICE}/anc"
             await client.publish(topic, b"not json", qos=1)
             await client.publish(topic, orjson.dumps({"seq": 1, "records": []}), qos=1)
@@ -130,7 +128,7 @@ async def test_the_database_file_survives_a_restart(tmp_path: Path) -> None:
     with anyio.fail_after(TIMEOUT):
         for _ in range(2):
             async with Emulator(tmp_path / "certs", [DEVICE], db_path=db) as emulator:
-                async with device(emulator) as client:
+                async with device_client(emulator.port, emulator.certs, DEVICE) as client:
                     await client.publish(f"anc/telemetry/{DEVICE}/anc", batch(0), qos=1)
                     await emulator.rules.wait_for(stored(1, "telemetry_batches+duplicates"))
                 stats = emulator.rules.stats()

@@ -14,7 +14,7 @@ import aiomqtt
 import anyio
 import orjson
 import pytest
-from helpers import mqtt_client
+from helpers import device_client, operator_client
 from shadow_cases import CASES, Clock, Document, Replies, encode
 
 from ancsync.emulator.server import Emulator
@@ -65,9 +65,8 @@ class MqttShadowClient:
 
 
 @asynccontextmanager
-async def device_client(emulator: Emulator, thing: str = DEVICE) -> AsyncIterator[MqttShadowClient]:
-    pair = emulator.certs.device(thing)
-    async with mqtt_client(emulator.port, emulator.certs, pair, thing) as client:
+async def shadow_client(emulator: Emulator, thing: str = DEVICE) -> AsyncIterator[MqttShadowClient]:
+    async with device_client(emulator.port, emulator.certs, thing) as client:
         yield MqttShadowClient(client, thing)
 
 
@@ -77,7 +76,7 @@ async def test_conformance_over_mqtt(name: str, certs_dir: Path) -> None:
     with anyio.fail_after(TIMEOUT):
         async with (
             Emulator(certs_dir, [DEVICE], clock=clock) as emulator,
-            device_client(emulator) as client,
+            shadow_client(emulator) as client,
         ):
             await CASES[name](client, clock)
 
@@ -86,10 +85,8 @@ async def test_cloud_desired_change_reaches_the_device_as_a_delta(certs_dir: Pat
     with anyio.fail_after(TIMEOUT):
         async with (
             Emulator(certs_dir, [DEVICE]) as emulator,
-            device_client(emulator) as device,
-            mqtt_client(
-                emulator.port, emulator.certs, emulator.certs.operator, "cloud-console"
-            ) as operator,
+            shadow_client(emulator) as device,
+            operator_client(emulator.port, emulator.certs, "cloud-console") as operator,
         ):
             topics = ShadowTopics(DEVICE)
             await device.client.subscribe(topics.update_delta, qos=1)
@@ -125,7 +122,7 @@ async def test_too_many_requests_in_flight_are_throttled(certs_dir: Path) -> Non
     with anyio.fail_after(TIMEOUT):
         async with (
             Emulator(certs_dir, [DEVICE], limits=limits, shadow_latency=0.2) as emulator,
-            device_client(emulator) as client,
+            shadow_client(emulator) as client,
         ):
             replies = await flood(client, 10)
             stats = emulator.shadows.stats()
@@ -143,7 +140,7 @@ async def test_requests_per_second_over_the_limit_are_throttled(certs_dir: Path)
     with anyio.fail_after(TIMEOUT):
         async with (
             Emulator(certs_dir, [DEVICE], limits=limits) as emulator,
-            device_client(emulator) as client,
+            shadow_client(emulator) as client,
         ):
             replies = await flood(client, 12)
     codes = [reply.get("code") for reply in replies]
