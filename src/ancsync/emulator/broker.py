@@ -5,7 +5,8 @@
 
 - a TLS listener that requires a client certificate chained to the dev CA,
 - optionally a plain TCP listener, on a loopback host only,
-- an :class:`~ancsync.emulator.auth.Authorizer` deciding every connect, publish and subscribe,
+- an :class:`~ancsync.emulator.auth.Authorizer` deciding every connect (its last will included),
+  publish (with its retain flag) and subscribe,
 - AWS shadow request topics (``$aws/things/.../shadow/...(get|update|delete)``) handed to a
   ``reserved_handler`` (the shadow service) instead of amqtt closing the client, and
 - publish listeners (the rules sink) that see every accepted client publish.
@@ -362,7 +363,8 @@ class EmbeddedBroker:
         """Send a broker-originated message (a service's response) to every matching subscriber.
 
         It reaches explicit ``$aws/...`` subscriptions too. It is queued for delivery when this
-        returns. ``qos`` is the delivery QoS for every subscriber (amqtt forces it).
+        returns, also while :meth:`start` is still running (a client may already be connected).
+        ``qos`` is the delivery QoS for every subscriber (amqtt forces it).
         """
         if self._broker is None:
             raise NotStarted("the broker is not running; await start() first")
