@@ -17,7 +17,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -88,14 +88,15 @@ class Transport(Protocol):
     async def connect(self, options: ConnectOptions) -> None:
         """Connect and wait for a successful CONNACK."""
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None]:
-        """Send a PUBLISH now; the result completes on its PUBACK (QoS 1) or once written (QoS 0).
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, on_done: Callable[[], None]
+    ) -> None:
+        """Send a PUBLISH now; call ``on_done()`` on its PUBACK (QoS 1) or once written (QoS 0).
 
-        Starting the send synchronously keeps the wire order equal to the call order and lets
-        one task keep many publishes in flight without a task per message. The awaitable never
-        completes if the connection is lost first (``messages()`` reports the loss).
+        Synchronous, so the wire order is the call order and one task can keep many publishes
+        in flight. ``on_done`` runs in the event loop's thread and must not block; it is never
+        called if the connection is lost first (``messages()`` reports the loss).
         """
-        ...
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         """One SUBSCRIBE; returns the granted QoS or :data:`SUBSCRIBE_FAILURE` per filter."""
@@ -250,7 +251,7 @@ class AiomqttTransport:
         self._keep_alive = 0
         self._watchdog: asyncio.Task[None] | None = None
         self._dead_reason: str | None = None
-        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._acks: dict[int, Callable[[], None]] = {}
 
     async def connect(self, options: ConnectOptions) -> None:
         paho_log = _PahoLog(logging.getLogger("ancsync.mqtt.paho"))
@@ -294,24 +295,24 @@ class AiomqttTransport:
             raise ConnectError("not connected")
         return self._client
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None]:
-        # paho directly, not aiomqtt's publish coroutine: one future per message instead of a
-        # task per message (measured: benchmarks/bench_publish.py). No timeout: a missing
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, on_done: Callable[[], None]
+    ) -> None:
+        # paho directly, not aiomqtt's publish coroutine, which needs a task per message to keep
+        # several in flight (measured: benchmarks/bench_publish.py). No timeout: a missing
         # PUBACK means a dead link, which the keep-alive watchdog detects.
         info = self._connected_client()._client.publish(topic, payload, qos, retain)
         if info.rc != MQTT_ERR_SUCCESS:
             raise ConnectError(f"connection lost: cannot publish ({error_string(info.rc)})")
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if info.is_published():
-            ack.set_result(None)
+            on_done()
         else:
-            self._acks[info.mid] = ack
-        return ack
+            self._acks[info.mid] = on_done
 
     def _on_publish(self, mid: int) -> None:
-        ack = self._acks.pop(mid, None)
-        if ack is not None and not ack.done():
-            ack.set_result(None)
+        on_done = self._acks.pop(mid, None)
+        if on_done is not None:
+            on_done()
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         client = self._connected_client()
@@ -346,6 +347,7 @@ class AiomqttTransport:
         raise ConnectError("connection lost: the broker closed it")
 
     async def close(self) -> None:
+        self._acks.clear()  # no completion callbacks once the session let go of the connection
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -459,7 +461,7 @@ class FakeTransport:
     def __init__(self, broker: FakeBroker) -> None:
         self._broker = broker
         self._reason: str | None = None
-        self._unacked: list[tuple[asyncio.Future[None], tuple[str, bytes, int, bool]]] = []
+        self._unacked: list[tuple[Callable[[], None], tuple[str, bytes, int, bool]]] = []
         self._incoming_send, self._incoming = anyio.create_memory_object_stream[IncomingMessage](
             100
         )
@@ -490,22 +492,22 @@ class FakeTransport:
             raise self._broker.connect_errors.pop(0)
         self._broker.current = self
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Awaitable[None]:
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, on_done: Callable[[], None]
+    ) -> None:
         self._check()
         record = (topic, payload, qos, retain)
         self._broker.attempted.append(record)
         self._broker._note_change()
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if qos and not self._broker.auto_ack:
-            self._unacked.append((ack, record))
+            self._unacked.append((on_done, record))
         else:
-            self._complete(ack, record)
-        return ack
+            self._complete(on_done, record)
 
-    def _complete(self, ack: asyncio.Future[None], record: tuple[str, bytes, int, bool]) -> None:
+    def _complete(self, on_done: Callable[[], None], record: tuple[str, bytes, int, bool]) -> None:
         self._broker.published.append(record)
         self._broker._note_change()
-        ack.set_result(None)
+        on_done()
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         self._check()
