@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeAlias
@@ -35,9 +34,9 @@ from ancsync.connection import IoTConnection
 from ancsync.emergency import EmergencyReporter
 from ancsync.errors import AncSyncError, ConfigError, NotStarted
 from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
-from ancsync.mqtt.backoff import Backoff, BackoffPolicy
 from ancsync.mqtt.store import DurableStore
 from ancsync.shadow import DeviceShadowSync
+from ancsync.supervisor import Supervised
 from ancsync.telemetry import TelemetryPublisher
 from ancsync.topics import commands_topic
 
@@ -52,23 +51,6 @@ DesiredStateHandler: TypeAlias = Callable[[dict[str, Any]], Awaitable[Applied] |
 
 EMERGENCY_ACK = "emergency_ack"
 """The command the cloud's emergency handler sends back for each event it recorded."""
-
-# A failed component is restarted after 1 s, 2 s, 4 s... up to 30 s.
-_RESTART = BackoffPolicy(base=1.0, cap=30.0)
-
-
-@dataclass
-class _Component:
-    """A component task under supervision, as :meth:`get_status` shows it."""
-
-    run: Callable[[], Awaitable[None]]
-    scope: anyio.CancelScope | None = None
-    running: bool = False
-    restarts: int = 0
-    last_error: dict[str, str] | None = None
-
-    def status(self) -> dict[str, Any]:
-        return {"running": self.running, "restarts": self.restarts, "last_error": self.last_error}
 
 
 class DataSyncOrchestrator:
@@ -172,13 +154,13 @@ class DataSyncOrchestrator:
         self._desired_handler: DesiredStateHandler | None = None
         self._ack_handler: CommandHandler | None = None
         self._cloud_acknowledged: set[str] = set()
-        self._components = {
-            "shadow": _Component(self.shadow.start_sync),
-            "telemetry": _Component(self.telemetry.start_publishing),
-            "emergency": _Component(self.emergencies.run),
-        }
+        self._components = [
+            Supervised("shadow", self.shadow.start_sync),
+            Supervised("telemetry", self.telemetry.start_publishing),
+            Supervised("emergency", self.emergencies.run),
+        ]
         self._stack: AsyncExitStack | None = None
-        self._release_connection = anyio.Event()
+        self._release_connection: anyio.Event | None = None
         self._connection_flush = stop_timeout
         self._started_at: float | None = None
         self._started_iso: str | None = None
@@ -225,10 +207,8 @@ class DataSyncOrchestrator:
         except BaseException:
             await stack.aclose()
             raise
-        for name, component in self._components.items():
-            # Made now, so that a stop() before the task runs still cancels it.
-            component.scope = anyio.CancelScope(shield=True)
-            task_group.start_soon(self._supervise, name, name=f"ancsync-{name}")
+        for component in self._components:
+            task_group.start_soon(component.run, name=f"ancsync-{component.name}")
         self._stack = stack
         self._started_at = time.monotonic()
         self._started_iso = utc_now()
@@ -272,10 +252,10 @@ class DataSyncOrchestrator:
                         )
                     except AncSyncError as exc:
                         log.warning("could not report status offline in the shadow: %s", exc)
-            for component in self._components.values():
-                if component.scope is not None:
-                    component.scope.cancel()
+            for component in self._components:
+                component.cancel()
             self._connection_flush = left()
+            assert self._release_connection is not None
             self._release_connection.set()  # flushes the rest, says "offline", disconnects
         # Outside the shield: a task group is exited in the scope it was entered in.
         await stack.aclose()
@@ -307,37 +287,18 @@ class DataSyncOrchestrator:
         """
         await self.connection.wait_connected(timeout)
 
-    # The connection and the components run shielded from the caller's cancellation: when the
-    # caller is cancelled (Ctrl-C), stop() still needs them to flush. stop() ends them itself.
+    # The connection runs shielded from the caller's cancellation, like the components: when
+    # the caller is cancelled (Ctrl-C), stop() still needs it to flush. stop() ends it itself.
 
     async def _run_connection(self, *, task_status: TaskStatus[None]) -> None:
+        self._release_connection = release = anyio.Event()
         with anyio.CancelScope(shield=True):
             await self.connection.start()
             try:
                 task_status.started()
-                await self._release_connection.wait()
+                await release.wait()
             finally:
                 await self.connection.stop(flush_timeout=self._connection_flush)
-
-    async def _supervise(self, name: str) -> None:
-        """Run one component; log, record and restart it if it fails."""
-        component = self._components[name]
-        backoff = Backoff(_RESTART)
-        assert component.scope is not None
-        with component.scope:
-            while True:
-                component.running = True
-                try:
-                    await component.run()
-                    return  # stopped on purpose
-                except Exception as exc:
-                    component.last_error = {"type": type(exc).__name__, "message": str(exc)}
-                    component.last_error["at"] = utc_now()
-                    log.exception("the %s component failed; restarting it", name)
-                finally:
-                    component.running = False
-                await anyio.sleep(backoff.next_delay())
-                component.restarts += 1
 
     # --- what the control loop calls --------------------------------------------------------------
 
@@ -514,5 +475,5 @@ class DataSyncOrchestrator:
                 "cloud_acknowledged": len(self._cloud_acknowledged),
             },
             "commands": self.commands.status(),
-            "components": {name: c.status() for name, c in self._components.items()},
+            "components": {c.name: c.status() for c in self._components},
         }
