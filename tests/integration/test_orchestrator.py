@@ -7,6 +7,7 @@ each stored event). Every wait is for a message, an event or a stored row, under
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -265,3 +266,35 @@ async def test_bad_calls_raise_clear_errors_and_change_nothing(tmp_path: Path) -
     assert status["shadow"]["pending_keys"] == []
     assert status["telemetry"]["depth"] == 0
     assert status["emergency"]["reported"] == 0
+
+
+async def test_an_emergency_reported_offline_is_sent_by_the_next_run(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    with socket.socket() as closed:  # a port nothing listens on: the device is offline
+        closed.bind(("127.0.0.1", 0))
+        offline_port = closed.getsockname()[1]
+    pair = emulator.certs.device(THING)
+    offline = DataSyncOrchestrator(
+        THING,
+        "127.0.0.1",
+        pair.cert,
+        pair.key,
+        emulator.certs.ca,
+        port=offline_port,
+        data_dir=tmp_path / "device-data",
+        stop_timeout=0.5,
+        connection_options={"reconnect": FAST},
+    )
+    with anyio.fail_after(TIMEOUT):
+        async with offline:
+            event = await offline.report_emergency(
+                is_emergency=True, predicted_class="siren", confidence=0.8, action="anc_bypassed"
+            )
+        assert offline.get_status()["emergency"]["pending"] == 1
+        async with orchestrator(emulator, tmp_path) as online:  # same data_dir
+            await emulator.rules.wait_for(lambda sink: len(sink.emergencies(THING)) == 1)
+            await online.emergencies.wait_acknowledged()
+    [stored] = emulator.rules.emergencies(THING)
+    assert stored.event_id == event.event_id
+    assert online.get_status()["emergency"]["resent_from_store"] == 1
