@@ -545,9 +545,11 @@ def demo(
     """
     import anyio
     import orjson
+    from rich.console import Group
     from rich.live import Live
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
+    from rich.text import Text
 
     from ancsync.demo import DemoProgress, run_demo
     from ancsync.errors import AncSyncError
@@ -555,28 +557,30 @@ def demo(
     setup_logging(verbose)
     _quiet_libraries(verbose)
     bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("[bold]{task.description:<32}"),
+        BarColumn(bar_width=None),
         TimeRemainingColumn(),
         console=console,
+        expand=True,
     )
-    task = bar.add_task("starting", total=duration, detail="")
+    task = bar.add_task("starting", total=duration)
+    counters = Text()
 
     def on_progress(progress: DemoProgress) -> None:
-        detail = (
-            f"{progress.connection} | telemetry {progress.records_published} sent, "
-            f"{progress.records_stored} stored | shadow v{progress.shadow_version}"
+        counters.plain = (
+            f"  connection {progress.connection} | telemetry {progress.records_published} "
+            f"published, {progress.records_stored} stored | shadow v{progress.shadow_version}"
             f"{' in sync' if progress.shadow_in_sync else ''} | emergencies "
-            f"{progress.emergencies_reported} sent, {progress.emergencies_stored} stored"
+            f"{progress.emergencies_reported} reported, {progress.emergencies_stored} stored"
         )
-        bar.update(task, completed=progress.elapsed, description=progress.phase, detail=detail)
+        bar.update(task, completed=progress.elapsed, description=progress.phase)
 
     def on_event(text: str) -> None:
-        bar.console.print(f"  {text}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"  {text}", highlight=False, markup=False, soft_wrap=True)
 
+    live = Group(bar, counters)
     try:
-        with Live(bar, console=console, transient=True, auto_refresh=console.is_terminal):
+        with Live(live, console=console, transient=True, auto_refresh=console.is_terminal):
             summary = anyio.run(
                 lambda: run_demo(
                     workdir, duration, rate=rate, on_progress=on_progress, on_event=on_event
