@@ -117,6 +117,8 @@ async def test_simulate_runs_a_device_against_the_emulator(emulator: Emulator) -
     assert status["emergency"]["reported"] == status["emergency"]["acknowledged"] == 1
     delivered = sum(kind["delivered"] for kind in status["telemetry"]["records"].values())
     assert delivered > 0
+    with anyio.fail_after(TIMEOUT):  # the sink stores each batch in a worker thread
+        await emulator.rules.wait_for(lambda sink: sink.record_count(THING) >= delivered)
     assert emulator.rules.record_count(THING) == delivered
     assert len(emulator.rules.emergencies(THING)) == 1
 

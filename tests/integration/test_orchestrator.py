@@ -113,6 +113,7 @@ async def test_desired_change_command_emergency_and_telemetry(
                 action="anc_bypassed",
             )
             await acked.wait()
+            await emulator.rules.wait_for(lambda sink: len(sink.emergencies(THING)) == 1)
 
             for i in range(12):
                 device.publish_metrics(
@@ -172,8 +173,8 @@ async def test_cancelled_run_forever_flushes_and_goes_offline(
                 tg.cancel_scope.cancel()  # what asyncio.run does on Ctrl-C
             await offline.wait()
             document = await operator.get()
+            await emulator.rules.wait_for(lambda sink: sink.record_count(THING, "system") == 1)
 
-    assert emulator.rules.record_count(THING, "system") == 1
     assert document.reported["status"] == "offline"
     assert statuses[-1].status == "offline"
     assert device.get_status()["running"] is False
