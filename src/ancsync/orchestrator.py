@@ -4,9 +4,9 @@ It builds and runs the parts (DESIGN 2): an :class:`~ancsync.connection.IoTConne
 :class:`~ancsync.shadow.DeviceShadowSync` for the ANC state, a
 :class:`~ancsync.telemetry.TelemetryPublisher`, an :class:`~ancsync.emergency.EmergencyReporter`
 with its durable store, and a :class:`~ancsync.commands.CommandDispatcher` for the commands topic.
-The components' tasks run in the orchestrator's one task group, each under a supervisor: a
-component that fails is logged, shown in :meth:`DataSyncOrchestrator.get_status` and restarted
-after a pause, while the others carry on.
+The components' tasks run in the orchestrator's one task group, each supervised
+(:mod:`ancsync.supervisor`): a component that fails is logged, shown in
+:meth:`DataSyncOrchestrator.get_status` and restarted after a pause, while the others carry on.
 
 The library installs no signal handlers: the application decides what SIGINT and SIGTERM mean
 and cancels (``asyncio.run`` turns Ctrl-C into a cancellation), and the orchestrator stops cleanly
@@ -350,8 +350,8 @@ class DataSyncOrchestrator:
         while offline) are counted in ``get_status()["telemetry"]``.
 
         Raises:
-            InvalidPayload: a record has a bad or missing field (named). Records of the other
-                kinds in the same call are still queued only if they come before it.
+            InvalidPayload: a record has a bad or missing field (named). Records are queued in
+                the order anc, audio, system: those before the bad one are already queued.
         """
         if anc_metrics is not None:
             self.telemetry.publish_anc_metrics(anc_metrics)
