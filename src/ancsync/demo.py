@@ -235,9 +235,13 @@ async def run_demo(
             status = orchestrator.get_status()  # after stop(): everything flushed
             delivered = status["telemetry"]["records"]
             summary.telemetry_records_delivered = sum(k["delivered"] for k in delivered.values())
-            with anyio.move_on_after(SETTLE_TIMEOUT):
+            reported = status["emergency"]["reported"]
+            with anyio.move_on_after(SETTLE_TIMEOUT):  # the sink writes in a worker thread
                 await emulator.rules.wait_for(
-                    lambda sink: sink.record_count(thing) >= summary.telemetry_records_delivered
+                    lambda sink: (
+                        sink.record_count(thing) >= summary.telemetry_records_delivered
+                        and len(sink.emergencies(thing)) >= reported
+                    )
                 )
             document = await operator.get()
             ui.cancel_scope.cancel()
