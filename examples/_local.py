@@ -15,10 +15,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ancsync import Settings
+from ancsync import OperatorCredentials, Settings
 from ancsync.config import ENV_VARS
 from ancsync.emulator.server import Emulator
-from ancsync.operator import OperatorCredentials
 
 THING = "anc-device-001"
 

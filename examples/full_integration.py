@@ -13,8 +13,7 @@ import json
 import anyio
 from _local import THING, target
 
-from ancsync import Command, DataSyncOrchestrator
-from ancsync.operator import ShadowOperator
+from ancsync import Command, DataSyncOrchestrator, ShadowOperator
 
 
 async def main() -> None:

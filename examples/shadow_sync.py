@@ -11,8 +11,7 @@ from __future__ import annotations
 import anyio
 from _local import THING, target
 
-from ancsync import DeviceShadowSync, IoTConnection
-from ancsync.operator import ShadowOperator
+from ancsync import DeviceShadowSync, IoTConnection, ShadowOperator
 
 
 async def main() -> None:

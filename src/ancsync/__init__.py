@@ -43,6 +43,7 @@ from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.mqtt.outbox import Lane, PublishHandle
 from ancsync.mqtt.session import ConnectionEvent
 from ancsync.mqtt.store import DurableStore
+from ancsync.operator import OperatorCredentials, ShadowDocument, ShadowOperator
 from ancsync.orchestrator import DataSyncOrchestrator
 from ancsync.shadow import DeviceShadowSync, ShadowState
 from ancsync.telemetry import TelemetryPublisher
@@ -86,10 +87,13 @@ __all__ = [
     "Lane",
     "NotAuthorized",
     "NotStarted",
+    "OperatorCredentials",
     "PayloadTooLarge",
     "PublishHandle",
     "PublishTimeout",
     "Settings",
+    "ShadowDocument",
+    "ShadowOperator",
     "ShadowRejected",
     "ShadowState",
     "ShadowTimeout",

@@ -18,12 +18,19 @@ import orjson
 import pytest
 from device import THING
 
-from ancsync import Command, DataSyncOrchestrator, DeviceStatus, utc_now
+from ancsync import (
+    Command,
+    DataSyncOrchestrator,
+    DeviceStatus,
+    OperatorCredentials,
+    ShadowDocument,
+    ShadowOperator,
+    utc_now,
+)
 from ancsync.emulator.server import Emulator
 from ancsync.errors import ConfigError, InvalidPayload
 from ancsync.models import new_id
 from ancsync.mqtt.backoff import BackoffPolicy
-from ancsync.operator import OperatorCredentials, ShadowDocument, ShadowOperator
 from ancsync.telemetry import TelemetryPublisher
 from ancsync.topics import commands_topic, status_topic
 
