@@ -590,6 +590,8 @@ def demo(
         raise fail("demo interrupted", code=130) from None
     except AncSyncError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # e.g. a workdir that cannot be written
+        raise fail(f"{exc.strerror or exc}: {exc.filename or workdir}; choose --workdir") from None
 
     table = Table(title=f"ancsync demo: {summary.thing_name} on {summary.endpoint}")
     table.add_column("check")
