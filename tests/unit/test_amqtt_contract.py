@@ -7,6 +7,7 @@ If an amqtt upgrade breaks one of these tests, read ``ancsync/emulator/broker.py
 from __future__ import annotations
 
 import inspect
+import re
 import ssl
 from importlib.metadata import version
 from typing import Any
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from helpers import AllowEverything
 
 from ancsync.emulator.auth import ClientIdentity, connect_refusal, publish_allowed
+from ancsync.emulator.broker import _RESUMED_FIELDS
 from ancsync.emulator.certs import DevCerts
 
 # name -> (parameters, is a coroutine function)
@@ -73,6 +75,15 @@ async def test_amqtt_keeps_its_servers_by_listener_name() -> None:
     listeners = {"default": ListenerConfig(bind="127.0.0.1:0")}
     broker = Broker(BrokerConfig(listeners=listeners, plugins={}))
     assert broker._servers == {}, "EmbeddedBroker reads bound ports from Broker._servers"
+
+
+def test_a_refused_connect_undoes_every_field_amqtt_copies_into_a_resumed_session() -> None:
+    source = inspect.getsource(Broker._initialize_client_session)
+    copied = re.findall(r"existing_client_session\.(\w+) = client_session\.\1\b", source)
+    assert sorted(copied) == sorted(_RESUMED_FIELDS), (
+        f"amqtt now copies {copied} from a CONNECT into the session it resumes; update "
+        "_RESUMED_FIELDS in ancsync/emulator/broker.py so a refused impostor changes none of them"
+    )
 
 
 def test_the_protocol_handler_can_still_be_told_the_connection_closed() -> None:
