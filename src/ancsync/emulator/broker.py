@@ -12,7 +12,8 @@
 - publish listeners (the rules sink) that see every accepted client publish.
 
 amqtt does not offer all of this publicly. The subclass :class:`_AwsLikeBroker` overrides four
-private methods of amqtt 0.12 and reads one private attribute (``_servers``);
+private methods of amqtt 0.12, reads one private attribute (``_servers``) and undoes the fields
+amqtt copies into a resumed session for a refused CONNECT (``_RESUMED_FIELDS``);
 ``tests/unit/test_amqtt_contract.py`` fails with a clear message if an amqtt upgrade changes them.
 """
 
