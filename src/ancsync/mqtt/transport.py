@@ -203,7 +203,7 @@ class _PahoLog(logging.LoggerAdapter[logging.Logger]):
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if level >= logging.ERROR:
             self.last_error = str(msg) % args if args else str(msg)
-        super().log(level, msg, *args, **kwargs)
+        self.logger.log(level, msg, *args, **kwargs)  # paho logs every packet: stay lean
 
 
 def _fail_fast_before_connack(client: aiomqtt.Client, paho_log: _PahoLog) -> None:
