@@ -30,7 +30,8 @@ from helpers import (
     running_mosquitto,
 )
 
-from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker, _AwsLikeBroker
+from ancsync.emulator.amqtt_broker import AwsLikeBroker
+from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker
 from ancsync.emulator.certs import CertPair, DevCerts, generate_ca, issue_certificate, write_pair
 from ancsync.errors import ConfigError, NotStarted
 
@@ -393,9 +394,9 @@ async def test_service_publishes_work_while_the_broker_is_still_starting(
     """The plain listener serves clients while the TLS one is still being set up."""
     plain_ports: list[int] = []
     tls_starting, release_tls = anyio.Event(), anyio.Event()
-    create_server = _AwsLikeBroker._create_server_instance
+    create_server = AwsLikeBroker._create_server_instance
 
-    async def hold_the_tls_listener(self: _AwsLikeBroker, *args: Any) -> Any:
+    async def hold_the_tls_listener(self: AwsLikeBroker, *args: Any) -> Any:
         server = await create_server(self, *args)
         if args[-1] is None:  # no SSL context: the plain listener, bound first
             plain_ports.append(server.sockets[0].getsockname()[1])
@@ -404,7 +405,7 @@ async def test_service_publishes_work_while_the_broker_is_still_starting(
             await release_tls.wait()
         return server
 
-    monkeypatch.setattr(_AwsLikeBroker, "_create_server_instance", hold_the_tls_listener)
+    monkeypatch.setattr(AwsLikeBroker, "_create_server_instance", hold_the_tls_listener)
     refusals: list[NotStarted] = []
     handled = anyio.Event()
 

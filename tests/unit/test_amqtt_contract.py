@@ -1,7 +1,7 @@
 """The parts of amqtt's private API the embedded broker relies on, and its connect decision.
 
-If an amqtt upgrade breaks one of these tests, read ``ancsync/emulator/broker.py`` (the
-``_AwsLikeBroker`` overrides) against the new amqtt source before changing anything else.
+If an amqtt upgrade breaks one of these tests, read ``ancsync/emulator/amqtt_broker.py`` (the
+``AwsLikeBroker`` overrides) against the new amqtt source before changing anything else.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from helpers import AllowEverything
 
+from ancsync.emulator.amqtt_broker import _RESUMED_FIELDS
 from ancsync.emulator.auth import ClientIdentity, connect_refusal, publish_allowed
-from ancsync.emulator.broker import _RESUMED_FIELDS
 from ancsync.emulator.certs import DevCerts
 
 # name -> (parameters, is a coroutine function)
@@ -55,7 +55,7 @@ def test_amqtt_broker_methods_we_override_or_call_are_unchanged(name: str) -> No
     parameters = list(inspect.signature(method).parameters)
     assert parameters == expected_parameters, (
         f"amqtt.broker.Broker.{name} now takes {parameters}, the emulator broker was written "
-        f"for {expected_parameters}: re-check _AwsLikeBroker in ancsync/emulator/broker.py"
+        f"for {expected_parameters}: re-check AwsLikeBroker in ancsync/emulator/amqtt_broker.py"
     )
     assert inspect.iscoroutinefunction(method) == is_coroutine, f"Broker.{name} changed kind"
 
@@ -82,7 +82,8 @@ def test_a_refused_connect_undoes_every_field_amqtt_copies_into_a_resumed_sessio
     copied = re.findall(r"existing_client_session\.(\w+) = client_session\.\1\b", source)
     assert sorted(copied) == sorted(_RESUMED_FIELDS), (
         f"amqtt now copies {copied} from a CONNECT into the session it resumes; update "
-        "_RESUMED_FIELDS in ancsync/emulator/broker.py so a refused impostor changes none of them"
+        "_RESUMED_FIELDS in ancsync/emulator/amqtt_broker.py so that a refused impostor "
+        "changes none of them"
     )
 
 

@@ -139,7 +139,7 @@ class AcceptedConnectionPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt i
     """amqtt authentication plugin: accepts exactly the sessions the broker's connect check passed.
 
     The check itself runs earlier, before amqtt touches an existing session of the same client
-    id (see ``_AwsLikeBroker._initialize_client_session``); amqtt refuses every connection
+    id (see ``AwsLikeBroker._initialize_client_session``); amqtt refuses every connection
     unless an authentication plugin says yes, and this one says yes only after that check.
     """
 

@@ -11,17 +11,13 @@
   ``reserved_handler`` (the shadow service) instead of amqtt closing the client, and
 - publish listeners (the rules sink) that see every accepted client publish.
 
-amqtt does not offer all of this publicly. The subclass :class:`_AwsLikeBroker` overrides four
-private methods of amqtt 0.12, reads one private attribute (``_servers``) and undoes the fields
-amqtt copies into a resumed session for a refused CONNECT (``_RESUMED_FIELDS``);
-``tests/unit/test_amqtt_contract.py`` fails with a clear message if an amqtt upgrade changes them.
+amqtt does not offer all of this publicly: :class:`~ancsync.emulator.amqtt_broker.AwsLikeBroker`
+holds every use of its private API; this module holds the decisions (connect, publish,
+subscribe), the counters and the public interface.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
 import ipaddress
 import logging
 import ssl
@@ -29,24 +25,19 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
-from amqtt.errors import BrokerError, MQTTError
-from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.session import Session
+from amqtt.errors import BrokerError
 
+from ancsync.emulator.amqtt_broker import AwsLikeBroker
 from ancsync.emulator.auth import (
     AcceptedConnectionPlugin,
     Authorizer,
     ClientIdentity,
     connect_refusal,
-    identity_of,
     publish_allowed,
-    remember_identity,
 )
 from ancsync.emulator.certs import DevCerts
 from ancsync.errors import ConfigError, NotStarted
-from ancsync.topics import is_shadow_request_topic
 
 __all__ = [
     "Authorizer",
@@ -58,8 +49,6 @@ __all__ = [
 
 log = logging.getLogger("ancsync.emulator.broker")
 
-# SUBACK return code for a refused subscription (MQTT 3.1.1, 3.9.3).
-SUBACK_FAILURE = 0x80
 _PLUGIN_PATH = f"{AcceptedConnectionPlugin.__module__}.{AcceptedConnectionPlugin.__qualname__}"
 
 
@@ -80,138 +69,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-async def _refuse_connection(writer: Any) -> None:
-    """Answer CONNACK "not authorised" and close (what amqtt does for a bad CONNECT)."""
-    with contextlib.suppress(ConnectionError):
-        await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
-        await writer.close()
-
-
-# The TLS object of the connection whose CONNECT amqtt is processing in this task.
-_NOT_CONNECTING = object()
-_connecting_tls: contextvars.ContextVar[object] = contextvars.ContextVar("connecting_tls")
-
-# What amqtt copies from a CONNECT into the persistent session it resumes, and where the values
-# of the last accepted CONNECT are kept, so that a refused one can be undone.
-_RESUMED_FIELDS = (
-    "will_flag",
-    "will_message",
-    "will_topic",
-    "will_qos",
-    "keep_alive",
-    "username",
-    "password",
-)
-_ACCEPTED_FIELDS_KEY = "ancsync.accepted_connect"
-
-
-def _keep_accepted_fields(session: Session) -> None:
-    session.attributes[_ACCEPTED_FIELDS_KEY] = {
-        name: getattr(session, name) for name in _RESUMED_FIELDS
-    }
-
-
-def _undo_refused_fields(session: Session) -> None:
-    """Give a resumed session back the values of its last accepted CONNECT (no-op if new)."""
-    for name, value in session.attributes.get(_ACCEPTED_FIELDS_KEY, {}).items():
-        setattr(session, name, value)
-
-
-class _AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's broker with the AWS IoT behaviour the emulator needs (see the module docstring)."""
-
-    def __init__(self, config: BrokerConfig, owner: EmbeddedBroker) -> None:
-        super().__init__(config)
-        self._owner = owner
-
-    def _create_ssl_context(self, listener: ListenerConfig) -> ssl.SSLContext:
-        # amqtt makes client certificates optional; AWS IoT (and we) require them. TLS 1.2 by
-        # default because with TLS 1.3 a refused client certificate reaches an aiomqtt client
-        # only as "Operation timed out", while 1.2 fails its handshake at once, visibly.
-        context: ssl.SSLContext = Broker._create_ssl_context(listener)
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.maximum_version = self._owner.max_tls_version
-        return context
-
-    async def stream_connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
-    ) -> None:
-        try:
-            await super().stream_connected(reader, writer, listener_name)
-        except ConnectionError as exc:
-            # amqtt lets a reset while closing a refused client escape as an asyncio error
-            log.debug("client connection ended abruptly: %s", exc)
-
-    async def _initialize_client_session(
-        self, reader: Any, writer: Any, remote_address: str, remote_port: int
-    ) -> tuple[Any, Session]:
-        # Decide the connect here, before amqtt's authentication step: by then amqtt has already
-        # ended (clean session) or taken over (persistent session) the session of a connected
-        # client with the same id, so a refused impostor would cut off the real device.
-        tls = writer.get_ssl_info()
-        token = _connecting_tls.set(tls)
-        try:
-            handler, session = await super()._initialize_client_session(
-                reader, writer, remote_address, remote_port
-            )
-        finally:
-            _connecting_tls.reset(token)
-        # For a resumed persistent session amqtt keeps the will's retain flag of the session's
-        # first CONNECT (it copies topic, payload and QoS only): check the will it will publish.
-        will_topic = session.will_topic if session.will_flag else None
-        identity, reason = self._owner._decide_connect(
-            session.client_id or "", tls, will_topic=will_topic, will_retain=session.will_retain
-        )
-        if reason is not None:
-            # amqtt has already copied this CONNECT's will, keep-alive and credentials into the
-            # session it resumes (maybe the real device's): nothing of a refused one may stay.
-            _undo_refused_fields(session)
-            await _refuse_connection(writer)
-            raise MQTTError(f"refused connection of {identity}: {reason}")
-        _keep_accepted_fields(session)
-        # A resumed session keeps the TLS object of its previous connection: use this one's.
-        session.ssl_object = tls
-        remember_identity(session, identity)
-        return handler, session
-
-    async def _delete_session(self, client_id: str) -> None:
-        tls = _connecting_tls.get(_NOT_CONNECTING)
-        if tls is not _NOT_CONNECTING and self._owner._would_refuse(client_id, tls):
-            return  # keep the session of the client already connected with this id
-        await super()._delete_session(client_id)
-
-    async def _handle_message_delivery(
-        self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
-    ) -> bool:
-        message = wait_deliver.result()
-        topic: str = getattr(message, "topic", None) or ""
-        shadow_request = topic.startswith("$") and is_shadow_request_topic(topic)
-        ordinary = bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
-        if shadow_request or ordinary:
-            identity = identity_of(client_session)
-            if not self._owner._allows_publish(identity, topic, retain=bool(message.retain)):
-                return True  # dropped, logged and counted; the client stays connected
-            if shadow_request:
-                await self._owner._handle_reserved(identity, topic, bytes(message.data or b""))
-                return True
-        # amqtt refuses an invalid topic or any other `$` topic by no longer serving the client,
-        # but leaves its socket open (and answering pings): disconnect it for real instead.
-        if not await super()._handle_message_delivery(client_session, handler, wait_deliver):
-            self._owner._count_refused_publish(identity_of(client_session), topic)
-            await handler.handle_connection_closed()
-            return True  # the client loop now sees the disconnection and ends the session
-        if ordinary:
-            payload = bytes(message.data or b"")
-            await self._owner._notify_listeners(identity_of(client_session), topic, payload)
-        return True
-
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        if not self._owner._allows_subscribe(identity_of(session), subscription[0]):
-            return SUBACK_FAILURE
-        return int(await super().add_subscription(subscription, session))
 
 
 class EmbeddedBroker:
@@ -256,7 +113,7 @@ class EmbeddedBroker:
         self._authorizer = authorizer
         self._reserved_handler = reserved_handler
         self._listeners: list[PublishListener] = []
-        self._broker: _AwsLikeBroker | None = None
+        self._broker: AwsLikeBroker | None = None
         self._bound: dict[str, int] = {}
         self._stats = {"connects_denied": 0, "publishes_denied": 0, "subscribes_denied": 0}
 
@@ -291,7 +148,7 @@ class EmbeddedBroker:
         """Bind the listeners and start serving; :class:`ConfigError` if a port is taken."""
         if self._broker is not None:
             return
-        broker = _AwsLikeBroker(self._config(), self)
+        broker = AwsLikeBroker(self._config(), self)
         # Serve publish() before amqtt binds: a client may connect, and a service answer it,
         # before broker.start() returns (amqtt queues the messages until its delivery loop runs).
         self._broker = broker
@@ -383,7 +240,7 @@ class EmbeddedBroker:
         """Counters: ``connects_denied``, ``publishes_denied``, ``subscribes_denied``."""
         return dict(self._stats)
 
-    # -- decisions and hooks, called by _AwsLikeBroker ------------------------------------
+    # -- decisions and hooks, called by AwsLikeBroker ------------------------------------
 
     def _decide_connect(
         self,
