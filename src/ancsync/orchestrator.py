@@ -322,6 +322,7 @@ class DataSyncOrchestrator:
             InvalidPayload: a value is not allowed (named); nothing is reported.
             PayloadTooLarge: the shadow would pass AWS IoT's 8 KB.
         """
+        self._check_not_stopped()
         patch: dict[str, Any] = {
             key: value
             for key, value in (
@@ -353,6 +354,7 @@ class DataSyncOrchestrator:
             InvalidPayload: a record has a bad or missing field (named). Records are queued in
                 the order anc, audio, system: those before the bad one are already queued.
         """
+        self._check_not_stopped()
         if anc_metrics is not None:
             self.telemetry.publish_anc_metrics(anc_metrics)
         if audio_metrics is not None:
@@ -380,10 +382,20 @@ class DataSyncOrchestrator:
             InvalidPayload: a field is missing or not allowed (named).
             StorageError, BufferFull: the event could not be stored: it was not reported.
         """
+        self._check_not_stopped()
         data = event.model_dump(exclude_unset=True) if isinstance(event, BaseModel) else event
         return await self.emergencies.report_emergency(
             {**(data or {}), **fields}, wait_for_ack=wait_for_ack, timeout=timeout
         )
+
+    def _check_not_stopped(self) -> None:
+        # Before start() is fine (a device queues while it boots); after stop() nothing would
+        # ever send it.
+        if self._stopped:
+            raise NotStarted(
+                "this orchestrator was stopped; nothing queued now would be sent. Create a new "
+                "one (its durable store re-sends what this one left)"
+            )
 
     # --- what the cloud asks for ----------------------------------------------------------------
 

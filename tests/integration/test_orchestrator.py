@@ -28,7 +28,7 @@ from ancsync import (
     utc_now,
 )
 from ancsync.emulator.server import Emulator
-from ancsync.errors import ConfigError, InvalidPayload
+from ancsync.errors import ConfigError, InvalidPayload, NotStarted
 from ancsync.models import new_id
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.telemetry import TelemetryPublisher
@@ -306,3 +306,20 @@ async def test_an_emergency_reported_offline_is_sent_by_the_next_run(
     [stored] = emulator.rules.emergencies(THING)
     assert stored.event_id == event.event_id
     assert online.get_status()["emergency"]["resent_from_store"] == 1
+
+
+async def test_calls_after_stop_raise_not_started(emulator: Emulator, tmp_path: Path) -> None:
+    device = orchestrator(emulator, tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        async with device:
+            await device.wait_connected()
+    with pytest.raises(NotStarted, match="stopped"):
+        device.publish_metrics(system_metrics={"battery_level": 85, "cpu_usage": 45.2})
+    with pytest.raises(NotStarted, match="stopped"):
+        await device.update_anc_state(intensity=0.2)
+    with pytest.raises(NotStarted, match="stopped"):
+        await device.report_emergency(
+            is_emergency=True, predicted_class="siren", confidence=0.8, action="none"
+        )
+    with pytest.raises(NotStarted, match="already started"):
+        await device.start()
