@@ -83,6 +83,75 @@ async def test_typed_round_trip(dev_certs: DevCerts, tls_broker: EmbeddedBroker)
             assert status["subscriptions"] == 1
 
 
+async def test_invalid_payloads_are_counted_and_later_ones_still_arrive(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    invalid: list[tuple[str, bytes]] = []
+    received: list[Command] = []
+    valid_arrived = anyio.Event()
+
+    def on_command(topic: str, command: Command) -> None:
+        received.append(command)
+        valid_arrived.set()
+
+    iot = device_connection(
+        dev_certs,
+        tls_broker.port,
+        on_invalid=lambda topic, payload, error: invalid.append((topic, payload)),
+    )
+    operator = mqtt_client(tls_broker.port, dev_certs, dev_certs.operator, "operator")
+    with anyio.fail_after(10):
+        async with operator, iot:
+            iot.subscribe(commands_topic(THING), on_command, Command)
+            await iot.wait_connected()
+            await operator.publish(commands_topic(THING), b"{not json", qos=1)
+            await operator.publish(commands_topic(THING), b'{"command": "reboot"}', qos=1)
+            good = Command(command_id="c2", command="reboot", issued_at=utc_now())
+            await operator.publish(commands_topic(THING), encode(good), qos=1)
+            await valid_arrived.wait()
+            assert received == [good]
+            assert [payload for _, payload in invalid] == [b"{not json", b'{"command": "reboot"}']
+            assert iot.get_status()["invalid"] == 2
+            assert iot.connected
+
+
+async def test_a_slow_handler_drops_its_oldest_and_spares_other_routes(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    release = anyio.Event()
+    slow_seen: list[int] = []
+    fast_seen: list[int] = []
+    fast_done = anyio.Event()
+
+    async def slow(topic: str, payload: dict[str, int]) -> None:
+        await release.wait()
+        slow_seen.append(payload["n"])
+
+    def fast(topic: str, payload: dict[str, int]) -> None:
+        fast_seen.append(payload["n"])
+        if len(fast_seen) == 6:
+            fast_done.set()
+
+    operator = mqtt_client(tls_broker.port, dev_certs, dev_certs.operator, "operator")
+    with anyio.fail_after(10):
+        async with operator, device_connection(dev_certs, tls_broker.port, queue_size=2) as iot:
+            iot.subscribe("anc/slow", slow)
+            iot.subscribe("anc/fast", fast)
+            await iot.wait_connected()
+            for n in range(6):
+                await operator.publish("anc/slow", b'{"n": %d}' % n, qos=1)
+                await operator.publish("anc/fast", b'{"n": %d}' % n, qos=1)
+            await fast_done.wait()  # the fast route got everything while the slow one is stuck
+            assert fast_seen == list(range(6))
+            slow_route = next(
+                r for r in iot.get_status()["router"]["routes"] if r["filter"] == "anc/slow"
+            )
+            # One message is in the handler, two wait in the queue, three were dropped oldest first.
+            assert slow_route["dropped"] == 3
+            release.set()
+        assert slow_seen == [0, 4, 5]
+
+
 async def test_status_online_retained_and_offline_on_stop(
     dev_certs: DevCerts, tls_broker: EmbeddedBroker
 ) -> None:

@@ -111,8 +111,9 @@ async def test_half_open_link_detected_within_one_and_a_half_keep_alives(
                 lost = await next_event(events, "disconnected")
                 detected_after = anyio.current_time() - started
                 assert "half-open" in str(lost.error)
-                # 1.5 x keep-alive, plus the watchdog's tick (keep-alive / 8) twice.
-                assert detected_after < 1.5 * keep_alive + keep_alive / 4 + 0.3
+                # 1.5 x keep-alive plus two watchdog ticks (keep-alive / 8) and some scheduling
+                # slack; paho alone would take at least 2 x keep-alive (4 s).
+                assert detected_after < 1.5 * keep_alive + keep_alive / 4 + 0.45
 
                 await next_event(events, "connected")
                 await stuck.delivered()
