@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -77,7 +78,7 @@ async def test_typed_round_trip(dev_certs: DevCerts, tls_broker: EmbeddedBroker)
             await got_command.wait()
             assert received == [command]
 
-            status = iot.get_status()
+            status = json.loads(json.dumps(iot.get_status()))  # JSON-serialisable as promised
             assert status["state"] == "connected"
             assert status["acknowledged"] == 1
             assert status["subscriptions"] == 1
