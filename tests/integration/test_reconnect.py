@@ -120,6 +120,27 @@ async def test_half_open_link_detected_within_one_and_a_half_keep_alives(
             assert iot.get_status()["lanes"]["telemetry"]["requeued"] == 1
 
 
+async def test_a_slow_link_is_not_taken_for_a_dead_one(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    """A round trip of 0.3 s stays under the watchdog's half keep-alive (0.5 s): keep-alive
+    pings keep being answered and the connection stays up through several of them."""
+    with anyio.fail_after(10):
+        async with (
+            FaultProxy(tls_broker.port) as proxy,
+            device_connection(dev_certs, proxy.port, keep_alive=1, reconnect=FAST) as iot,
+        ):
+            with iot.events() as events:
+                await iot.wait_connected()
+                proxy.delay = 0.15  # each way
+                # Watch for 3 keep-alive periods: no disconnect may happen in that window.
+                with anyio.move_on_after(3):
+                    lost = await next_event(events, "disconnected")
+                    pytest.fail(f"a slow link was declared dead: {lost.error}")
+                await (await iot.publish("anc/slow-link", {"ok": True})).delivered()
+            assert iot.get_status()["reconnect_count"] == 0
+
+
 async def test_backoff_grows_and_is_capped_then_resets(
     dev_certs: DevCerts, tls_broker: EmbeddedBroker
 ) -> None:
