@@ -370,7 +370,18 @@ class IoTConnection:
         if self._session is not None:
             connection = self._session.status()
         else:
-            connection = {"state": "stopped", "connected_since": None, "reconnect_count": 0}
+            connection = {
+                "state": "stopped",
+                "connected_since": None,
+                "connect_attempts": 0,
+                "reconnect_count": 0,
+                "last_error": None,
+                "subscriptions": 0,
+                "failed_subscriptions": [],
+                "in_flight": 0,
+                "published": 0,
+                "acknowledged": 0,
+            }
         lanes = self._outbox.stats()
         router = self._router.stats()
         return {

@@ -279,9 +279,17 @@ def test_plaintext_refused_to_a_non_loopback_host() -> None:
         IoTConnection(THING, "example.com", tls=False)
 
 
-def test_plaintext_allowed_to_loopback_only_when_asked() -> None:
-    iot = IoTConnection(THING, HOST, tls=False, port=1883)
-    assert iot.get_status()["state"] == "stopped"
+async def test_plaintext_allowed_to_loopback_only_when_asked(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    assert tls_broker.plain_port is not None
+    iot = IoTConnection(THING, HOST, tls=False, port=tls_broker.plain_port)
+    before = iot.get_status()
+    with anyio.fail_after(10):
+        async with iot:
+            await iot.wait_connected()
+            assert iot.get_status().keys() == before.keys()  # same shape before start
+    assert before["state"] == "stopped"
 
 
 def _load_ca(certs: DevCerts) -> tuple[x509.Certificate, PrivateKey]:
