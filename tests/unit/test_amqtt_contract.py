@@ -16,6 +16,7 @@ import pytest
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.protocol.handler import ProtocolHandler
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from helpers import AllowEverything
@@ -91,6 +92,36 @@ def test_the_protocol_handler_can_still_be_told_the_connection_closed() -> None:
     method = BrokerProtocolHandler.handle_connection_closed
     assert inspect.iscoroutinefunction(method)
     assert list(inspect.signature(method).parameters) == ["self"]
+
+
+def test_the_protocol_handler_methods_puback_first_handler_overrides_are_unchanged() -> None:
+    """PubackFirstHandler replaces amqtt's outgoing QoS 1 flow and wraps its stop()."""
+    for name, parameters in (
+        ("_handle_qos1_message_flow", ["self", "app_message"]),
+        ("stop", ["self"]),
+    ):
+        method = getattr(BrokerProtocolHandler, name)
+        assert inspect.iscoroutinefunction(method), f"BrokerProtocolHandler.{name} changed kind"
+        assert list(inspect.signature(method).parameters) == parameters, (
+            f"BrokerProtocolHandler.{name} changed: re-check PubackFirstHandler"
+        )
+    init = inspect.getsource(ProtocolHandler.__init__)
+    for attribute in ("_puback_waiters", "_reader_task", "session", "writer"):
+        assert f"self.{attribute}" in init, f"ProtocolHandler.{attribute} is gone"
+    flow = inspect.getsource(ProtocolHandler._handle_qos1_message_flow)
+    assert flow.index("_send_packet(publish_packet)") < flow.index("_puback_waiters["), (
+        "amqtt now registers the PUBACK waiter before sending: PubackFirstHandler may go"
+    )
+
+
+async def test_the_broker_still_builds_its_handlers_where_we_swap_their_class() -> None:
+    """AwsLikeBroker makes the handler _initialize_client_session returns a PubackFirstHandler."""
+    source = inspect.getsource(Broker._initialize_client_session)
+    assert "BrokerProtocolHandler.init_from_connect" in source
+    listeners = {"default": ListenerConfig(bind="127.0.0.1:0")}
+    broker = Broker(BrokerConfig(listeners=listeners, plugins={}))
+    for attribute in ("_sessions", "_broadcast_task", "_session_monitor_task"):
+        assert hasattr(broker, attribute), f"Broker.{attribute} is gone: re-check shutdown_within"
 
 
 # -- the connect decision --------------------------------------------------------------------------

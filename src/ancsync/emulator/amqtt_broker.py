@@ -9,8 +9,13 @@
   owner's reserved handler and really disconnects a client amqtt stops serving, and
 - authorises every subscription.
 
-It overrides four private methods of amqtt 0.12, reads one private attribute (``_servers``, in
-the owner) and relies on the fields amqtt copies into a resumed session (``_RESUMED_FIELDS``);
+It also gives every client connection a protocol handler that waits for a QoS 1 PUBACK before
+sending the PUBLISH (:class:`PubackFirstHandler`), and bounds the shutdown
+(:meth:`AwsLikeBroker.shutdown_within`).
+
+It overrides five private methods of amqtt 0.12, reads private attributes (``_servers``,
+``_sessions``' handlers' writers and tasks, ``_puback_waiters``) and relies on the fields amqtt
+copies into a resumed session (``_RESUMED_FIELDS``);
 ``tests/unit/test_amqtt_contract.py`` fails with a clear message if an amqtt upgrade changes them.
 The decisions themselves (counting, logging, asking the authorizer) are the owner's.
 """
@@ -22,13 +27,16 @@ import contextlib
 import contextvars
 import logging
 import ssl
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.errors import MQTTError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.session import Session
+from amqtt.mqtt.constants import QOS_1
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import OUTGOING, Session
 
 from ancsync.emulator.auth import identity_of, remember_identity
 from ancsync.topics import is_shadow_request_topic
@@ -36,7 +44,7 @@ from ancsync.topics import is_shadow_request_topic
 if TYPE_CHECKING:
     from ancsync.emulator.broker import EmbeddedBroker
 
-__all__ = ["SUBACK_FAILURE", "AwsLikeBroker"]
+__all__ = ["SUBACK_FAILURE", "AwsLikeBroker", "PubackFirstHandler"]
 
 log = logging.getLogger("ancsync.emulator.amqtt_broker")
 
@@ -81,12 +89,64 @@ def _undo_refused_fields(session: Session) -> None:
         setattr(session, name, value)
 
 
+# How long a QoS 1 delivery waits for the client's PUBACK (amqtt's own value).
+PUBACK_TIMEOUT = 5.0
+# How long a stopping connection waits for its reader to end before cancelling it again.
+_READER_STOP_RETRY = 0.2
+
+
+class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
+    """amqtt's broker protocol handler, fixed for two races around QoS 1 deliveries.
+
+    - amqtt registers the PUBACK waiter of an outgoing QoS 1 message only after the PUBLISH is
+      written; on loopback the client's PUBACK can be handled during that write, is dropped as
+      "unknown", and the delivery then waits for a PUBACK that never comes. We register first.
+    - amqtt stops a connection by cancelling its reader task once; on Python 3.11
+      ``asyncio.wait_for`` swallows a cancel that lands as a packet (a late PUBACK) arrives, and
+      the reader reads on, so the stop waits forever. We cancel until the reader has ended.
+    """
+
+    async def stop(self) -> None:
+        reader = self._reader_task
+        if reader is not None and reader is not asyncio.current_task():
+            while not reader.done():
+                reader.cancel()
+                await asyncio.wait([reader], timeout=_READER_STOP_RETRY)
+        await super().stop()
+
+    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
+        outgoing = app_message.direction == OUTGOING and app_message.qos == QOS_1
+        ready = self.session is not None and app_message.packet_id is not None
+        if not outgoing or not ready or app_message.puback_packet:
+            # incoming messages, and the errors amqtt reports itself, stay amqtt's
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        packet_id = app_message.packet_id
+        self.session.inflight_out.setdefault(packet_id, app_message)
+        puback: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._puback_waiters[packet_id] = puback
+        try:
+            # a message with a PUBLISH already sent is a retry (after a reconnect): flag DUP
+            packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
+            await self._send_packet(packet)
+            app_message.publish_packet = packet
+            app_message.puback_packet = await asyncio.wait_for(puback, PUBACK_TIMEOUT)
+        except TimeoutError:
+            log.warning("no PUBACK for packet id %s within %ss", packet_id, PUBACK_TIMEOUT)
+            raise
+        finally:
+            self._puback_waiters.pop(packet_id, None)
+            self.session.inflight_out.pop(packet_id, None)
+
+
 class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's broker with the AWS IoT behaviour the emulator needs (see the module docstring)."""
 
     def __init__(self, config: BrokerConfig, owner: EmbeddedBroker) -> None:
         super().__init__(config)
         self._owner = owner
+        # every connection's handler, also those amqtt has already let go while shutting down
+        self._handlers: weakref.WeakSet[PubackFirstHandler] = weakref.WeakSet()
 
     def _create_ssl_context(self, listener: ListenerConfig) -> ssl.SSLContext:
         # amqtt makes client certificates optional; AWS IoT (and we) require them. TLS 1.2 by
@@ -121,6 +181,10 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             )
         finally:
             _connecting_tls.reset(token)
+        # amqtt builds the handler itself (BrokerProtocolHandler.init_from_connect, by name):
+        # make it ours before it serves any message.
+        handler.__class__ = PubackFirstHandler
+        self._handlers.add(handler)
         # For a resumed persistent session amqtt keeps the will's retain flag of the session's
         # first CONNECT (it copies topic, payload and QoS only): check the will it will publish.
         will_topic = session.will_topic if session.will_flag else None
@@ -138,6 +202,29 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         session.ssl_object = tls
         remember_identity(session, identity)
         return handler, session
+
+    async def shutdown_within(self, seconds: float) -> None:
+        """amqtt's shutdown, but after ``seconds`` close whatever is left (logged) and return."""
+        try:
+            await asyncio.wait_for(self.shutdown(), seconds)
+        except TimeoutError:
+            log.warning(
+                "the broker did not shut down within %ss; closing its remaining connections",
+                seconds,
+            )
+            await self._close_remaining()
+
+    async def _close_remaining(self) -> None:
+        for handler in list(self._handlers):
+            if handler.writer is not None:
+                handler.writer._writer.transport.abort()
+            if handler._reader_task is not None:
+                handler._reader_task.cancel()
+        for task in (self._broadcast_task, self._session_monitor_task):
+            if task is not None:
+                task.cancel()
+        for server in self._servers.values():
+            await server.close_instance()
 
     async def _delete_session(self, client_id: str) -> None:
         tls = _connecting_tls.get(_NOT_CONNECTING)

@@ -175,11 +175,14 @@ class EmbeddedBroker:
             self._bound.get("plain"),
         )
 
-    async def stop(self) -> None:
-        """Disconnect every client and close the listeners, releasing the ports."""
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Disconnect every client and close the listeners, releasing the ports.
+
+        Never hangs: connections amqtt has not closed after ``grace`` seconds are cut (logged).
+        """
         broker, self._broker = self._broker, None
         if broker is not None:
-            await broker.shutdown()
+            await broker.shutdown_within(grace)
             log.info("broker stopped")
 
     async def __aenter__(self) -> Self:
