@@ -74,6 +74,8 @@ async def test_an_emergency_is_stored_sent_flat_and_removed_on_puback(
             event = await reporter.report_emergency(alarm(), wait_for_ack=True, timeout=5)
 
             assert (event.device_id, event.seq, event.severity) == (THING, 1, "critical")
+            # the broker acks before it hands the publish on: wait for it to arrive
+            await log.wait_for(lambda log: len(log.on(TOPIC)) == 1)
             (payload,) = log.on(TOPIC)
             assert decode_model(payload, EmergencyEvent) == event
             await reporter.wait_acknowledged()
@@ -88,6 +90,7 @@ async def test_an_emergency_is_stored_sent_flat_and_removed_on_puback(
             assert second.seq == 2
             assert second.event_id != event.event_id
             await reporter.wait_acknowledged()
+            await log.wait_for(lambda log: len(log.on(TOPIC)) == 2)
             assert [decode_model(p, EmergencyEvent).seq for p in log.on(TOPIC)] == [1, 2]
 
 
@@ -146,6 +149,7 @@ async def test_a_bad_event_is_refused_by_field_and_nothing_is_stored_or_sent(
             # the session keeps working: a good event after the bad ones goes out as seq 1
             event = await reporter.report_emergency(alarm(), wait_for_ack=True, timeout=5)
             assert event.seq == 1
+            await log.wait_for(lambda log: len(log.on(TOPIC)) >= 1)
             assert len(log.on(TOPIC)) == 1
             assert reporter.get_status()["reported"] == 1
 
@@ -208,7 +212,7 @@ async def test_events_stored_by_a_previous_run_are_sent_with_their_ids_on_start(
             ):
                 later = await reporter.report_emergency(alarm("a3"))
                 await reporter.wait_acknowledged()
-
+                await log.wait_for(lambda log: len(log.on(TOPIC)) >= 4)
                 sent = [decode_model(p, EmergencyEvent) for p in log.on(TOPIC)]
                 assert sent == [*earlier, later]
                 assert later.seq == 4  # the counter survived the restart
@@ -234,6 +238,7 @@ async def test_a_corrupt_store_file_is_moved_aside_and_reporting_works(
                 EmergencyReporter(iot, store=store) as reporter,
             ):
                 event = await reporter.report_emergency(alarm(), wait_for_ack=True, timeout=5)
+                await log.wait_for(lambda log: len(log.on(TOPIC)) >= 1)
                 assert decode_model(log.on(TOPIC)[0], EmergencyEvent) == event
         assert len(moved_aside(tmp_path)) == 1
 
@@ -266,6 +271,7 @@ async def test_an_event_the_connection_cannot_take_yet_is_offered_again_until_de
 
             async with server:
                 await reporter.wait_acknowledged()
+                await log.wait_for(lambda log: len(log.on(TOPIC)) >= 2)
                 sent = [decode_model(p, EmergencyEvent).event_id for p in log.on(TOPIC)]
                 assert sent == [first.event_id, second.event_id]
                 assert store.pending() == []
