@@ -222,7 +222,7 @@ def main() -> None:
     )
     print(table([raw, ours], raw))
     print(
-        f"\nancsync / raw aiomqtt msgs/s, per round: "
+        "\nancsync / raw aiomqtt msgs/s, per round: "
         + ", ".join(f"{ratio:.2f}" for ratio in ratios)
         + f"; median {statistics.median(ratios):.2f} (goal >= 0.85)"
     )
