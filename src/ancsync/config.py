@@ -39,6 +39,7 @@ __all__ = [
     "Settings",
     "ShadowSettings",
     "TelemetrySettings",
+    "is_loopback",
 ]
 
 #: Environment variable naming the JSON config file when ``Settings.load`` is given none.
@@ -77,7 +78,8 @@ class Allowed:
 _HOST_LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only: ``localhost`` or a loopback IP (127.x, ::1)."""
     if host.lower() == "localhost":
         return True
     try:
@@ -168,7 +170,7 @@ class IotSettings(BaseModel):
     @classmethod
     def _plaintext_only_to_loopback(cls, tls: bool, info: ValidationInfo) -> bool:
         endpoint = info.data.get("endpoint")
-        if not tls and endpoint is not None and not _is_loopback(endpoint):
+        if not tls and endpoint is not None and not is_loopback(endpoint):
             raise ValueError(
                 f"plaintext MQTT is allowed only to a loopback host (127.0.0.0/8, ::1, "
                 f"localhost), and the endpoint is {endpoint}; use TLS with a client certificate"

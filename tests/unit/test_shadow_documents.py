@@ -10,13 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shadow_cases import CASES, Clock, Document, Replies, encode
 
-from ancsync.emulator.shadow_documents import (
-    ShadowLimits,
-    ShadowStore,
-    client_token_of,
-    delta,
-    json_equal,
-)
+from ancsync.emulator.shadow_documents import ShadowLimits, ShadowStore, client_token_of
+from ancsync.shadow.document import delta
 
 THING = "anc-device-001"
 
@@ -123,17 +118,6 @@ def test_replies_handed_out_stay_valid_after_later_updates() -> None:
     documents = first[-1].document
     store.update(THING, None, b'{"state": {"reported": {"n": {"a": 2, "b": 3}}}}', 2)
     assert documents["current"]["state"] == {"reported": {"n": {"a": 1}}}
-
-
-def test_json_equal() -> None:
-    assert json_equal(1, 1.0)
-    assert not json_equal(True, 1)
-    assert not json_equal(0, False)
-    assert json_equal([1, {"a": 2.0}], [1.0, {"a": 2}])
-    assert not json_equal([1, 2], [2, 1])
-    assert not json_equal({"a": 1}, {"a": 1, "b": None})
-    assert not json_equal("1", 1)
-    assert json_equal(None, None)
 
 
 # --- Properties ---------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ def test_json_equal_is_json_equality() -> None:
     assert not json_equal(True, 1)
     assert json_equal({"a": [1, {"b": 2.0}]}, {"a": [1.0, {"b": 2}]})
     assert not json_equal({"a": 1}, {"a": 1, "b": 2})
+    assert not json_equal(0, False)
+    assert not json_equal([1, 2], [2, 1])
+    assert not json_equal({"a": 1}, {"a": 1, "b": None})
+    assert not json_equal("1", 1)
+    assert json_equal(None, None)
 
 
 def test_merge_deletes_nulls_and_drops_empty_objects() -> None:

@@ -18,7 +18,6 @@ subscribe), the counters and the public interface.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from typing import Any, Protocol, Self
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.errors import BrokerError
 
+from ancsync.config import is_loopback
 from ancsync.emulator.amqtt_broker import AwsLikeBroker
 from ancsync.emulator.auth import (
     AcceptedConnectionPlugin,
@@ -62,15 +62,6 @@ PublishListener = Callable[[ClientIdentity, str, bytes], Awaitable[None]]
 """Sees every accepted client publish on a normal topic, in arrival order per client."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class EmbeddedBroker:
     """An MQTT broker with AWS IoT's TLS and authorisation rules, in the current event loop.
 
@@ -97,7 +88,7 @@ class EmbeddedBroker:
                 "EmbeddedBroker needs a listener: pass dev certificates for TLS "
                 "(ensure_dev_certs) or a plain_port for plain MQTT on a loopback host"
             )
-        if plain_port is not None and not _is_loopback(host):
+        if plain_port is not None and not is_loopback(host):
             raise ConfigError(
                 f"host {host!r} is not a loopback address; plain (unencrypted) MQTT is only "
                 "allowed on 127.0.0.1, ::1 or localhost: use TLS or a loopback host"

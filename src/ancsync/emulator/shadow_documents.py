@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import orjson
 
+from ancsync.shadow.document import JsonObject, delta
+
 __all__ = [
     "SECTIONS",
     "ShadowError",
@@ -25,11 +27,8 @@ __all__ = [
     "ShadowState",
     "ShadowStore",
     "client_token_of",
-    "delta",
-    "json_equal",
 ]
 
-JsonObject = dict[str, Any]
 Operation = Literal["get", "update", "delete"]
 
 SECTIONS = ("desired", "reported")
@@ -99,39 +98,6 @@ class ShadowState:
     def snapshot(self) -> JsonObject:
         """``{"state", "metadata", "version"}`` as in an ``update/documents`` message."""
         return {"state": self.state, "metadata": self.metadata, "version": self.version}
-
-
-def json_equal(left: Any, right: Any) -> bool:
-    """JSON equality: ``1 == 1.0``, but ``true`` is not ``1``; arrays compare element-wise."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return type(left) is type(right) and left == right
-    if isinstance(left, int | float) and isinstance(right, int | float):
-        return left == right
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(json_equal, left, right))
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
-    return type(left) is type(right) and bool(left == right)
-
-
-def delta(desired: JsonObject, reported: JsonObject) -> JsonObject:
-    """The keys of ``desired`` that ``reported`` lacks or holds differently (reference §3.3).
-
-    Keys only in ``reported`` are ignored; nested objects recurse and never yield ``{}``.
-    """
-    result: JsonObject = {}
-    for key, wanted in desired.items():
-        if key not in reported:
-            result[key] = wanted
-            continue
-        actual = reported[key]
-        if isinstance(wanted, dict) and isinstance(actual, dict):
-            nested = delta(wanted, actual)
-            if nested:
-                result[key] = nested
-        elif not json_equal(wanted, actual):
-            result[key] = wanted
-    return result
 
 
 def _stamp(value: Any, now: int) -> Any:
