@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import tracemalloc
 from collections import OrderedDict
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -43,6 +44,34 @@ def test_str_and_bytes_are_sent_unchanged() -> None:
     assert encode(b"") == b""
     assert encode('{"clientToken":"t"}') == b'{"clientToken":"t"}'
     assert encode("é") == "é".encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"latency_ms": 1.5, "cancellation_db": 42.5, "snr_improvement_db": 38.2},
+        AncMetrics(
+            timestamp="2026-01-01T00:00:00Z",
+            latency_ms=1.5,
+            cancellation_db=42.5,
+            snr_improvement_db=38.2,
+        ),
+    ],
+)
+def test_an_encoded_payload_holds_no_more_memory_than_its_length(payload: object) -> None:
+    """Queued messages are counted by length: orjson's own bytes keep a 4 KiB buffer each."""
+    count = 1000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [encode(payload) for _ in range(count)]  # type: ignore[arg-type]
+        per_message = (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+    length = len(kept[0])
+    assert length < 200
+    # a bytes object is its length plus a ~33-byte header; allow allocator rounding and the list
+    assert per_message < length + 80, f"{per_message:.0f} bytes held for {length} encoded"
 
 
 def test_payload_at_the_limit_passes_and_one_byte_more_fails() -> None:
