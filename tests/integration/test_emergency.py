@@ -43,15 +43,6 @@ def alarm(name: str = "fire_alarm", **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def broker(dev_certs: DevCerts) -> AsyncIterator[tuple[EmbeddedBroker, PublishLog]]:
-    log = PublishLog()
-    broker = EmbeddedBroker(dev_certs)
-    broker.add_publish_listener(log)
-    async with broker:
-        yield broker, log
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> AsyncIterator[DurableStore] | Any:
     with DurableStore.in_dir(tmp_path / "data") as opened:
         yield opened

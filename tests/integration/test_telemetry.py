@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -26,15 +25,6 @@ ANC_TOPIC = telemetry_topic(THING, "anc")
 
 def anc(n: float) -> dict[str, float]:
     return {"latency_ms": n, "cancellation_db": 42.5, "snr_improvement_db": 38.2}
-
-
-@pytest.fixture
-async def broker(dev_certs: DevCerts) -> AsyncIterator[tuple[EmbeddedBroker, PublishLog]]:
-    log = PublishLog()
-    broker = EmbeddedBroker(dev_certs)
-    broker.add_publish_listener(log)
-    async with broker:
-        yield broker, log
 
 
 def batches(log: PublishLog, topic: str = ANC_TOPIC) -> list[TelemetryBatch]:
