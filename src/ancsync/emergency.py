@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from pydantic import ValidationError
 
+from ancsync.background import start_in_background
 from ancsync.codec import describe_errors, encode
 from ancsync.errors import AncSyncError, InvalidPayload, PublishTimeout, StorageError
 from ancsync.models import EmergencyEvent, EmergencyInput, new_id
@@ -115,11 +116,7 @@ class EmergencyReporter:
             self._tasks = None
 
     async def __aenter__(self) -> Self:
-        stack = AsyncExitStack()
-        tasks = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(tasks.cancel_scope.cancel)
-        await tasks.start(self.run)
-        self._stack = stack
+        self._stack = await start_in_background(self.run)
         return self
 
     async def __aexit__(

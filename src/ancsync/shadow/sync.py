@@ -34,6 +34,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel
 
+from ancsync.background import start_in_background
 from ancsync.errors import AncSyncError, ShadowRejected
 from ancsync.models import AncDesiredState, AncReportedState
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
@@ -308,11 +309,7 @@ class DeviceShadowSync:
             await stack.aclose()
 
     async def __aenter__(self) -> Self:
-        stack = AsyncExitStack()
-        task_group = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(task_group.cancel_scope.cancel)
-        await task_group.start(self.start_sync)
-        self._stack = stack
+        self._stack = await start_in_background(self.start_sync)
         return self
 
     async def __aexit__(
