@@ -33,13 +33,13 @@ class Rig:
         self.outbox = Outbox()
         self.router = TopicRouter()
         options.setdefault("backoff", Backoff(BackoffPolicy(base=0.001, cap=0.002)))
+        options.setdefault("rate_limiter", RateLimiter(10_000, 10_000_000))
         self.session = MqttSession(
             thing_name=THING,
             host="127.0.0.1",
             port=8883,
             outbox=self.outbox,
             router=self.router,
-            rate_limiter=RateLimiter(10_000, 10_000_000),
             ssl_context_factory=None,
             transport_factory=broker.transport,
             **options,
@@ -115,6 +115,56 @@ async def test_emergency_lane_drains_first() -> None:
     async with running(rig):
         await rig.broker.wait_until(lambda: len(rig.broker.published) == 4)
     assert [topic for topic, *_ in rig.broker.published[1:]] == ["anc/e", "anc/t/0", "anc/t/1"]
+
+
+class ManualClock:
+    """A clock for the rate limiter that moves only when the test calls :meth:`advance`."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeping = anyio.Event()  # set once something sleeps on this clock
+        self._moved = anyio.Event()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        until = self.now + seconds
+        self.sleeping.set()
+        while self.now < until:
+            await self._moved.wait()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self._moved.set()
+        self._moved = anyio.Event()
+
+
+@pytest.mark.parametrize(
+    ("messages_per_second", "bytes_per_second"),
+    [(5, 10_000_000), (10_000, 35)],  # 5 messages/s; 35 bytes/s with 7-byte payloads
+    ids=["message-limit", "byte-limit"],
+)
+async def test_emergency_goes_before_telemetry_waiting_for_the_rate_limit(
+    messages_per_second: float, bytes_per_second: float
+) -> None:
+    """At the rate limit, the writer waits before choosing: an emergency queued during the wait
+    is the next message out, not the telemetry that was first in line when the wait began."""
+    clock = ManualClock()
+    limiter = RateLimiter(messages_per_second, bytes_per_second, clock=clock, sleep=clock.sleep)
+    rig = Rig(FakeBroker(), rate_limiter=limiter)
+    for n in range(10):
+        rig.put(f"anc/t/{n}", n)
+    async with running(rig):
+        # The buckets hold one second's worth: that goes at once, then the writer waits.
+        await clock.sleeping.wait()
+        sent = len(rig.broker.published)
+        assert 1 < sent < 1 + 10
+        rig.put("anc/e", 99, Lane.EMERGENCY)
+        clock.advance(0.2)  # room for one more message
+        await rig.broker.wait_until(lambda: len(rig.broker.published) == sent + 1)
+    topics = [topic for topic, *_ in rig.broker.published[1:]]
+    assert topics == [f"anc/t/{n}" for n in range(sent - 1)] + ["anc/e"]
 
 
 async def test_incoming_messages_reach_the_router() -> None:

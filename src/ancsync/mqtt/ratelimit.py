@@ -1,8 +1,11 @@
 """Per-connection publish rate limit: token buckets for messages and bytes.
 
 AWS IoT Core throttles a connection above 100 publishes per second and 512 KiB per second. The
-session task calls :meth:`RateLimiter.acquire` before each publish, so it is the session, never the
-caller of ``publish``, that waits; the wait shows up as ``waits`` in the status.
+session task waits in :meth:`RateLimiter.ready` before it takes the next message from the outbox,
+then charges it with :meth:`~RateLimiter.charge`. So it is the session, never the caller of
+``publish``, that waits (shown as ``waits`` in the status), and the message taken is the most
+urgent one queued at the moment it can go: an emergency never waits behind telemetry.
+:meth:`RateLimiter.acquire` waits for room for a message of known size and charges it in one call.
 """
 
 from __future__ import annotations
@@ -85,24 +88,43 @@ class RateLimiter:
         self._waits = 0
         self._wait_seconds = 0.0
 
+    async def ready(self) -> float:
+        """Wait until a message may go: a message token is free and the byte bucket is not in
+        debt. Return the seconds waited. Follow it with :meth:`charge` for the message sent.
+
+        The size is not needed yet, so the caller can choose the message after the wait; a
+        message charged into debt delays the next one instead (the long-run rate stays exact,
+        a burst may exceed the byte bucket by one message).
+        """
+        return await self._wait_for(0)
+
+    def charge(self, nbytes: int) -> None:
+        """Count one message of ``nbytes`` as sent (the buckets may go into debt)."""
+        self._messages.take(1)
+        self._bytes.take(nbytes)
+        self._acquired += 1
+
     async def acquire(self, nbytes: int) -> float:
-        """Wait until one message of ``nbytes`` may be published; return the seconds waited.
+        """Wait until one message of ``nbytes`` may be published, charge it, and return the
+        seconds waited.
 
         A message larger than the byte bucket (it could never fit) waits for a full bucket, goes,
         and leaves the bucket in debt.
         """
-        needed_bytes = min(nbytes, self._bytes.capacity)
+        waited = await self._wait_for(min(nbytes, self._bytes.capacity))
+        self.charge(nbytes)
+        return waited
+
+    async def _wait_for(self, nbytes: float) -> float:
+        """Sleep until a message token and ``nbytes`` byte tokens are available."""
         started = self._clock()
         waited = False
         while True:
-            delay = max(self._messages.wait_time(1), self._bytes.wait_time(needed_bytes))
+            delay = max(self._messages.wait_time(1), self._bytes.wait_time(nbytes))
             if delay <= 0:
                 break
             waited = True
             await self._sleep(delay)
-        self._messages.take(1)
-        self._bytes.take(nbytes)
-        self._acquired += 1
         if not waited:
             return 0.0
         seconds = self._clock() - started

@@ -384,7 +384,7 @@ class MqttSession:
         raise ConnectError("connection lost: the broker closed it")
 
     async def _write(self, transport: Transport) -> None:
-        """Drain the outbox in priority order, through the rate limit, keeping at most
+        """Drain the outbox in priority order, within the rate limit, keeping at most
         ``in_flight`` messages unacknowledged.
 
         The PUBACK callback runs synchronously in the transport's reader, so a handle resolves
@@ -394,10 +394,13 @@ class MqttSession:
         window = asyncio.Semaphore(self._in_flight_limit)
         while True:
             await window.acquire()
+            # Wait for the rate limit before choosing the message, so whatever is most urgent
+            # when it may go is the one that goes (an emergency never waits behind telemetry).
+            await self._limiter.ready()
             message = await self._outbox.get()
+            self._limiter.charge(len(message.payload))
             # Tracked from here on: whatever happens next, a loss puts it back in the outbox.
             self._in_flight[id(message)] = message
-            await self._limiter.acquire(len(message.payload))
 
             def acknowledged(message: OutgoingMessage = message) -> None:
                 window.release()
