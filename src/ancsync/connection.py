@@ -70,6 +70,10 @@ class IoTConnection:
     - ``rate_limit``: ``(messages per second, bytes per second)``, default AWS's ``(100, 512 KiB)``.
     - ``lane_limits``: bounds of the outbox lanes; ``in_flight``: concurrent unacknowledged
       QoS 1 publishes (AWS allows 100).
+    - ``announce_status``: publish the retained ``anc/devices/{thing_name}/status`` message
+      ("online" after every connect, "offline" on stop and as the last will). Default on, for a
+      device; turn it off for a client that is not a device (an operator tool, a test client),
+      which would otherwise leave a retained status behind and need iot:Publish on it.
     - ``transport_factory``: a different :class:`~ancsync.mqtt.transport.Transport` (tests).
 
     Raises:
@@ -90,6 +94,7 @@ class IoTConnection:
         tls: bool | None = None,
         persistent_session: bool | None = None,
         firmware_version: str = "unknown",
+        announce_status: bool = True,
         reconnect: BackoffPolicy | Backoff | None = None,
         rate_limit: tuple[float, float] = (100, 512 * 1024),
         lane_limits: Mapping[Lane, LaneLimits] = DEFAULT_LIMITS,
@@ -125,6 +130,7 @@ class IoTConnection:
         self.thing_name = settings.iot.thing_name
         self._keep_alive = settings.iot.keep_alive if keep_alive is None else keep_alive
         self._firmware_version = firmware_version
+        self._announce_status = announce_status
         self._reconnect = reconnect or BackoffPolicy()
         self._in_flight = in_flight
         self._connect_timeout = connect_timeout
@@ -191,6 +197,7 @@ class IoTConnection:
             keep_alive=self._keep_alive,
             clean_session=not iot.persistent_session,
             firmware_version=self._firmware_version,
+            announce_status=self._announce_status,
             transport_factory=self._transport_factory,
             backoff=self._reconnect
             if isinstance(self._reconnect, Backoff)

@@ -89,7 +89,8 @@ class OperatorCredentials:
             root_ca_path=self.root_ca_path if self.tls else None,
             persistent_session=False,
         )
-        return IoTConnection(settings=settings, firmware_version="operator", **options)
+        # Not a device: no retained status topic of its own, no last will.
+        return IoTConnection(settings=settings, announce_status=False, **options)
 
 
 @dataclass(frozen=True)

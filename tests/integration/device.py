@@ -20,6 +20,12 @@ def device_connection(
     ``cert_path``, ``key_path`` and ``root_ca_path`` may be overridden to test bad files.
     """
     pair = certs.device(thing)
-    files = {"cert_path": pair.cert, "key_path": pair.key, "root_ca_path": certs.ca}
-    files.update({k: options.pop(k) for k in list(files) if k in options})
-    return IoTConnection(thing, HOST, port=port, **files, **options)
+    return IoTConnection(
+        thing,
+        HOST,
+        cert_path=options.pop("cert_path", pair.cert),
+        key_path=options.pop("key_path", pair.key),
+        root_ca_path=options.pop("root_ca_path", certs.ca),
+        port=port,
+        **options,
+    )

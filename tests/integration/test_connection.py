@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from device import HOST, THING, device_connection
-from helpers import MosquittoBroker, mqtt_client
+from helpers import AllowEverything, MosquittoBroker, mqtt_client
 
 from ancsync import (
     Command,
@@ -36,6 +36,7 @@ from ancsync.emulator.certs import (
     write_pair,
 )
 from ancsync.models import utc_now
+from ancsync.operator import OperatorCredentials, operator_client_id
 from ancsync.topics import commands_topic, emergency_topic, status_topic
 
 
@@ -169,6 +170,31 @@ async def test_status_online_retained_and_offline_on_stop(
         assert (status.status, status.firmware_version) == ("offline", "1.2.3")
 
 
+async def test_operator_connection_leaves_no_status_behind(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    """The operator tools' connection is not a device: no retained status, no last will."""
+    credentials = OperatorCredentials(
+        endpoint=HOST,
+        port=tls_broker.port,
+        cert_path=dev_certs.operator.cert,
+        key_path=dev_certs.operator.key,
+        root_ca_path=dev_certs.ca,
+        client_id=operator_client_id(),
+    )
+    with anyio.fail_after(10):
+        async with credentials.connection() as iot:
+            await iot.wait_connected()
+            await (await iot.publish("anc/ops/request", b"{}")).delivered()
+        # A retained status would reach a new subscriber before the marker it publishes itself.
+        watcher = mqtt_client(tls_broker.port, dev_certs, dev_certs.operator, "watcher")
+        async with watcher:
+            await watcher.subscribe([("anc/devices/+/status", 1), ("anc/ops/marker", 1)])
+            await watcher.publish("anc/ops/marker", b"{}", qos=1)
+            first = await anext(aiter(watcher.messages))
+        assert first.topic.value == "anc/ops/marker"
+
+
 async def test_aws_limits_raise_before_anything_is_sent(
     dev_certs: DevCerts, tls_broker: EmbeddedBroker
 ) -> None:
@@ -252,17 +278,11 @@ async def test_client_certificate_from_another_ca(
                 await iot.wait_connected()
 
 
-class _OnlyDevice1:
+class _OnlyDevice1(AllowEverything):
     """An authorizer that lets only anc-device-001 connect."""
 
     def authorize_connect(self, identity: ClientIdentity) -> str | None:
         return None if identity.client_id == THING else "not in the policy"
-
-    def authorize_publish(self, identity: ClientIdentity, topic: str) -> bool:
-        return True
-
-    def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
-        return True
 
 
 async def test_not_authorized(dev_certs: DevCerts) -> None:

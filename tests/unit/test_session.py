@@ -85,6 +85,17 @@ async def test_connect_sequence() -> None:
     assert online.session_id == will.session_id
 
 
+async def test_a_client_that_is_not_a_device_announces_no_status() -> None:
+    """announce_status=False: no last will, no status online after connect nor offline on stop."""
+    rig = Rig(FakeBroker(), announce_status=False)
+    async with running(rig):
+        await rig.session.wait_connected()
+        await rig.put("anc/ops/request", 1).delivered()
+        await rig.session.stop(flush_timeout=1)
+    assert rig.broker.connects[0].will is None
+    assert [topic for topic, *_ in rig.broker.attempted] == ["anc/ops/request"]
+
+
 async def test_unacknowledged_messages_are_requeued_with_their_ids() -> None:
     async with running(Rig(FakeBroker())) as rig:
         await rig.session.wait_connected()

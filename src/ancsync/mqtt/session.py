@@ -4,6 +4,7 @@
 
     connect (TLS context built fresh, last will "offline")
       -> subscribe every filter of the router -> publish retained status "online"
+         (will and status only with ``announce_status``: a device, not an operator tool)
       -> serve: read messages into the router, drain the outbox through the rate limiter with a
          bounded window of concurrent QoS 1 publishes, follow subscription changes, run the
          connect hooks
@@ -72,7 +73,7 @@ class ConnectionEvent:
     """A change of the connection, delivered by :meth:`MqttSession.events`.
 
     - ``connecting``: attempt number ``attempt`` (1-based, counted since the session started).
-    - ``connected``: subscriptions made and status "online" published.
+    - ``connected``: subscriptions made and status "online" published (if announced).
     - ``disconnected``: an attempt failed or a connection was lost, because of ``error``; the
       next attempt follows in ``retry_in`` seconds (``None`` when the session is stopping).
     """
@@ -94,7 +95,8 @@ class MqttSession:
     Settings` enforces that); tests use a few seconds to detect half-open links quickly.
     ``ssl_context_factory`` is called before every attempt (``None`` for plaintext), so rotated
     certificate files are picked up and expiry is reported. ``in_flight`` bounds the concurrent
-    unacknowledged publishes (AWS allows 100 per client).
+    unacknowledged publishes (AWS allows 100 per client). ``announce_status=False`` (a client
+    that is not a device, such as an operator tool) sets no last will and publishes no status.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class MqttSession:
         keep_alive: int = 60,
         clean_session: bool = True,
         firmware_version: str = "unknown",
+        announce_status: bool = True,
         transport_factory: Callable[[], Transport] | None = None,
         backoff: Backoff | None = None,
         in_flight: int = 20,
@@ -125,6 +128,7 @@ class MqttSession:
         self._keep_alive = keep_alive
         self._clean_session = clean_session
         self._firmware_version = firmware_version
+        self._announce_status = announce_status
         self._transport_factory = transport_factory or (
             lambda: AiomqttTransport(max_inflight=in_flight)
         )
@@ -292,7 +296,9 @@ class MqttSession:
             keep_alive=self._keep_alive,
             ssl_context=context,
             clean_session=self._clean_session,
-            will=Will(self._status_topic, self._status_payload("offline"), qos=1, retain=True),
+            will=Will(self._status_topic, self._status_payload("offline"), qos=1, retain=True)
+            if self._announce_status
+            else None,
             connect_timeout=self._connect_timeout,
         )
 
@@ -354,7 +360,8 @@ class MqttSession:
     ) -> None:
         """Subscribe, say "online", then start the connection's work."""
         await self._sync_subscriptions(transport)
-        await self._publish_and_wait(transport, self._status_payload("online"))
+        if self._announce_status:
+            await self._publish_and_wait(transport, self._status_payload("online"))
 
         self.connections += 1
         self.connected_since = datetime.now(UTC).isoformat(timespec="seconds")
@@ -458,8 +465,9 @@ class MqttSession:
             while self._in_flight or any(d["messages"] for d in self._outbox.depth().values()):
                 self._acked = anyio.Event()
                 await self._acked.wait()
-        with anyio.move_on_after(self._connect_timeout):
-            await self._publish_and_wait(transport, self._status_payload("offline"))
+        if self._announce_status:
+            with anyio.move_on_after(self._connect_timeout):
+                await self._publish_and_wait(transport, self._status_payload("offline"))
         raise ConnectError("stopped")
 
     # --- state and events -------------------------------------------------------------------
