@@ -3,59 +3,135 @@
 Everything public is re-exported here; import from ``ancsync`` only.
 """
 
-from ancsync.codec import decode_model, encode
-from ancsync.config import Settings
-from ancsync.connection import IoTConnection
-from ancsync.emergency import EmergencyReporter
-from ancsync.errors import (
-    AncSyncError,
-    BufferFull,
-    ConfigError,
-    ConnectError,
-    ConnectTimeout,
-    InvalidPayload,
-    InvalidTopic,
-    NotAuthorized,
-    NotStarted,
-    PayloadTooLarge,
-    PublishTimeout,
-    ShadowRejected,
-    ShadowTimeout,
-    StorageError,
-    TLSError,
-)
-from ancsync.models import (
-    AncDesiredState,
-    AncMetrics,
-    AncReportedState,
-    AudioMetrics,
-    Command,
-    DeviceStatus,
-    EmergencyEvent,
-    EmergencyInput,
-    ErrorRecord,
-    SystemMetrics,
-    TelemetryBatch,
-    json_schemas,
-    utc_now,
-)
-from ancsync.mqtt.backoff import BackoffPolicy
-from ancsync.mqtt.outbox import Lane, PublishHandle
-from ancsync.mqtt.session import ConnectionEvent
-from ancsync.mqtt.store import DurableStore
-from ancsync.operator import OperatorCredentials, ShadowDocument, ShadowOperator
-from ancsync.orchestrator import DataSyncOrchestrator
-from ancsync.shadow import DeviceShadowSync, ShadowState
-from ancsync.telemetry import TelemetryPublisher
-from ancsync.topics import (
-    TELEMETRY_KINDS,
-    ShadowTopics,
-    TelemetryKind,
-    commands_topic,
-    emergency_topic,
-    status_topic,
-    telemetry_topic,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ancsync.codec import decode_model, encode
+    from ancsync.config import Settings
+    from ancsync.connection import IoTConnection
+    from ancsync.emergency import EmergencyReporter
+    from ancsync.errors import (
+        AncSyncError,
+        BufferFull,
+        ConfigError,
+        ConnectError,
+        ConnectTimeout,
+        InvalidPayload,
+        InvalidTopic,
+        NotAuthorized,
+        NotStarted,
+        PayloadTooLarge,
+        PublishTimeout,
+        ShadowRejected,
+        ShadowTimeout,
+        StorageError,
+        TLSError,
+    )
+    from ancsync.models import (
+        AncDesiredState,
+        AncMetrics,
+        AncReportedState,
+        AudioMetrics,
+        Command,
+        DeviceStatus,
+        EmergencyEvent,
+        EmergencyInput,
+        ErrorRecord,
+        SystemMetrics,
+        TelemetryBatch,
+        json_schemas,
+        utc_now,
+    )
+    from ancsync.mqtt.backoff import BackoffPolicy
+    from ancsync.mqtt.outbox import Lane, PublishHandle
+    from ancsync.mqtt.session import ConnectionEvent
+    from ancsync.mqtt.store import DurableStore
+    from ancsync.operator import OperatorCredentials, ShadowDocument, ShadowOperator
+    from ancsync.orchestrator import DataSyncOrchestrator
+    from ancsync.shadow import DeviceShadowSync, ShadowState
+    from ancsync.telemetry import TelemetryPublisher
+    from ancsync.topics import (
+        TELEMETRY_KINDS,
+        ShadowTopics,
+        TelemetryKind,
+        commands_topic,
+        emergency_topic,
+        status_topic,
+        telemetry_topic,
+    )
+
+# Imported on first use (PEP 562), so that `import ancsync.cli` (the command line) does not
+# pay for pydantic-settings, the models and the MQTT stack before it needs them.
+_LAZY = {
+    "decode_model": "ancsync.codec",
+    "encode": "ancsync.codec",
+    "Settings": "ancsync.config",
+    "IoTConnection": "ancsync.connection",
+    "EmergencyReporter": "ancsync.emergency",
+    "AncSyncError": "ancsync.errors",
+    "BufferFull": "ancsync.errors",
+    "ConfigError": "ancsync.errors",
+    "ConnectError": "ancsync.errors",
+    "ConnectTimeout": "ancsync.errors",
+    "InvalidPayload": "ancsync.errors",
+    "InvalidTopic": "ancsync.errors",
+    "NotAuthorized": "ancsync.errors",
+    "NotStarted": "ancsync.errors",
+    "PayloadTooLarge": "ancsync.errors",
+    "PublishTimeout": "ancsync.errors",
+    "ShadowRejected": "ancsync.errors",
+    "ShadowTimeout": "ancsync.errors",
+    "StorageError": "ancsync.errors",
+    "TLSError": "ancsync.errors",
+    "AncDesiredState": "ancsync.models",
+    "AncMetrics": "ancsync.models",
+    "AncReportedState": "ancsync.models",
+    "AudioMetrics": "ancsync.models",
+    "Command": "ancsync.models",
+    "DeviceStatus": "ancsync.models",
+    "EmergencyEvent": "ancsync.models",
+    "EmergencyInput": "ancsync.models",
+    "ErrorRecord": "ancsync.models",
+    "SystemMetrics": "ancsync.models",
+    "TelemetryBatch": "ancsync.models",
+    "json_schemas": "ancsync.models",
+    "utc_now": "ancsync.models",
+    "BackoffPolicy": "ancsync.mqtt.backoff",
+    "Lane": "ancsync.mqtt.outbox",
+    "PublishHandle": "ancsync.mqtt.outbox",
+    "ConnectionEvent": "ancsync.mqtt.session",
+    "DurableStore": "ancsync.mqtt.store",
+    "OperatorCredentials": "ancsync.operator",
+    "ShadowDocument": "ancsync.operator",
+    "ShadowOperator": "ancsync.operator",
+    "DataSyncOrchestrator": "ancsync.orchestrator",
+    "DeviceShadowSync": "ancsync.shadow",
+    "ShadowState": "ancsync.shadow",
+    "TelemetryPublisher": "ancsync.telemetry",
+    "ShadowTopics": "ancsync.topics",
+    "TELEMETRY_KINDS": "ancsync.topics",
+    "TelemetryKind": "ancsync.topics",
+    "commands_topic": "ancsync.topics",
+    "emergency_topic": "ancsync.topics",
+    "status_topic": "ancsync.topics",
+    "telemetry_topic": "ancsync.topics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module the first time the name is used."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ancsync' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

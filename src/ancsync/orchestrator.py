@@ -28,6 +28,7 @@ import anyio
 from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
+from ancsync.background import start_in_background
 from ancsync.commands import CommandDispatcher, CommandHandler
 from ancsync.config import Settings
 from ancsync.connection import IoTConnection
@@ -199,17 +200,7 @@ class DataSyncOrchestrator:
         """
         if self._stack is not None or self._stopped:
             raise NotStarted("this orchestrator was already started; create a new one")
-        stack = AsyncExitStack()
-        task_group = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(task_group.cancel_scope.cancel)  # runs before the group is exited
-        try:
-            await task_group.start(self._run_connection, name="ancsync-connection")
-        except BaseException:
-            await stack.aclose()
-            raise
-        for component in self._components:
-            task_group.start_soon(component.run, name=f"ancsync-{component.name}")
-        self._stack = stack
+        self._stack = await start_in_background(self._run)
         self._started_at = time.monotonic()
         self._started_iso = utc_now()
         self.shadow.report(
@@ -286,6 +277,14 @@ class DataSyncOrchestrator:
             TLSError, NotAuthorized: retrying cannot help until the cloud side is fixed.
         """
         await self.connection.wait_connected(timeout)
+
+    async def _run(self, *, task_status: TaskStatus[None]) -> None:
+        """The one task group: the connection first (so it exists), then each component."""
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(self._run_connection, name="ancsync-connection")
+            for component in self._components:
+                tasks.start_soon(component.run, name=f"ancsync-{component.name}")
+            task_status.started()
 
     # The connection runs shielded from the caller's cancellation, like the components: when
     # the caller is cancelled (Ctrl-C), stop() still needs it to flush. stop() ends it itself.

@@ -151,6 +151,7 @@ async def test_desired_change_command_emergency_and_telemetry(
     assert status["telemetry"]["dropped"] == 0
     assert status["emergency"]["reported"] == 1
     assert status["emergency"]["cloud_acknowledged"] == 1
+    assert device.cloud_acknowledged() == {event.event_id}
     assert status["commands"]["handled"] == 2  # set_mode and emergency_ack
     assert status["commands"]["duplicates"] == 1
     assert all(c["running"] and c["last_error"] is None for c in status["components"].values())
