@@ -29,11 +29,17 @@ from ancsync.config import Settings
 from ancsync.errors import ConfigError, InvalidTopic, NotStarted
 from ancsync.models import new_id
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
-from ancsync.mqtt.outbox import DEFAULT_LIMITS, Lane, LaneLimits, Outbox, OutgoingMessage
-from ancsync.mqtt.outbox import PublishHandle as PublishHandle
+from ancsync.mqtt.outbox import (
+    DEFAULT_LIMITS,
+    Lane,
+    LaneLimits,
+    Outbox,
+    OutgoingMessage,
+    PublishHandle,
+)
 from ancsync.mqtt.ratelimit import RateLimiter
 from ancsync.mqtt.router import Handler, InvalidHook, Route, TopicRouter
-from ancsync.mqtt.session import ConnectHook, ConnectionEvent, MqttSession
+from ancsync.mqtt.session import ConnectHook, ConnectionEvent, MqttSession, SessionState
 from ancsync.mqtt.tls import build_ssl_context
 from ancsync.mqtt.transport import Transport
 from ancsync.topics import MAX_SUBSCRIPTIONS, validate_filter, validate_topic
@@ -365,7 +371,7 @@ class IoTConnection:
     @property
     def connected(self) -> bool:
         """Whether the session is connected right now."""
-        return self._session is not None and self._session.state == "connected"
+        return self._session is not None and self._session.state is SessionState.CONNECTED
 
     def get_status(self) -> dict[str, Any]:
         """Connection, queues and counters, JSON-serialisable (for logs, the CLI, health checks).

@@ -52,7 +52,7 @@ class Backoff:
     random: Callable[[], float] = random.random
     clock: Callable[[], float] = time.monotonic
     attempts: int = 0
-    _connected_at: float | None = None
+    _connected_at: float | None = field(default=None, init=False, repr=False)
 
     def next_delay(self, *, permanent: bool = False) -> float:
         """The delay before the next connect attempt; counts the attempt."""
