@@ -8,6 +8,7 @@ is for a message, an event or a state the test can name, under ``anyio.fail_afte
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -355,3 +356,24 @@ async def test_update_desired_delete_and_recreate(emulator: Emulator) -> None:
             assert emulator.shadows.store.shadow(THING) is None
             state = await shadow.update_reported({"anc_intensity": 0.6})
     assert (state.exists, state.version, state.desired) == (True, 2, {})
+
+
+async def test_the_previous_sdks_names_still_work(emulator: Emulator) -> None:
+    """``update_reported_state`` and ``json.dumps(shadow.get_state())`` from the old README."""
+    iot = device_connection(emulator.certs, emulator.port, reconnect=FAST)
+    shadow = new_shadow(iot, thing_name=THING)
+    with anyio.fail_after(TIMEOUT):
+        async with iot:
+            await iot.wait_connected()
+            await shadow.update_reported_state({"anc_enabled": True, "battery_level": 85})
+    state = shadow.get_state()
+    size = len(json.dumps(state))
+    assert orjson.loads(json.dumps(state)) == {
+        "desired": {},
+        "reported": {"anc_enabled": True, "battery_level": 85},
+        "delta": {},
+        "version": state.version,
+        "exists": True,
+    }
+    assert state.version == stored(emulator).version
+    assert 0 < size < 8192

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -164,20 +164,53 @@ def check_state_limits(
         raise PayloadTooLarge("shadow state document (desired + reported)", size, max_bytes)
 
 
-@dataclass(frozen=True)
-class ShadowState:
+class ShadowState(dict[str, Any]):
     """A snapshot of the device's copy of its shadow, as :meth:`DeviceShadowSync.get_state`
     returns it.
 
     ``version`` is the shadow version this copy reflects (0 before anything is known);
     ``exists`` is false until the shadow was read or created, and after it is deleted.
+    It is a plain dict too (``json.dumps(state)`` works, as it did with the previous SDK), with
+    the same five keys readable as attributes.
     """
 
-    desired: JsonObject
-    reported: JsonObject
-    delta: JsonObject
-    version: int
-    exists: bool
+    def __init__(
+        self,
+        *,
+        desired: JsonObject,
+        reported: JsonObject,
+        delta: JsonObject,
+        version: int,
+        exists: bool,
+    ) -> None:
+        super().__init__(
+            desired=desired, reported=reported, delta=delta, version=version, exists=exists
+        )
+
+    @property
+    def desired(self) -> JsonObject:
+        """The desired section."""
+        return cast(JsonObject, self["desired"])
+
+    @property
+    def reported(self) -> JsonObject:
+        """The reported section."""
+        return cast(JsonObject, self["reported"])
+
+    @property
+    def delta(self) -> JsonObject:
+        """``delta(desired, reported)``: what the device has yet to apply."""
+        return cast(JsonObject, self["delta"])
+
+    @property
+    def version(self) -> int:
+        """The shadow version this copy reflects."""
+        return cast(int, self["version"])
+
+    @property
+    def exists(self) -> bool:
+        """Whether the shadow exists as far as this copy knows."""
+        return cast(bool, self["exists"])
 
 
 @dataclass

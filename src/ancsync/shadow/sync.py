@@ -223,6 +223,9 @@ class DeviceShadowSync:
         await self._reports.wait_for(generation)
         return self.get_state()
 
+    update_reported_state = update_reported
+    """The previous SDK's name for :meth:`update_reported` (now a coroutine)."""
+
     async def update_desired(self, state: Mapping[str, Any] | BaseModel) -> ShadowState:
         """Set desired values (the cloud's side; for tools and tests) and wait for acceptance.
 
