@@ -40,7 +40,9 @@ demo: $(STAMP)
 	$(BIN)/ancsync demo
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_publish.py
+	$(BIN)/python benchmarks/bench_emergency.py
+	$(BIN)/python benchmarks/bench_control_loop.py
 
 clean:
 	rm -rf $(VENV) .site .pytest_cache .mypy_cache .ruff_cache
