@@ -43,3 +43,12 @@ def mosquitto_broker(dev_certs: DevCerts, tmp_path: Path) -> Iterator[MosquittoB
     """
     with running_mosquitto(dev_certs, tmp_path / "mosquitto") as broker:
         yield broker
+
+
+@pytest.fixture(autouse=True)
+def _private_state_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets its own ``$XDG_STATE_HOME``: the default durable outbox of an
+    orchestrator without ``data_dir`` must not carry emergencies from one test to another."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))

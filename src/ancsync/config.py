@@ -88,6 +88,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def default_data_dir(thing_name: str) -> Path:
+    """Where the durable outbox lives when ``data_dir`` is unset, since emergencies are always
+    durable: ``$XDG_STATE_HOME/ancsync/<thing>``, or ``~/.local/state/ancsync/<thing>``."""
+    state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state_home) / "ancsync" / thing_name
+
+
 def _check_readable_file(path: Path | None) -> Path | None:
     if path is None:
         return None

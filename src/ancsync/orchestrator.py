@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from ancsync.background import start_in_background
 from ancsync.commands import CommandDispatcher, CommandHandler
-from ancsync.config import Settings
+from ancsync.config import Settings, default_data_dir
 from ancsync.connection import IoTConnection
 from ancsync.emergency import EmergencyReporter
 from ancsync.errors import AncSyncError, ConfigError, NotStarted
@@ -72,10 +72,11 @@ class DataSyncOrchestrator:
 
     Settings not given as arguments come from the environment (``IOT_ENDPOINT``...), then from
     the JSON ``config_file`` (or ``ANCSYNC_CONFIG``), then defaults; or pass ready ``settings``.
-    ``data_dir`` holds the durable outbox: emergencies (and telemetry batches) survive restarts.
-    Without it they are kept in memory only. ``stop_timeout`` bounds :meth:`stop`;
-    ``connection_options`` go to :class:`~ancsync.connection.IoTConnection` (``keep_alive``,
-    ``reconnect``, ``rate_limit``...).
+    ``data_dir`` holds the durable outbox: emergencies and telemetry batches survive restarts.
+    Without it, emergencies are still durable, in ``~/.local/state/ancsync/<thing>`` (or under
+    ``$XDG_STATE_HOME``), and telemetry is kept in memory only.
+    ``stop_timeout`` bounds :meth:`stop`; ``connection_options`` go to
+    :class:`~ancsync.connection.IoTConnection` (``keep_alive``, ``reconnect``, ``rate_limit``...).
 
     Raises:
         ConfigError: a setting is missing or not allowed (named, with what is allowed).
@@ -135,9 +136,9 @@ class DataSyncOrchestrator:
         self.connection = IoTConnection(
             settings=settings, firmware_version=firmware_version, **(connection_options or {})
         )
-        data_dir = settings.data_dir
-        durable = data_dir is not None
-        self.store = DurableStore.in_dir(data_dir) if data_dir else DurableStore(":memory:")
+        # Emergencies are always durable: without a data_dir they go to the user's state
+        # directory. Telemetry is durable only in a data_dir the user chose.
+        self.store = DurableStore.in_dir(settings.data_dir or default_data_dir(self.thing_name))
         self.shadow = DeviceShadowSync(self.connection)
         self.shadow.on_delta(self._apply_desired)
         self.telemetry = TelemetryPublisher(
@@ -146,7 +147,7 @@ class DataSyncOrchestrator:
             batch_interval=settings.telemetry.batch_interval,
             max_buffer_size=settings.telemetry.max_buffer_size,
             store=self.store,
-            durable=durable,
+            durable=settings.data_dir is not None,
         )
         self.emergencies = EmergencyReporter(self.connection, store=self.store)
         self.commands = CommandDispatcher()

@@ -41,6 +41,7 @@ FAST = BackoffPolicy(base=0.02, cap=0.1)
 def orchestrator(emulator: Emulator, tmp_path: Path, **options: Any) -> DataSyncOrchestrator:
     pair = emulator.certs.device(THING)
     options.setdefault("batch_interval", 0.2)
+    options.setdefault("data_dir", tmp_path / "device-data")
     return DataSyncOrchestrator(
         thing_name=THING,
         endpoint="127.0.0.1",
@@ -48,7 +49,6 @@ def orchestrator(emulator: Emulator, tmp_path: Path, **options: Any) -> DataSync
         cert_path=pair.cert,
         key_path=pair.key,
         root_ca_path=emulator.certs.ca,
-        data_dir=tmp_path / "device-data",
         batch_size=5,
         firmware_version="1.2.3",
         connection_options={"reconnect": FAST},
@@ -277,9 +277,12 @@ async def test_bad_calls_raise_clear_errors_and_change_nothing(tmp_path: Path) -
     assert status["emergency"]["reported"] == 0
 
 
+@pytest.mark.parametrize("data_dir", ["device-data", None], ids=["data_dir", "default-dir"])
 async def test_an_emergency_reported_offline_is_sent_by_the_next_run(
-    emulator: Emulator, tmp_path: Path
+    emulator: Emulator, tmp_path: Path, data_dir: str | None
 ) -> None:
+    """Emergencies are durable with or without ``data_dir`` (then in ``$XDG_STATE_HOME``)."""
+    where = None if data_dir is None else tmp_path / data_dir
     with socket.socket() as closed:  # a port nothing listens on: the device is offline
         closed.bind(("127.0.0.1", 0))
         offline_port = closed.getsockname()[1]
@@ -291,7 +294,7 @@ async def test_an_emergency_reported_offline_is_sent_by_the_next_run(
         pair.key,
         emulator.certs.ca,
         port=offline_port,
-        data_dir=tmp_path / "device-data",
+        data_dir=where,
         stop_timeout=0.5,
         connection_options={"reconnect": FAST},
     )
@@ -301,7 +304,7 @@ async def test_an_emergency_reported_offline_is_sent_by_the_next_run(
                 is_emergency=True, predicted_class="siren", confidence=0.8, action="anc_bypassed"
             )
         assert offline.get_status()["emergency"]["pending"] == 1
-        async with orchestrator(emulator, tmp_path) as online:  # same data_dir
+        async with orchestrator(emulator, tmp_path, data_dir=where) as online:  # same store
             await emulator.rules.wait_for(lambda sink: len(sink.emergencies(THING)) == 1)
             await online.emergencies.wait_acknowledged()
     [stored] = emulator.rules.emergencies(THING)
