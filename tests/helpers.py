@@ -194,7 +194,7 @@ def _start_mosquitto(binary: str, certs: DevCerts, workdir: Path) -> MosquittoBr
             pytest.fail(f"mosquitto exited with {process.returncode}:\n{output}")
         if _accepts(port) and _accepts(plain_port):
             return MosquittoBroker(port, plain_port, process, log)
-        time.sleep(0.02)  # polling for readiness, bounded by the deadline
+        time.sleep(0.02)  # ok: polling a port for readiness, bounded by a deadline
     process.kill()
     process.wait()
     pytest.fail(f"mosquitto did not listen within 10 s:\n{log.read_text(errors='replace')}")

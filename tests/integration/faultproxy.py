@@ -123,7 +123,7 @@ class FaultProxy:
                 if link.swallowed:
                     continue
                 if self.delay:
-                    await anyio.sleep(self.delay)
+                    await anyio.sleep(self.delay)  # ok: the injected delay is the fault
                 await sink.send(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
