@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         utc_now,
     )
     from ancsync.mqtt.backoff import BackoffPolicy
-    from ancsync.mqtt.outbox import Lane, PublishHandle
+    from ancsync.mqtt.outbox import Lane, LaneLimits, PublishHandle
     from ancsync.mqtt.session import ConnectionEvent
     from ancsync.mqtt.store import DurableStore
     from ancsync.operator import OperatorCredentials, ShadowDocument, ShadowOperator
@@ -99,6 +99,7 @@ _LAZY = {
     "utc_now": "ancsync.models",
     "BackoffPolicy": "ancsync.mqtt.backoff",
     "Lane": "ancsync.mqtt.outbox",
+    "LaneLimits": "ancsync.mqtt.outbox",
     "PublishHandle": "ancsync.mqtt.outbox",
     "ConnectionEvent": "ancsync.mqtt.session",
     "DurableStore": "ancsync.mqtt.store",
@@ -161,6 +162,7 @@ __all__ = [
     "InvalidTopic",
     "IoTConnection",
     "Lane",
+    "LaneLimits",
     "NotAuthorized",
     "NotStarted",
     "OperatorCredentials",
