@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -189,8 +191,78 @@ def test_a_damaged_database_is_moved_aside(
         assert store.pending() == []
         store.put(message("emergency"))
 
-    assert len(list(tmp_path.glob(f"{STORE_FILE_NAME}.corrupt-*"))) == 1
-    assert "unreadable" in caplog.text
+    assert len(list(tmp_path.glob(f"{STORE_FILE_NAME}.corrupt-*Z"))) == 1  # and its -wal, -shm
+    assert "is corrupt" in caplog.text
+
+
+def test_a_damaged_store_keeps_the_emergencies_and_counters_it_can_still_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / STORE_FILE_NAME
+    emergencies = [message("emergency", 100) for _ in range(3)]
+    with DurableStore(path) as store:
+        for seq, entry in enumerate(emergencies, start=1):
+            store.put(entry, seq=("emergency", seq))
+        store.save_seq("telemetry/anc", 77)
+        for _ in range(40):
+            store.put(message("telemetry", 1500))
+    assert not path.with_name(f"{STORE_FILE_NAME}-wal").exists()  # closing folded the WAL in
+    # Scribble over the last three pages: telemetry rows, stored after the emergencies, so the
+    # file fails its integrity check while the emergency rows and the counters stay readable.
+    data = bytearray(path.read_bytes())
+    assert len(data) > 20 * 4096
+    data[-3 * 4096 :] = os.urandom(3 * 4096)
+    path.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.ERROR, logger="ancsync.mqtt.store"), DurableStore(path) as store:
+        assert store.pending() == emergencies
+        assert store.stats().bytes == 300
+        assert store.reserve_seq("emergency") == 4
+        assert store.reserve_seq("telemetry/anc") == 78
+
+    assert len(list(tmp_path.glob(f"{STORE_FILE_NAME}.corrupt-*Z"))) == 1  # and its -wal, -shm
+    assert "holding the 3 pending emergencies and 2 seq counters" in caplog.text
+    with DurableStore(path) as reopened:  # the rescue itself was committed
+        assert reopened.pending() == emergencies
+
+
+@contextmanager
+def as_user_nobody() -> Iterator[None]:
+    """Run the block as user nobody (real and effective ids), keeping root as the saved id."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to create a file that another user then cannot open")
+    os.setresgid(65534, 65534, 0)
+    os.setresuid(65534, 65534, 0)
+    try:
+        yield
+    finally:
+        os.setresuid(0, 0, 0)
+        os.setresgid(0, 0, 0)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644], ids=["unreadable", "read-only"])
+def test_a_store_file_of_another_user_is_an_error_and_is_left_untouched(mode: int) -> None:
+    # A device run once under sudo: a root-owned file in a directory the device may write to.
+    # (tmp_path's parents are private to root, so nobody needs a directory of its own.)
+    with tempfile.TemporaryDirectory() as directory:
+        os.chmod(directory, 0o777)
+        path = Path(directory, STORE_FILE_NAME)
+        kept = message("emergency")
+        with DurableStore(path) as store:
+            store.put(kept, seq=("emergency", 7))
+        path.chmod(mode)
+
+        with as_user_nobody(), pytest.raises(StorageError) as caught:
+            DurableStore(path)
+
+        assert f"{str(path)!r} cannot be read and written by this user (uid 65534)" in str(
+            caught.value
+        )
+        assert f"chown 65534 {path}" in str(caught.value)
+        assert os.listdir(directory) == [STORE_FILE_NAME]  # nothing moved aside or created
+        with DurableStore(path) as store:
+            assert store.pending() == [kept]
+            assert store.reserve_seq("emergency") == 8
 
 
 def test_a_data_dir_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:

@@ -20,8 +20,12 @@ Design choices:
 * **Bounded in bytes.** Payload bytes are capped by ``max_bytes``; a new entry evicts the oldest
   telemetry first and never an emergency. If emergencies alone would pass the cap, the new entry
   is refused with :class:`~ancsync.errors.BufferFull` rather than silently dropped.
-* **Start-up never crashes on a bad file.** A corrupt or unreadable file is moved aside
-  (``outbox.sqlite3.corrupt-<UTC time>``) with an error log and a fresh store is created.
+* **Start-up never crashes on a corrupt file, and never drops what it can read.** A damaged file
+  is moved aside (``outbox.sqlite3.corrupt-<UTC time>``) with an error log and a fresh store is
+  created; first, every pending emergency and ``seq`` counter still readable in it is copied over.
+* **A permission problem is an error, not corruption.** A file this user cannot read and write
+  (say, created once under ``sudo``) is left alone and :class:`~ancsync.errors.StorageError` says
+  how to fix it: moving it aside would orphan the emergencies in it.
 * **Clear errors.** SQLite failures (disk full, read-only file system, I/O errors) become
   :class:`~ancsync.errors.StorageError` naming the file, the cause and what to do.
 """
@@ -38,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ancsync.errors import BufferFull, StorageError
 
@@ -158,6 +162,7 @@ class DurableStore:
     # -- opening -------------------------------------------------------------------------------
 
     def _open_or_recover(self) -> sqlite3.Connection:
+        self._refuse_files_without_permission()
         try:
             return _connect(self.path)
         except sqlite3.Error as exc:
@@ -167,21 +172,48 @@ class DurableStore:
                     "writable (a read-only file system or missing permission); point data_dir "
                     "(env ANCSYNC_DATA_DIR) at a writable directory"
                 ) from exc
-            unreadable = self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK)
-            if _error_name(exc) not in _BAD_FILE_ERRORS and not unreadable:
+            if _error_name(exc) not in _BAD_FILE_ERRORS:
                 raise self._storage_error("open", exc) from exc
-            moved_to = self._move_aside()
-            logger.error(  # noqa: TRY400 (the reason is the message; no traceback wanted)
-                "durable outbox %s is unreadable (%s); moved it to %s and started an empty store. "
-                "Messages in the old file were not re-sent; inspect it if they matter.",
-                self.path,
-                exc,
-                moved_to,
-            )
+            damage = exc
+        emergencies, seqs = _rescue(self.path)
+        moved_to = self._move_aside()
         try:
-            return _connect(self.path)
+            conn = _connect(self.path)
         except sqlite3.Error as exc:
             raise self._storage_error("create", exc) from exc
+        try:
+            rescued = _restore(conn, emergencies, seqs)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._storage_error(f"copy the emergencies rescued from {moved_to}", exc) from exc
+        logger.error(
+            "durable outbox %s is corrupt (%s); moved it to %s and started a new store holding "
+            "the %d pending emergencies and %d seq counters still readable in it. Other "
+            "messages in the old file were not re-sent; inspect it if they matter.",
+            self.path,
+            damage,
+            moved_to,
+            rescued,
+            len(seqs),
+        )
+        return conn
+
+    def _refuse_files_without_permission(self) -> None:
+        """Raise if the store's files exist but this user may not read and write them.
+
+        SQLite would report such a file as unopenable or read-only, much like a broken one; but
+        its emergencies are intact, so it must stay where it is for its owner to fix.
+        """
+        for file in (self.path, *_sidecars(self.path)):
+            if _lacks_permission(file):
+                raise StorageError(
+                    f"durable outbox {str(self.path)!r} could not open: {str(file)!r} cannot be "
+                    f"read and written by this user (uid {os.geteuid()}), perhaps because it was "
+                    "created under sudo or by another user; give it back to this user "
+                    f"(chown {os.geteuid()} {file}; chmod u+rw {file}) or point data_dir "
+                    "(env ANCSYNC_DATA_DIR) at another directory. The file was left untouched: "
+                    "its pending emergencies are sent once it can be opened."
+                )
 
     def _move_aside(self) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -190,13 +222,12 @@ class DurableStore:
             self.path.rename(target)
             # The WAL and shared-memory files belong to the bad database: move them with it,
             # or SQLite would try to replay them into the new file.
-            for suffix in ("-wal", "-shm"):
-                sibling = self.path.with_name(self.path.name + suffix)
-                if sibling.exists():
-                    sibling.rename(target.with_name(target.name + suffix))
+            for sidecar in _sidecars(self.path):
+                if sidecar.exists():
+                    sidecar.rename(target.with_name(target.name + sidecar.name[-4:]))
         except OSError as exc:
             raise StorageError(
-                f"durable outbox {str(self.path)!r} is unreadable and could not be moved aside "
+                f"durable outbox {str(self.path)!r} is corrupt and could not be moved aside "
                 f"({exc.strerror}); remove it or point data_dir at a writable directory"
             ) from exc
         return target
@@ -432,6 +463,88 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    """The WAL and shared-memory files SQLite keeps next to ``path``."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _lacks_permission(file: Path) -> bool:
+    """True when ``file`` exists but this (effective) user may not read and write it.
+
+    A read-only file system is not a permission problem: opening reports that on its own.
+    """
+    effective = os.access in os.supports_effective_ids
+    if not os.path.exists(file) or os.access(file, os.R_OK | os.W_OK, effective_ids=effective):
+        return False
+    readable = os.access(file, os.R_OK, effective_ids=effective)
+    return not (readable and os.statvfs(file).f_flag & os.ST_RDONLY)
+
+
+_RescuedRow = tuple[Any, ...]
+
+# Two ways to the emergency rows: through the lane index (touches only their pages) and, if the
+# index itself is damaged, a plain table scan. Each keeps whatever it read before an error.
+_RESCUE_QUERIES = (
+    "SELECT id, msg_id, lane, topic, payload, qos, records, created_at"
+    " FROM messages WHERE lane = 'emergency'",
+    "SELECT id, msg_id, lane, topic, payload, qos, records, created_at"
+    " FROM messages NOT INDEXED WHERE lane = 'emergency'",
+)
+
+
+def _rescue(path: Path) -> tuple[list[_RescuedRow], list[_RescuedRow]]:
+    """Best effort: the pending emergencies (oldest first) and seq counters still readable in a
+    damaged store file. Never raises: what cannot be read is simply not returned."""
+    by_msg_id: dict[Any, _RescuedRow] = {}
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return [], []
+    try:
+        for query in _RESCUE_QUERIES:
+            for row in _rows_until_error(conn, query):
+                by_msg_id.setdefault(row[1], row)
+        seqs = _rows_until_error(conn, "SELECT stream, value FROM seqs")
+    finally:
+        conn.close()
+    oldest_first = sorted(by_msg_id.values(), key=lambda row: row[0])
+    return [row[1:] for row in oldest_first], seqs  # without the old row id
+
+
+def _rows_until_error(conn: sqlite3.Connection, query: str) -> list[_RescuedRow]:
+    rows: list[_RescuedRow] = []
+    try:
+        for row in conn.execute(query):
+            rows.append(tuple(row))
+    except sqlite3.Error as exc:
+        logger.debug("rescue stopped after %d rows of %r: %s", len(rows), query, exc)
+    return rows
+
+
+def _restore(
+    conn: sqlite3.Connection, emergencies: list[_RescuedRow], seqs: list[_RescuedRow]
+) -> int:
+    """Write rescued rows into a new store in one fsynced transaction (it is in FULL mode) and
+    return how many emergencies were kept.
+
+    ``OR IGNORE`` skips a row that a damaged page turned into something the schema refuses.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        kept = conn.executemany(
+            "INSERT OR IGNORE INTO messages (msg_id, lane, topic, payload, qos, records,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            emergencies,
+        ).rowcount
+        conn.executemany("INSERT OR IGNORE INTO seqs (stream, value) VALUES (?, ?)", seqs)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return kept
 
 
 def _check_integrity(conn: sqlite3.Connection) -> None:
