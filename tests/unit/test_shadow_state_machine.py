@@ -385,6 +385,76 @@ async def test_a_raising_handler_applies_nothing_and_sync_carries_on() -> None:
     assert connection.stored()["reported"] == {"anc_intensity": 0.3}
 
 
+async def test_a_failed_value_is_retried_at_the_next_resync_not_at_once() -> None:
+    connection = StoreConnection()
+    shadow = make_shadow(connection, sync_interval=0.2)
+    device = Device()
+    device.fail = True  # the device is busy
+    shadow.on_delta(device.apply)
+    connection.operator_update({"desired": {"anc_intensity": 0.2}})
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(shadow.start_sync)
+            await connection.until(lambda: "last_error" in connection.stored().get("reported", {}))
+            # The error report leaves the delta in place and publishes it again: that must not
+            # call the handler again at once (a loop), only the next re-sync does.
+            await anyio.wait_all_tasks_blocked()
+            assert device.calls == [{"anc_intensity": 0.2}]
+            device.fail = False
+            await connection.until(lambda: "anc_intensity" in connection.stored()["reported"])
+            tg.cancel_scope.cancel()
+    assert device.calls == [{"anc_intensity": 0.2}, {"anc_intensity": 0.2}]
+    assert connection.stored()["reported"] == {"anc_intensity": 0.2}  # the error is cleared
+    assert shadow.get_status()["resyncs"] >= 2
+
+
+async def test_a_desired_value_taken_back_before_the_sync_task_runs_is_not_applied() -> None:
+    connection = StoreConnection()
+    shadow = make_shadow(connection)
+    device = Device()
+    shadow.on_delta(device.apply)
+    connection.operator_update(
+        {"desired": {"anc_intensity": 0.5}, "reported": {"anc_intensity": 0.5}}
+    )
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(shadow.start_sync)
+            await connection.until(lambda: connection.count("get") == 1)
+            await anyio.wait_all_tasks_blocked()
+            # 0.9 leaves a delta (published); back to 0.5 leaves none, so no delta message says
+            # that 0.9 is no longer wanted: only the local copy knows.
+            connection.operator_update({"desired": {"anc_intensity": 0.9}})
+            connection.operator_update({"desired": {"anc_intensity": 0.5}})
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    assert device.calls == []
+    assert connection.count("update") == 0
+    assert connection.stored()["reported"] == {"anc_intensity": 0.5}
+
+
+async def test_a_get_without_delta_drops_the_waiting_delta() -> None:
+    connection = StoreConnection()
+    shadow = make_shadow(connection)
+    device = Device()
+    shadow.on_delta(device.apply)
+    connection.operator_update(
+        {"desired": {"anc_intensity": 0.5}, "reported": {"anc_intensity": 0.5}}
+    )
+    with anyio.fail_after(5):
+        await shadow.get()
+        connection.operator_update({"desired": {"anc_intensity": 0.9}})  # the delta waits
+        # Set back behind the device's back: only a get can tell.
+        connection.operator_update({"desired": {"anc_intensity": 0.5}}, publish=False)
+        assert (await shadow.get()).delta == {}
+        async with anyio.create_task_group() as tg:
+            await tg.start(shadow.start_sync)
+            await connection.until(lambda: connection.count("get") == 3)  # the sync's re-sync
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    assert device.calls == []
+    assert connection.stored()["reported"] == {"anc_intensity": 0.5}
+
+
 async def test_a_stale_delta_is_discarded() -> None:
     connection = StoreConnection()
     shadow = make_shadow(connection)

@@ -5,7 +5,9 @@ and returns the reported patch that describes what really happened:
 
 1. A desired value already offered is skipped: it is offered again only when it changes, or
    after :meth:`DeltaApplier.forget_offered` (a reconnect). A refused or clamped value would
-   otherwise come back with every delta and loop forever.
+   otherwise come back with every delta and loop forever. A value whose handler raised is
+   skipped too, but only until :meth:`DeltaApplier.retry_failed` (the next re-sync): the
+   device may have been busy, and retrying at once would loop on the error report's delta.
 2. Each value is validated against the desired model; invalid ones are never applied.
 3. The valid ones go to the ``deltas()`` listeners and to the handler, which returns what it
    actually applied. A handler that raises applied nothing.
@@ -63,7 +65,9 @@ class DeltaApplier:
         self._as_reported = as_reported
         self._error_field = error_field
         self._name = name
+        # Values settled (applied, refused or clamped), and values whose handler raised.
         self._offered: JsonObject = {}
+        self._failed: JsonObject = {}
         self._listeners: list[MemoryObjectSendStream[JsonObject]] = []
         self.counts: Counter[str] = Counter()
 
@@ -76,6 +80,11 @@ class DeltaApplier:
     def forget_offered(self) -> None:
         """Offer every desired value again at the next delta (after a reconnect)."""
         self._offered.clear()
+        self._failed.clear()
+
+    def retry_failed(self) -> None:
+        """Offer again, at the next delta, the values whose handler raised (a re-sync)."""
+        self._failed.clear()
 
     async def apply(
         self, changes: JsonObject, handler: DeltaHandler | None, reported: JsonObject
@@ -84,13 +93,16 @@ class DeltaApplier:
         fresh = {
             key: value
             for key, value in changes.items()
-            if key not in self._offered or not json_equal(self._offered[key], value)
+            if not _holds(self._offered, key, value) and not _holds(self._failed, key, value)
         }
         if not fresh:
             return {}
-        self._offered.update(fresh)
         self.counts["deltas"] += 1
+        for key in fresh:
+            self._failed.pop(key, None)  # a new value: an older failure is no longer news
         valid, errors = self._split_valid(fresh)
+        # Refused values are settled now; valid ones only once the handler has returned.
+        self._offered.update({key: value for key, value in fresh.items() if key not in valid})
         applied: JsonObject = {}
         if valid:
             self._publish(valid)
@@ -99,11 +111,14 @@ class DeltaApplier:
                     applied = await self._call(handler, valid)
                 except Exception as exc:
                     self.counts["handler_errors"] += 1
+                    self._failed.update(valid)
                     log.exception("the delta handler of %s raised; nothing applied", self._name)
                     errors.append(
                         f"desired {', '.join(sorted(valid))} not applied: the delta handler "
                         f"raised {type(exc).__name__}: {exc}"
                     )
+                    valid = {}
+            self._offered.update(valid)
         report = dict(applied)
         if self._error_field is not None:
             current = reported.get(self._error_field)
@@ -159,3 +174,7 @@ class DeltaApplier:
                 self.counts["deltas_dropped"] += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._listeners.remove(listener)
+
+
+def _holds(values: JsonObject, key: str, value: Any) -> bool:
+    return key in values and json_equal(values[key], value)

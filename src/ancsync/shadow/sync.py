@@ -13,9 +13,11 @@ The state machine, in one place:
 - **Deltas.** An ``update/delta`` older than the last one seen is discarded. A newer one (or the
   delta of a get) goes to the sync task, which validates each desired value against the desired
   model, hands the valid ones to the delta handler and reports exactly what the handler says it
-  applied. Invalid values and handler failures are reported in ``last_error``, never echoed.
-  A desired value is offered once: it is offered again only when it changes, or after a
-  reconnect (so a refused or clamped value cannot start an update-delta loop).
+  applied. The changes are taken from the local copy when it is as new as the delta (a newer
+  update may have taken a desired value back). Invalid values and handler failures are
+  reported in ``last_error``, never echoed. A desired value is offered once: it is offered
+  again only when it changes, or after a reconnect (so a refused or clamped value cannot start
+  an update-delta loop). A value whose handler raised is offered again at the next re-sync.
 - **Re-sync.** After every connect, and every ``sync_interval`` seconds: get the shadow, handle
   its delta, send what is pending.
 """
@@ -257,7 +259,8 @@ class DeviceShadowSync:
         ``handler(changes)`` gets the valid desired values that differ from reported (a dict),
         applies what it can and returns what it actually applied (a dict or a model; ``None``
         means nothing). Exactly that is reported. If it raises, nothing is reported as applied
-        and the error goes to ``last_error``; the sync task carries on.
+        and the error goes to ``last_error``; the sync task carries on, and offers the values
+        again at the next re-sync.
         """
         self.on_delta_callback = handler
         return handler
@@ -346,12 +349,15 @@ class DeviceShadowSync:
             if self._resync_due:
                 self._resync_due = False
                 self._counts["resyncs"] += 1
+                self._deltas.retry_failed()
                 await self.get()
             if self._next_delta is not None:
-                _version, changes = self._next_delta
+                version, changes = self._next_delta
                 self._next_delta = None
                 report = await self._deltas.apply(
-                    changes, self.on_delta_callback, self._local.reported
+                    self._changes_now(version, changes),
+                    self.on_delta_callback,
+                    self._local.reported,
                 )
                 if report:
                     self._reports.add(report)
@@ -399,6 +405,13 @@ class DeviceShadowSync:
             return
         self._delta_version = version
         self._post_delta(version, changes)
+
+    def _changes_now(self, version: int, changes: JsonObject) -> JsonObject:
+        """The desired changes to handle now: the local copy's delta, unless the copy is older
+        than the delta message. The copy also follows updates that publish no delta (desired
+        set back to what is reported), so a superseded desired value is never applied."""
+        state = self._local.snapshot()
+        return state.delta if state.version >= version else changes
 
     def _post_delta(self, version: int, changes: JsonObject) -> None:
         if self._next_delta is not None and self._next_delta[0] > version:
