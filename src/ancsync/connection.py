@@ -222,7 +222,13 @@ class IoTConnection:
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
         """Flush queued messages (up to ``flush_timeout`` s), publish status "offline",
-        disconnect and stop the tasks. Messages still queued after that are not sent."""
+        disconnect and stop the tasks.
+
+        Messages not acknowledged by then are not sent, and their handles fail so no
+        ``delivered()`` waits forever: :class:`~ancsync.errors.PublishTimeout` if the message was
+        sent (the broker may have it), :class:`~ancsync.errors.ConnectError` if it never was.
+        Durable messages (emergencies, durable telemetry) stay in their store for the next start.
+        """
         if self._stack is None or self._session is None:
             return
         stack, self._stack = self._stack, None

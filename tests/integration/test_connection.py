@@ -16,6 +16,7 @@ from helpers import AllowEverything, MosquittoBroker, mqtt_client
 from ancsync import (
     Command,
     ConfigError,
+    ConnectError,
     DeviceStatus,
     EmergencyEvent,
     InvalidTopic,
@@ -292,6 +293,21 @@ async def test_not_authorized(dev_certs: DevCerts) -> None:
             async with iot:
                 with pytest.raises(NotAuthorized, match="refused the connection"):
                     await iot.wait_connected()
+
+
+async def test_stop_fails_the_handles_of_messages_never_sent(dev_certs: DevCerts) -> None:
+    """A message queued while the broker refuses the device: after stop(), delivered() raises
+    at once, saying the message was never sent, instead of waiting forever."""
+    with anyio.fail_after(10):
+        async with EmbeddedBroker(dev_certs, authorizer=_OnlyDevice1()) as broker:
+            iot = device_connection(dev_certs, broker.port, thing="anc-device-002")
+            async with iot:
+                handle = await iot.publish("anc/devices/anc-device-002/metrics", {"snr": 1})
+                with pytest.raises(NotAuthorized):
+                    await iot.wait_connected()
+                await iot.stop(flush_timeout=0.1)
+            with anyio.fail_after(1), pytest.raises(ConnectError, match="never sent"):
+                await handle.delivered()
 
 
 def test_plaintext_refused_to_a_non_loopback_host() -> None:

@@ -12,7 +12,7 @@ import pytest
 from anyio.abc import ObjectReceiveStream
 
 from ancsync.codec import decode, decode_model
-from ancsync.errors import ConnectError, ConnectTimeout, NotAuthorized, TLSError
+from ancsync.errors import ConnectError, ConnectTimeout, NotAuthorized, PublishTimeout, TLSError
 from ancsync.models import DeviceStatus
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
 from ancsync.mqtt.outbox import Lane, Outbox, OutgoingMessage, PublishHandle
@@ -277,10 +277,76 @@ async def test_stop_flushes_then_publishes_offline() -> None:
         handles = [rig.put(f"anc/t/{n}", n) for n in range(5)]
         await rig.session.stop(flush_timeout=2)
         assert rig.session.state.value == "stopped"
-    assert all(handle.done for handle in handles)
+    for handle in handles:
+        await handle.delivered()
     topics = [topic for topic, *_ in rig.broker.published]
     assert topics == [STATUS] + [f"anc/t/{n}" for n in range(5)] + [STATUS]
     assert decode(rig.broker.published[-1][1])["status"] == "offline"
+
+
+async def test_stop_fails_the_handles_it_could_not_flush() -> None:
+    """After the flush deadline, sent-but-unacknowledged and never-sent messages fail, each
+    with an error saying which it was, instead of leaving delivered() waiting forever."""
+    rig = Rig(FakeBroker(), in_flight=2, announce_status=False)
+    async with running(rig):
+        await rig.session.wait_connected()
+        rig.broker.auto_ack = False
+        handles = [rig.put(f"anc/t/{n}", n) for n in range(3)]
+        await rig.broker.wait_until(lambda: len(rig.broker.attempted) == 2)
+        await rig.session.stop(flush_timeout=0.05)
+    with anyio.fail_after(1):
+        for handle in handles[:2]:
+            with pytest.raises(PublishTimeout, match="may or may not have it"):
+                await handle.delivered()
+        with pytest.raises(ConnectError, match="never sent"):
+            await handles[2].delivered()
+
+
+async def test_cancelled_run_fails_the_handles_left() -> None:
+    rig = Rig(FakeBroker(auto_ack=False), announce_status=False)
+    async with running(rig):
+        await rig.session.wait_connected()
+        handle = rig.put("anc/t/0", 0)
+        await rig.broker.wait_until(lambda: len(rig.broker.attempted) == 1)
+    with anyio.fail_after(1), pytest.raises(PublishTimeout):
+        await handle.delivered()
+
+
+async def test_a_permanent_error_is_forgotten_after_an_ordinary_failure() -> None:
+    """A TLS error followed by network failures: wait_connected() reports the network, not TLS."""
+    refused = ConnectError("127.0.0.1:8883 refused the TCP connection")
+    broker = FakeBroker(connect_errors=[TLSError("bad certificate")] + [refused] * 100)
+    backoff = Backoff(BackoffPolicy(base=0.01, cap=0.01), random=lambda: 1.0)
+    rig = Rig(broker, backoff=backoff)
+    with rig.session.events() as events:
+        async with running(rig):
+            assert isinstance((await _next(events, "disconnected")).error, TLSError)
+            assert (await _next(events, "disconnected")).error is refused
+            assert rig.session.permanent_error is None
+            with pytest.raises(ConnectTimeout, match="refused the TCP connection"):
+                await rig.session.wait_connected(timeout=0.05)
+
+
+async def test_wait_connected_raises_once_run_has_ended() -> None:
+    refused = ConnectError("127.0.0.1:8883 refused the TCP connection")
+    broker = FakeBroker(connect_errors=[refused] * 10)
+    rig = Rig(broker, backoff=Backoff(BackoffPolicy(base=10, cap=10)))
+    failures: list[BaseException] = []
+
+    async def wait() -> None:
+        try:
+            await rig.session.wait_connected()
+        except ConnectError as exc:
+            failures.append(exc)
+
+    async with running(rig) as rig, anyio.create_task_group() as waiters:
+        waiters.start_soon(wait)  # already waiting when run() ends
+        await rig.broker.wait_until(lambda: len(rig.broker.connects) == 1)
+        await rig.session.stop()
+    assert len(failures) == 1
+    assert "has stopped" in str(failures[0])
+    with anyio.fail_after(1), pytest.raises(ConnectError, match="has stopped"):
+        await rig.session.wait_connected()  # and after
 
 
 async def _next(events: ObjectReceiveStream[ConnectionEvent], kind: str) -> ConnectionEvent:

@@ -15,9 +15,12 @@ router, and follow the connection through :meth:`MqttSession.events`, :meth:`wai
 connect hooks (:meth:`add_connect_hook`), which run after every successful connect.
 
 Errors retrying cannot fix (a refused certificate, not authorised, bad certificate files) are
-kept as :attr:`permanent_error`: :meth:`wait_connected` raises them at once, and the session
-keeps retrying only about once per backoff cap (60 s), so a device recovers by itself once the
-cloud side is fixed.
+kept as :attr:`permanent_error` until the next attempt ends otherwise: :meth:`wait_connected`
+raises them at once, and the session keeps retrying only about once per backoff cap (60 s), so a
+device recovers by itself once the cloud side is fixed.
+
+When :meth:`MqttSession.run` ends (stopped or cancelled), the handle of every message still
+queued or unacknowledged fails, so no ``await handle.delivered()`` waits forever.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ancsync.codec import encode
-from ancsync.errors import AncSyncError, ConfigError, ConnectError, ConnectTimeout
+from ancsync.errors import (
+    AncSyncError,
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    PublishTimeout,
+)
 from ancsync.models import DeviceStatus, new_id, utc_now
 from ancsync.mqtt.backoff import Backoff
 from ancsync.mqtt.outbox import Outbox, OutgoingMessage
@@ -162,13 +171,19 @@ class MqttSession:
     # --- what components use -------------------------------------------------------------
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """Wait until connected. Raises :attr:`permanent_error` at once if there is one, and
+        """Wait until connected. Raises :attr:`permanent_error` at once if there is one,
+        :class:`~ancsync.errors.ConnectError` once :meth:`run` has ended, and
         :class:`~ancsync.errors.ConnectTimeout` (naming the last error) after ``timeout``."""
         # A timeout parameter (not the caller's cancel scope) so we can say why it timed out.
         with anyio.move_on_after(timeout):
             while self.state is not SessionState.CONNECTED:
                 if self.permanent_error is not None:
                     raise self.permanent_error
+                if self._stopped.is_set():
+                    raise ConnectError(
+                        f"the session to {self._host}:{self._port} has stopped and will not "
+                        "connect again; start a new connection"
+                    ) from self.last_error
                 await self._changed.wait()
             return
         last = f"; last error: {self.last_error}" if self.last_error else ""
@@ -246,10 +261,13 @@ class MqttSession:
                 with anyio.move_on_after(delay):
                     await self._stop_requested.wait()
         finally:
+            # Shielded: run() may be ending by cancellation, and no handle may be left waiting.
+            with anyio.CancelScope(shield=True):
+                await self._fail_unsent()
+            self._stopped.set()
             self._set_state(SessionState.STOPPED)
             for listener in self._listeners:
                 listener.close()
-            self._stopped.set()
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
         """Flush queued messages for up to ``flush_timeout`` s, publish status "offline",
@@ -257,10 +275,48 @@ class MqttSession:
 
         Not connected: nothing can be flushed; :meth:`run` ends at once. The caller cancels
         :meth:`run` if this takes too long (it is bounded by the flush and connect timeouts).
+        Handles of messages not acknowledged by then fail: with
+        :class:`~ancsync.errors.PublishTimeout` if the message was sent (the broker may have
+        it), with :class:`~ancsync.errors.ConnectError` if it never was.
         """
         self._flush_deadline = anyio.current_time() + flush_timeout
         self._stop_requested.set()
         await self._stopped.wait()
+
+    async def _fail_unsent(self) -> None:
+        """Fail the handle of every message left in flight or queued: nothing will send them.
+
+        A message handed to the broker before (in flight, or put back after a loss) may have
+        arrived even though no PUBACK was seen; one never sent did not. Durable messages stay in
+        their store either way, and are sent again on the next start.
+        """
+        unacknowledged = list(self._in_flight.values())
+        self._in_flight.clear()
+        never_sent: list[OutgoingMessage] = []
+        while any(depth["messages"] for depth in self._outbox.depth().values()):
+            message = await self._outbox.get()  # returns at once: the outbox is not empty
+            (unacknowledged if message.attempts else never_sent).append(message)
+        for message in unacknowledged:
+            message.handle.fail(
+                PublishTimeout(
+                    f"message {message.msg_id} was sent but the session stopped before its "
+                    "PUBACK arrived: the broker may or may not have it; a durable message stays "
+                    "in its store and is sent again on the next start"
+                )
+            )
+        for message in never_sent:
+            message.handle.fail(
+                ConnectError(
+                    f"message {message.msg_id} was never sent: the session stopped first; a "
+                    "durable message stays in its store and is sent again on the next start"
+                )
+            )
+        if unacknowledged or never_sent:
+            log.warning(
+                "session stopped with %d messages unacknowledged and %d never sent",
+                len(unacknowledged),
+                len(never_sent),
+            )
 
     async def _connect_and_serve(self) -> AncSyncError:
         """One attempt: connect and serve until the connection ends; return why it ended."""
@@ -318,8 +374,10 @@ class MqttSession:
         self.last_error = error
         self._last_error_at = utc_now()
         permanent = isinstance(error, ConfigError) or getattr(error, "permanent", False)
+        # Only the latest failure counts: after a TLS error, ordinary network failures must not
+        # leave wait_connected() raising the old TLS error.
+        self.permanent_error = error if permanent else None
         if permanent:
-            self.permanent_error = error
             log.error("cannot connect (retrying cannot fix this): %s", error)
         else:
             log.warning("connection failed: %s", error)
