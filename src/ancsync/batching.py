@@ -209,6 +209,15 @@ class RecordBuffer:
         self.in_flight += len(batch)
         return batch
 
+    def readmit(self, kind: TelemetryKind, records: int) -> None:
+        """Count ``records`` of a batch a previous run stored as accepted and in flight.
+
+        They are re-sent without passing through the buffer; counting them keeps
+        ``accepted`` equal to the sum of the outcomes.
+        """
+        self.accepted[kind] += records
+        self.in_flight += records
+
     def settle(self, records: int) -> None:
         """``records`` handed out by :meth:`take` are delivered, stored or given up on."""
         self.in_flight -= records

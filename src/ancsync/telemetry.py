@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from ancsync.batching import RecordBuffer, batch_payload, encode_record, kind_of_topic
 from ancsync.codec import MAX_PAYLOAD_BYTES
-from ancsync.errors import AncSyncError, BufferFull, StorageError
+from ancsync.errors import AncSyncError, BufferFull, PublishTimeout, StorageError
 from ancsync.models import AncMetrics, AudioMetrics, ErrorRecord, SystemMetrics, new_id
 from ancsync.mqtt.outbox import Lane, PublishHandle
 from ancsync.mqtt.store import DurableStore, StoredMessage
@@ -114,6 +114,8 @@ class TelemetryPublisher:
         self._delivered = dict.fromkeys(TELEMETRY_KINDS, 0)
         self._failed = dict.fromkeys(TELEMETRY_KINDS, 0)
         self._unsent = dict.fromkeys(TELEMETRY_KINDS, 0)
+        self._unconfirmed = dict.fromkeys(TELEMETRY_KINDS, 0)
+        self._stored = dict.fromkeys(TELEMETRY_KINDS, 0)
         self._batches_sent = 0
         self._batches_acknowledged = 0
 
@@ -185,8 +187,9 @@ class TelemetryPublisher:
         """Send what is waiting and wait for acknowledgements, for at most ``timeout`` seconds.
 
         Then :meth:`start_publishing` returns. What could not be sent is stored durably when
-        there is a durable store (and re-sent on the next start); otherwise it is counted as
-        ``unsent`` in :meth:`get_status` and logged.
+        there is a durable store (and re-sent on the next start; counted as ``stored``);
+        otherwise it is counted as ``unsent`` in :meth:`get_status` and logged. Batches sent
+        but not acknowledged in time are counted as ``unconfirmed`` (or ``stored``).
         """
         self._stopping = True
         if self._offline_wait is not None:
@@ -223,10 +226,11 @@ class TelemetryPublisher:
                 self._window.release()
                 continue
             message, seq = self._make_batch(kind, records)
-            if await self._persist(message, kind, seq) is False:
+            stored = await self._persist(message, kind, seq)
+            if stored is False:
                 self._window.release()
                 continue
-            await self._send(message, kind, watchers)
+            await self._send(message, kind, watchers, stored=bool(stored))
 
     async def _until_connected(self) -> bool:
         """Wait for the connection (offline, records wait in the buffer, newest kept).
@@ -289,7 +293,9 @@ class TelemetryPublisher:
             return None
         return True
 
-    async def _send(self, message: StoredMessage, kind: TelemetryKind, watchers: TaskGroup) -> None:
+    async def _send(
+        self, message: StoredMessage, kind: TelemetryKind, watchers: TaskGroup, *, stored: bool
+    ) -> None:
         assert self._window is not None
         try:
             handle = await self._iot.publish(
@@ -297,29 +303,41 @@ class TelemetryPublisher:
             )
         except AncSyncError as exc:
             logger.warning("telemetry batch %s was not queued: %s", message.msg_id, exc)
-            self._failed[kind] += message.records
+            (self._stored if stored else self._failed)[kind] += message.records
             self._buffer.settle(message.records)
             self._window.release()
             return
         self._batches_sent += 1
-        watchers.start_soon(self._watch, message, kind, handle)
+        watchers.start_soon(self._watch, message, kind, handle, stored)
 
     async def _watch(
-        self, message: StoredMessage, kind: TelemetryKind, handle: PublishHandle
+        self, message: StoredMessage, kind: TelemetryKind, handle: PublishHandle, stored: bool
     ) -> None:
+        """Wait for the batch's PUBACK and count its records in exactly one outcome."""
         assert self._window is not None
+        # A batch in the durable store stays there until its PUBACK: re-sent on the next start.
+        outcome: dict[TelemetryKind, int] | None = None
         try:
             await handle.delivered()
+        except PublishTimeout as exc:
+            # The connection stopped after sending it: the broker may or may not have it.
+            logger.warning("telemetry batch %s was not acknowledged: %s", message.msg_id, exc)
+            outcome = self._stored if stored else self._unconfirmed
         except AncSyncError as exc:
             # Dropped by the outbox or failed for good: counted, never silent.
             logger.warning("telemetry batch %s was not delivered: %s", message.msg_id, exc)
-            self._failed[kind] += message.records
+            outcome = self._stored if stored else self._failed
         else:
             self._batches_acknowledged += 1
-            self._delivered[kind] += message.records
+            outcome = self._delivered
             if self._durable and self._store is not None:
                 self._forget(message.msg_id)
         finally:
+            if outcome is None:
+                # Cancelled by stop() (or an unexpected error): the broker may have it or not.
+                logger.warning("telemetry batch %s was not acknowledged", message.msg_id)
+                outcome = self._stored if stored else self._unconfirmed
+            outcome[kind] += message.records
             self._buffer.settle(message.records)
             self._window.release()
 
@@ -359,8 +377,8 @@ class TelemetryPublisher:
             if not await self._until_connected():
                 self._window.release()
                 return  # stopping: the rest stays stored for the next start
-            self._buffer.in_flight += message.records
-            await self._send(message, kind, watchers)
+            self._buffer.readmit(kind, message.records)
+            await self._send(message, kind, watchers, stored=True)
 
     async def _wait_until_delivered(self) -> None:
         assert self._window is not None
@@ -380,8 +398,7 @@ class TelemetryPublisher:
                 if stored is False:
                     continue  # refused by the store, already counted as failed
             self._buffer.settle(len(records))
-            if not stored:
-                self._unsent[kind] += len(records)
+            (self._stored if stored else self._unsent)[kind] += len(records)
         if any(self._unsent.values()):
             logger.warning("telemetry stopped with records not sent: %s", self._unsent)
 
@@ -392,7 +409,16 @@ class TelemetryPublisher:
 
         ``dropped`` counts records pushed out by the ``max_buffer_size`` bound; ``failed``
         counts records in batches the connection refused or dropped; ``unsent`` counts records
-        that :meth:`stop` could neither send nor store.
+        that :meth:`stop` could neither send nor store; ``unconfirmed`` counts records in
+        batches handed to the connection whose PUBACK had not come when :meth:`stop` gave up
+        (the broker may or may not have them); ``stored`` counts records left in the durable
+        store, re-sent on the next start. Every accepted record is in exactly one of these,
+        ``delivered``, or still waiting or in flight::
+
+            accepted == delivered + dropped + failed + unsent + unconfirmed + stored
+                        + waiting + in_flight_records
+
+        ``accepted`` includes the records of batches re-sent from the store at start.
         """
         buffer = self._buffer
         return {
@@ -405,6 +431,8 @@ class TelemetryPublisher:
             "dropped": sum(buffer.dropped.values()),
             "failed": sum(self._failed.values()),
             "unsent": sum(self._unsent.values()),
+            "unconfirmed": sum(self._unconfirmed.values()),
+            "stored": sum(self._stored.values()),
             "batches_sent": self._batches_sent,
             "batches_acknowledged": self._batches_acknowledged,
             "records": {
@@ -415,6 +443,8 @@ class TelemetryPublisher:
                     "dropped": buffer.dropped[kind],
                     "failed": self._failed[kind],
                     "unsent": self._unsent[kind],
+                    "unconfirmed": self._unconfirmed[kind],
+                    "stored": self._stored[kind],
                 }
                 for kind in TELEMETRY_KINDS
             },

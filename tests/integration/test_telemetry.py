@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from device import THING, device_connection
+from faultproxy import FaultProxy
 from publish_log import PublishLog
 
 from ancsync import EmergencyReporter, InvalidPayload, TelemetryPublisher
@@ -235,6 +237,8 @@ async def test_offline_the_newest_records_are_kept_and_after_reconnect_emergenci
                     "dropped": 800,
                     "failed": 0,
                     "unsent": 0,
+                    "unconfirmed": 0,
+                    "stored": 0,
                 }
                 await reporter.wait_acknowledged()
                 assert store.pending() == []
@@ -259,7 +263,7 @@ async def test_durable_batches_survive_a_restart_and_keep_their_msg_id(
                     await telemetry.stop(timeout=0.2)
             stored = store.pending("telemetry")
             assert [m.records for m in stored] == [5, 5, 2]
-            assert telemetry.get_status()["unsent"] == 0
+            assert (telemetry.get_status()["unsent"], telemetry.get_status()["stored"]) == (0, 12)
 
         log = PublishLog()
         server = EmbeddedBroker(dev_certs, port=port)
@@ -279,3 +283,65 @@ async def test_durable_batches_survive_a_restart_and_keep_their_msg_id(
                     await telemetry.stop()
                     assert batches(log)[-1].seq == 4
                 assert store.pending() == []
+
+
+OUTCOMES = ("delivered", "dropped", "failed", "unsent", "unconfirmed", "stored", "waiting")
+
+
+def assert_every_record_is_counted(status: dict[str, Any]) -> None:
+    """accepted == the sum of the outcomes, per kind and in total (DESIGN 1.3)."""
+    assert status["in_flight_records"] == 0  # stopped: nothing is in between
+    for kind, counts in status["records"].items():
+        assert counts["accepted"] == sum(counts[outcome] for outcome in OUTCOMES), kind
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "durable"])
+@pytest.mark.parametrize("first", ["telemetry", "connection"], ids=lambda f: f"{f}-stops-first")
+async def test_batches_without_puback_at_stop_are_counted(
+    dev_certs: DevCerts,
+    broker: tuple[EmbeddedBroker, PublishLog],
+    tmp_path: Path,
+    durable: bool,
+    first: str,
+) -> None:
+    """A half-open link: 4 batches go out, no PUBACK comes back, stop() gives up. Every record
+    is still counted: ``unconfirmed`` (or ``failed`` when the connection failed the batch) in
+    memory, ``stored`` (and still in the store) when durable."""
+    server, _ = broker
+    store = DurableStore.in_dir(tmp_path / "data") if durable else None
+    with anyio.fail_after(10):
+        async with FaultProxy(server.port) as proxy, anyio.create_task_group() as tg:
+            async with device_connection(dev_certs, proxy.port) as iot:
+                telemetry = TelemetryPublisher(iot, batch_size=5, store=store)
+                await tg.start(telemetry.start_publishing)
+                await iot.wait_connected()
+                proxy.swallow()  # still "connected" for a keep-alive: the batches go out
+                for n in range(20):
+                    telemetry.publish_anc_metrics(anc(n))
+                if first == "telemetry":
+                    await telemetry.stop(timeout=0.3)
+                else:
+                    # The batches must be on the connection before it stops. No event tells
+                    # that: wait until every task (the batcher too) is blocked, and look again.
+                    while telemetry.get_status()["batches_sent"] < 4:
+                        await anyio.wait_all_tasks_blocked()
+                # Stop the connection quickly: no flushing into (or reconnecting past) the void.
+                proxy.refuse = True
+                await proxy.cut()
+                await iot.stop(flush_timeout=0.1)
+            await telemetry.stop(timeout=0.3)
+
+    status = telemetry.get_status()
+    assert (status["batches_sent"], status["batches_acknowledged"]) == (4, 0)
+    assert_every_record_is_counted(status)
+    anc_counts = status["records"]["anc"]
+    assert (anc_counts["accepted"], anc_counts["delivered"]) == (20, 0)
+    if durable:
+        assert store is not None
+        assert anc_counts["stored"] == 20
+        assert sum(m.records for m in store.pending("telemetry")) == 20
+        store.close()
+    elif first == "telemetry":
+        assert anc_counts["unconfirmed"] == 20
+    else:  # failed by the stopping connection: unconfirmed if it was sent, failed if requeued
+        assert anc_counts["unconfirmed"] + anc_counts["failed"] == 20

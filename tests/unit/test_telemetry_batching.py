@@ -152,6 +152,21 @@ def test_when_everything_allowed_is_in_flight_new_records_are_dropped(clock: Fak
     assert buffer.dropped["anc"] == 1
 
 
+def test_a_readmitted_stored_batch_is_accepted_and_in_flight_until_settled(
+    clock: FakeClock,
+) -> None:
+    buffer = RecordBuffer(batch_size=5, max_records=4, clock=clock)
+    buffer.readmit("system", 3)  # a batch of 3 a previous run left in the store
+    assert (buffer.accepted["system"], buffer.in_flight, len(buffer)) == (3, 3, 0)
+
+    buffer.add("anc", record(0))
+    buffer.add("anc", record(1))  # 3 in flight + 2 waiting: past the bound
+    assert buffer.dropped["anc"] == 1
+
+    buffer.settle(3)
+    assert buffer.in_flight == 0
+
+
 def test_encoded_records_spliced_into_a_batch_make_a_valid_batch() -> None:
     records = [
         encode_record("system", {"battery_level": 85, "cpu_usage": 45.2}, limit=1000),
