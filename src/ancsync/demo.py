@@ -255,7 +255,10 @@ async def run_demo(
         summary.telemetry_batches_sent = telemetry["batches_sent"]
         summary.telemetry_batches_stored = len(emulator.rules.telemetry_batches(thing))
         summary.telemetry_dropped = (
-            telemetry["dropped"] + telemetry["failed"] + telemetry["unsent"]
+            telemetry["dropped"]
+            + telemetry["failed"]
+            + telemetry["unsent"]
+            + telemetry["unconfirmed"]
         ) + status["connection"]["dropped"]
         summary.seq_gaps = len(emulator.rules.gaps(thing))
         summary.shadow_version = document.version
