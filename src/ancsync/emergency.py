@@ -22,7 +22,6 @@ import math
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -89,6 +88,7 @@ class EmergencyReporter:
         self._resent = 0
         self._last_error: str | None = None
         self._all_acknowledged: anyio.Event | None = None
+        self._commit_lock = anyio.Lock()
 
     # -- running -------------------------------------------------------------------------------
 
@@ -99,15 +99,18 @@ class EmergencyReporter:
             raise RuntimeError("EmergencyReporter.run() is already running")
         try:
             async with anyio.create_task_group() as tasks:
-                self._tasks = tasks
-                stored = await anyio.to_thread.run_sync(self._store.pending, "emergency")
-                for message in stored:
-                    self._pending.setdefault(message.msg_id, message.created_at)
-                    handle = self._handles.get(message.msg_id)
-                    if handle is None:
-                        self._resent += 1
-                        handle = await self._queue(message)
-                    tasks.start_soon(self._follow, message, handle)
+                # Under the lock no report_emergency is between its commit and its queueing:
+                # every stored event is either queued already (its handle is known) or not.
+                async with self._commit_lock:
+                    stored = await anyio.to_thread.run_sync(self._store.pending, "emergency")
+                    self._tasks = tasks
+                    for message in stored:
+                        self._pending.setdefault(message.msg_id, message.created_at)
+                        handle = self._handles.get(message.msg_id)
+                        if handle is None:
+                            self._resent += 1
+                            handle = await self._queue(message)
+                        tasks.start_soon(self._follow, message, handle)
                 if self._resent:
                     logger.info("re-sending %d stored emergency events", self._resent)
                 task_status.started()
@@ -151,35 +154,44 @@ class EmergencyReporter:
             BufferFull: the store is full of unacknowledged emergencies: not reported.
         """
         data = self._validate(event)
-        seq = self._store.reserve_seq(_SEQ_STREAM)
-        emergency = data.to_event(device_id=self.device_id, event_id=new_id(), seq=seq)
-        message = StoredMessage(
-            msg_id=emergency.event_id,
-            lane="emergency",
-            topic=self._topic,
-            payload=encode(emergency, what="emergency event"),
-        )
-        # Once the write starts, finish it and queue the event even if the caller is cancelled:
-        # a stored event must also be on its way.
-        with anyio.CancelScope(shield=True):
-            try:
-                await anyio.to_thread.run_sync(
-                    partial(self._store.put, message, seq=(_SEQ_STREAM, seq))
-                )
-            except AncSyncError as exc:
-                self._last_error = str(exc)
-                logger.error("emergency %s NOT reported: %s", emergency.event_id, exc)  # noqa: TRY400
-                raise
-            self._reported += 1
-            self._pending[message.msg_id] = message.created_at
-            handle = await self._queue(message)
-            if self._tasks is not None:
-                self._tasks.start_soon(self._follow, message, handle)
+        event_id = new_id()
+        numbered: list[EmergencyEvent] = []
+
+        def number(seq: int) -> StoredMessage:
+            # Called by the store inside the transaction that inserts the row: the seq is used
+            # only if the event is committed, and commit order is seq order.
+            numbered.append(data.to_event(device_id=self.device_id, event_id=event_id, seq=seq))
+            return StoredMessage(
+                msg_id=event_id,
+                lane="emergency",
+                topic=self._topic,
+                payload=encode(numbered[-1], what="emergency event"),
+            )
+
+        # The lock queues events in commit (= seq) order, and keeps run() from re-sending an
+        # event committed here but not yet queued. Once the write starts, finish it and queue
+        # the event even if the caller is cancelled: a stored event must also be on its way.
+        async with self._commit_lock:
+            with anyio.CancelScope(shield=True):
+                try:
+                    message = await anyio.to_thread.run_sync(
+                        self._store.put_numbered, _SEQ_STREAM, number
+                    )
+                except AncSyncError as exc:
+                    self._last_error = str(exc)
+                    logger.error("emergency %s NOT reported: %s", event_id, exc)  # noqa: TRY400
+                    raise
+                self._reported += 1
+                self._pending[message.msg_id] = message.created_at
+                handle = await self._queue(message)
+                if self._tasks is not None:
+                    self._tasks.start_soon(self._follow, message, handle)
+        emergency = numbered[-1]
         logger.info(
             "emergency %s (%s, seq %d) stored and queued",
             emergency.event_id,
             emergency.predicted_class,
-            seq,
+            emergency.seq,
         )
         if wait_for_ack:
             await self._wait_for_ack(message, handle, timeout)
@@ -270,6 +282,21 @@ class EmergencyReporter:
         if not self._pending and self._all_acknowledged is not None:
             self._all_acknowledged.set()
             self._all_acknowledged = None
+
+    async def acknowledge_delivered(self) -> None:
+        """Delete from the store the events the broker acknowledged after :meth:`run` ended.
+
+        Call it once the connection has stopped: :meth:`run` is stopped before the connection's
+        final flush (so nothing is queued again), and an event acknowledged during that flush
+        must not be sent again on the next start.
+        """
+        for event_id, handle in list(self._handles.items()):
+            if handle.done:
+                try:
+                    await handle.delivered()
+                except AncSyncError:
+                    continue  # not delivered: it stays stored for the next start
+                await self._acknowledge(event_id)
 
     async def wait_acknowledged(self) -> None:
         """Wait until every reported (and re-sent) event has been acknowledged.

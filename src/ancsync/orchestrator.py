@@ -299,6 +299,9 @@ class DataSyncOrchestrator:
                 await release.wait()
             finally:
                 await self.connection.stop(flush_timeout=self._connection_flush)
+                # The reporter stopped before this flush; what it acknowledged leaves the store
+                # now, or the next start would send it again.
+                await self.emergencies.acknowledge_delivered()
 
     # --- what the control loop calls --------------------------------------------------------------
 

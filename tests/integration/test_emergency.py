@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from device import THING, device_connection
 from publish_log import PublishLog
 
 from ancsync import (
+    BufferFull,
     EmergencyInput,
     EmergencyReporter,
     InvalidPayload,
@@ -25,7 +27,7 @@ from ancsync.emulator.certs import DevCerts
 from ancsync.models import EmergencyEvent
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.mqtt.outbox import DEFAULT_LIMITS, Lane, LaneLimits
-from ancsync.mqtt.store import STORE_FILE_NAME, DurableStore
+from ancsync.mqtt.store import STORE_FILE_NAME, DurableStore, StoredMessage
 from ancsync.topics import emergency_topic
 
 FAST_RECONNECT = BackoffPolicy(base=0.05, cap=0.2)
@@ -266,3 +268,103 @@ async def test_an_event_the_connection_cannot_take_yet_is_offered_again_until_de
                 sent = [decode_model(p, EmergencyEvent).event_id for p in log.on(TOPIC)]
                 assert sent == [first.event_id, second.event_id]
                 assert store.pending() == []
+
+
+async def test_a_refused_write_leaves_no_gap_in_the_seq(
+    dev_certs: DevCerts, tmp_path: Path
+) -> None:
+    port = await unused_port(dev_certs)  # offline: nothing is acknowledged
+    with anyio.fail_after(10), DurableStore.in_dir(tmp_path / "data", max_bytes=600) as store:
+        async with (
+            device_connection(dev_certs, port, reconnect=FAST_RECONNECT) as iot,
+            EmergencyReporter(iot, store=store) as reporter,
+        ):
+            first = await reporter.report_emergency(alarm())
+            second = await reporter.report_emergency(alarm())
+            with pytest.raises(BufferFull):
+                await reporter.report_emergency(alarm())
+            store.max_bytes = 10_000  # room again: the refused event must not have used a seq
+            third = await reporter.report_emergency(alarm())
+
+            assert [first.seq, second.seq, third.seq] == [1, 2, 3]
+
+
+async def test_concurrent_reports_are_stored_and_sent_in_seq_order(
+    dev_certs: DevCerts, broker: tuple[EmbeddedBroker, PublishLog], store: DurableStore
+) -> None:
+    server, log = broker
+    with anyio.fail_after(10):
+        async with (
+            device_connection(dev_certs, server.port) as iot,
+            EmergencyReporter(iot, store=store) as reporter,
+        ):
+            await iot.wait_connected(5)
+            async with anyio.create_task_group() as reports:
+                for i in range(30):
+                    reports.start_soon(reporter.report_emergency, alarm(f"a{i}"))
+            rows = [decode_model(m.payload, EmergencyEvent).seq for m in store.pending()]
+            await reporter.wait_acknowledged()
+            await log.wait_for(lambda log: len(log.on(TOPIC)) >= 30)
+            sent = [decode_model(p, EmergencyEvent).seq for p in log.on(TOPIC)]
+
+            assert sent == list(range(1, 31))  # the cloud sees no gap and no reordering
+            assert rows == sorted(rows)  # a restart would re-send them in seq order too
+
+
+async def test_an_event_acknowledged_after_the_reporter_stopped_leaves_the_store(
+    dev_certs: DevCerts, broker: tuple[EmbeddedBroker, PublishLog], store: DurableStore
+) -> None:
+    server, log = broker
+    with anyio.fail_after(10):
+        iot = device_connection(dev_certs, server.port)
+        async with iot:
+            await iot.wait_connected(5)
+            async with EmergencyReporter(iot, store=store) as reporter:
+                event = await reporter.report_emergency(alarm())
+            # The reporter stopped before the PUBACK (as at shutdown, before the final flush).
+        # The connection has stopped, having flushed: the broker acknowledged the event.
+        assert [m.msg_id for m in store.pending()] == [event.event_id]
+        await reporter.acknowledge_delivered()
+
+        assert store.pending() == []  # the next start does not send it again
+        assert len(log.on(TOPIC)) == 1
+
+
+async def test_an_event_committed_while_run_reads_the_store_is_queued_once(
+    dev_certs: DevCerts, broker: tuple[EmbeddedBroker, PublishLog], store: DurableStore
+) -> None:
+    server, log = broker
+    queued = threading.Event()
+    real_put = store.put_numbered
+
+    def put_numbered(stream: str, number: Any) -> StoredMessage:
+        message = real_put(stream, number)
+        # Hold the report between its commit and its queueing until run() has read the store and
+        # queued what it found (the race). With the fix run() waits for the report instead, so
+        # this wait only times out.
+        queued.wait(timeout=0.5)
+        return message
+
+    store.put_numbered = put_numbered  # type: ignore[method-assign]
+    with anyio.fail_after(10):
+        async with device_connection(dev_certs, server.port) as iot:
+            await iot.wait_connected(5)
+            real_publish = iot.publish
+
+            async def publish(*args: Any, **options: Any) -> Any:
+                handle = await real_publish(*args, **options)
+                queued.set()
+                return handle
+
+            iot.publish = publish  # type: ignore[method-assign]
+            reporter = EmergencyReporter(iot, store=store)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(reporter.report_emergency, alarm())
+                await anyio.wait_all_tasks_blocked()  # the report is writing
+                await tasks.start(reporter.run)
+                await reporter.wait_acknowledged()
+                tasks.cancel_scope.cancel()
+
+            assert reporter.get_status()["resent_from_store"] == 0  # not queued a second time
+            assert len(log.on(TOPIC)) == 1
+            assert store.pending() == []

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +111,46 @@ def test_a_counter_never_goes_backwards(store: DurableStore) -> None:
     store.save_seq("s", 4)  # a late writer with an older number
 
     assert store.reserve_seq("s") == 11
+
+
+def numbered(seq: int, size: int = 10) -> StoredMessage:
+    """An emergency whose payload carries its ``seq``, as the reporter builds it."""
+    return StoredMessage(
+        msg_id=uuid.uuid4().hex,
+        lane="emergency",
+        topic="anc/test/emergency",
+        payload=seq.to_bytes(4, "big") + bytes(size - 4),
+    )
+
+
+def test_a_seq_is_used_only_by_a_committed_message(tmp_path: Path) -> None:
+    with DurableStore.in_dir(tmp_path, max_bytes=25) as store:
+        first = store.put_numbered("emergency", numbered)
+        second = store.put_numbered("emergency", numbered)
+        with pytest.raises(BufferFull):
+            store.put_numbered("emergency", numbered)  # refused: its number is not used
+        store.max_bytes = 100
+        third = store.put_numbered("emergency", numbered)
+
+    with DurableStore.in_dir(tmp_path) as reopened:
+        assert [m.msg_id for m in reopened.pending()] == [m.msg_id for m in (first, second, third)]
+        assert [int.from_bytes(m.payload[:4], "big") for m in reopened.pending()] == [1, 2, 3]
+        assert reopened.put_numbered("emergency", numbered).payload[:4] == (4).to_bytes(4, "big")
+
+
+def test_messages_numbered_from_many_threads_are_stored_in_seq_order(store: DurableStore) -> None:
+    def report_many() -> None:
+        for _ in range(25):
+            store.put_numbered("emergency", numbered)
+
+    threads = [threading.Thread(target=report_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    seqs = [int.from_bytes(m.payload[:4], "big") for m in store.pending()]
+    assert seqs == list(range(1, 201))  # row order (the restart re-send order) is seq order
 
 
 def test_over_max_bytes_the_oldest_telemetry_is_evicted_never_an_emergency(tmp_path: Path) -> None:

@@ -64,6 +64,9 @@ StoredLane = Literal["emergency", "telemetry"]
 
 _T = TypeVar("_T")
 
+# Telemetry rows deleted to make room: their row ids, payload bytes and records.
+_Eviction = tuple[list[int], int, int]
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -250,37 +253,67 @@ class DurableStore:
         Raises :class:`BufferFull` when the message cannot fit even after evicting all telemetry,
         and :class:`StorageError` when SQLite cannot write.
         """
-        size = len(message.payload)
-        fsync = message.lane == "emergency"
-        with self._transaction("store a message", fsync=fsync) as conn:
-            if conn.execute(
-                "SELECT 1 FROM messages WHERE msg_id = ?", (message.msg_id,)
-            ).fetchone():
-                return 0
-            evicted_ids, evicted_bytes, evicted_records = self._plan_eviction(conn, size)
-            if self._bytes - evicted_bytes + size > self.max_bytes:
-                raise BufferFull(
-                    f"durable outbox is full: a {size}-byte {message.lane} message does not fit "
-                    f"in max_bytes={self.max_bytes} ({self._bytes} bytes held, emergencies are "
-                    "never evicted); wait for the connection to deliver them or raise max_bytes"
-                )
-            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in evicted_ids])
-            conn.execute(
-                "INSERT INTO messages (msg_id, lane, topic, payload, qos, records, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message.msg_id,
-                    message.lane,
-                    message.topic,
-                    message.payload,
-                    message.qos,
-                    message.records,
-                    message.created_at,
-                ),
-            )
+        with self._transaction("store a message", fsync=message.lane == "emergency") as conn:
+            evicted = self._insert(conn, message)
             if seq is not None:
                 self._save_seq(conn, *seq)
-        self._bytes += size - evicted_bytes
+        if seq is not None:
+            self._raise_seq(*seq)
+        return self._account(message, evicted)
+
+    def put_numbered(self, stream: str, number: Callable[[int], StoredMessage]) -> StoredMessage:
+        """Store the message ``number(seq)`` builds with the next ``seq`` of ``stream``; return it.
+
+        The number is taken in the transaction that inserts the row, under the store's lock, so
+        it is used only if the row is committed (a :class:`BufferFull` or
+        :class:`StorageError` leaves no gap) and row order is ``seq`` order. The commit is
+        fsynced. Do not mix it with :meth:`reserve_seq` on the same stream.
+        """
+        with self._transaction("store a numbered message", fsync=True) as conn:
+            with self._seq_lock:
+                value = self._seqs.get(stream, 0) + 1
+            message = number(value)
+            evicted = self._insert(conn, message)
+            self._save_seq(conn, stream, value)
+        self._raise_seq(stream, value)
+        self._account(message, evicted)
+        return message
+
+    def _insert(self, conn: sqlite3.Connection, message: StoredMessage) -> _Eviction | None:
+        """Insert ``message``, evicting old telemetry; return what was evicted (``None`` if the
+        ``msg_id`` was already stored: nothing changed)."""
+        size = len(message.payload)
+        if conn.execute("SELECT 1 FROM messages WHERE msg_id = ?", (message.msg_id,)).fetchone():
+            return None
+        evicted_ids, evicted_bytes, evicted_records = self._plan_eviction(conn, size)
+        if self._bytes - evicted_bytes + size > self.max_bytes:
+            raise BufferFull(
+                f"durable outbox is full: a {size}-byte {message.lane} message does not fit "
+                f"in max_bytes={self.max_bytes} ({self._bytes} bytes held, emergencies are "
+                "never evicted); wait for the connection to deliver them or raise max_bytes"
+            )
+        conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in evicted_ids])
+        conn.execute(
+            "INSERT INTO messages (msg_id, lane, topic, payload, qos, records, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.msg_id,
+                message.lane,
+                message.topic,
+                message.payload,
+                message.qos,
+                message.records,
+                message.created_at,
+            ),
+        )
+        return evicted_ids, evicted_bytes, evicted_records
+
+    def _account(self, message: StoredMessage, evicted: _Eviction | None) -> int:
+        """After a commit: count the bytes and evictions; return the evicted records."""
+        if evicted is None:
+            return 0
+        evicted_ids, evicted_bytes, evicted_records = evicted
+        self._bytes += len(message.payload) - evicted_bytes
         if evicted_ids:
             self._evicted_messages += len(evicted_ids)
             self._evicted_records += evicted_records
@@ -293,7 +326,7 @@ class DurableStore:
             )
         return evicted_records
 
-    def _plan_eviction(self, conn: sqlite3.Connection, size: int) -> tuple[list[int], int, int]:
+    def _plan_eviction(self, conn: sqlite3.Connection, size: int) -> _Eviction:
         """Oldest telemetry rows to delete so that ``size`` more bytes fit (maybe not enough)."""
         need = self._bytes + size - self.max_bytes
         ids: list[int] = []
@@ -342,6 +375,7 @@ class DurableStore:
         """Persist ``value`` as the last used ``seq`` of ``stream`` (for unstored messages)."""
         with self._transaction("save a sequence counter", fsync=False) as conn:
             self._save_seq(conn, stream, value)
+        self._raise_seq(stream, value)
 
     def _save_seq(self, conn: sqlite3.Connection, stream: str, value: int) -> None:
         conn.execute(
@@ -349,6 +383,9 @@ class DurableStore:
             " ON CONFLICT (stream) DO UPDATE SET value = MAX(value, excluded.value)",
             (stream, value),
         )
+
+    def _raise_seq(self, stream: str, value: int) -> None:
+        """After a commit: the in-memory counter follows the one on disk."""
         with self._seq_lock:
             self._seqs[stream] = max(self._seqs.get(stream, 0), value)
 
