@@ -21,12 +21,17 @@ TEMPLATE = REPO / "src" / "ancsync" / "emulator" / "device_policy.json.tpl"
 
 TERRAFORM_DIR = REPO / "infra" / "terraform"
 
-pytestmark = pytest.mark.slow
+NO_TERRAFORM = shutil.which("terraform") is None
+if NO_TERRAFORM:
+    print("SKIP tests/infra/test_terraform.py: terraform is not installed")
 
-if shutil.which("terraform") is None:
-    reason = "terraform is not installed (https://developer.hashicorp.com/terraform/install)"
-    print(f"SKIP tests/infra/test_terraform.py: {reason}")
-    pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=reason)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        NO_TERRAFORM,
+        reason="terraform is not installed (https://developer.hashicorp.com/terraform/install)",
+    ),
+]
 
 
 def terraform(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

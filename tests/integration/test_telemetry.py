@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,17 @@ def anc(n: float) -> dict[str, float]:
     return {"latency_ms": n, "cancellation_db": 42.5, "snr_improvement_db": 38.2}
 
 
+@asynccontextmanager
+async def publishing(
+    certs: DevCerts, server: EmbeddedBroker, **options: Any
+) -> AsyncIterator[TelemetryPublisher]:
+    """A device connected to ``server`` with a started TelemetryPublisher (the test stops it)."""
+    async with device_connection(certs, server.port) as iot, anyio.create_task_group() as tg:
+        telemetry = TelemetryPublisher(iot, **options)
+        await tg.start(telemetry.start_publishing)
+        yield telemetry
+
+
 def batches(log: PublishLog, topic: str = ANC_TOPIC) -> list[TelemetryBatch]:
     return [decode_model(payload, TelemetryBatch) for payload in log.on(topic)]
 
@@ -38,12 +51,7 @@ async def test_a_batch_goes_out_when_batch_size_records_wait(
 ) -> None:
     server, log = broker
     with anyio.fail_after(10):
-        async with (
-            device_connection(dev_certs, server.port) as iot,
-            anyio.create_task_group() as tg,
-        ):
-            telemetry = TelemetryPublisher(iot, batch_size=3, batch_interval=3600)
-            await tg.start(telemetry.start_publishing)
+        async with publishing(dev_certs, server, batch_size=3, batch_interval=3600) as telemetry:
             for n in range(7):
                 telemetry.publish_anc_metrics(anc(n))
 
@@ -94,12 +102,7 @@ async def test_every_kind_goes_to_its_own_topic_as_its_own_model(
 ) -> None:
     server, log = broker
     with anyio.fail_after(10):
-        async with (
-            device_connection(dev_certs, server.port) as iot,
-            anyio.create_task_group() as tg,
-        ):
-            telemetry = TelemetryPublisher(iot, batch_size=1)
-            await tg.start(telemetry.start_publishing)
+        async with publishing(dev_certs, server, batch_size=1) as telemetry:
             telemetry.publish_anc_metrics(AncMetrics(timestamp="2025-11-16T14:30:00Z", **anc(35.2)))
             telemetry.publish_audio_metrics(
                 {"noise_type": "office", "confidence": 0.94, "rms": 0.45}
@@ -127,12 +130,7 @@ async def test_bad_records_are_refused_by_name_and_the_rest_still_go_out(
 ) -> None:
     server, log = broker
     with anyio.fail_after(10):
-        async with (
-            device_connection(dev_certs, server.port) as iot,
-            anyio.create_task_group() as tg,
-        ):
-            telemetry = TelemetryPublisher(iot, batch_size=2)
-            await tg.start(telemetry.start_publishing)
+        async with publishing(dev_certs, server, batch_size=2) as telemetry:
             telemetry.publish_anc_metrics(anc(1))
             with pytest.raises(InvalidPayload, match="latency_ms"):
                 telemetry.publish_anc_metrics({**anc(2), "latency_ms": "fast"})

@@ -170,7 +170,7 @@ async def test_emergency_goes_before_telemetry_waiting_for_the_rate_limit(
         # The buckets hold one second's worth: that goes at once, then the writer waits.
         await clock.sleeping.wait()
         sent = len(rig.broker.published)
-        assert 1 < sent < 1 + 10
+        assert sent in range(2, 10)  # some went at once, not all ten
         rig.put("anc/e", 99, Lane.EMERGENCY)
         clock.advance(0.2)  # room for one more message
         await rig.broker.wait_until(lambda: len(rig.broker.published) == sent + 1)
