@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from ancsync.codec import decode_model, encode
     from ancsync.config import Settings
     from ancsync.connection import IoTConnection
+    from ancsync.durable.store import DurableStore
     from ancsync.emergency import EmergencyReporter
     from ancsync.errors import (
         AncSyncError,
@@ -46,11 +47,10 @@ if TYPE_CHECKING:
     from ancsync.mqtt.backoff import BackoffPolicy
     from ancsync.mqtt.outbox import Lane, LaneLimits, PublishHandle
     from ancsync.mqtt.session import ConnectionEvent
-    from ancsync.mqtt.store import DurableStore
-    from ancsync.operator import OperatorCredentials, ShadowDocument, ShadowOperator
     from ancsync.orchestrator import DataSyncOrchestrator
     from ancsync.shadow import DeviceShadowSync, ShadowState
     from ancsync.telemetry import TelemetryPublisher
+    from ancsync.tools.operator import OperatorCredentials, ShadowDocument, ShadowOperator
     from ancsync.topics import (
         TELEMETRY_KINDS,
         ShadowTopics,
@@ -102,10 +102,10 @@ _LAZY = {
     "LaneLimits": "ancsync.mqtt.outbox",
     "PublishHandle": "ancsync.mqtt.outbox",
     "ConnectionEvent": "ancsync.mqtt.session",
-    "DurableStore": "ancsync.mqtt.store",
-    "OperatorCredentials": "ancsync.operator",
-    "ShadowDocument": "ancsync.operator",
-    "ShadowOperator": "ancsync.operator",
+    "DurableStore": "ancsync.durable.store",
+    "OperatorCredentials": "ancsync.tools.operator",
+    "ShadowDocument": "ancsync.tools.operator",
+    "ShadowOperator": "ancsync.tools.operator",
     "DataSyncOrchestrator": "ancsync.orchestrator",
     "DeviceShadowSync": "ancsync.shadow",
     "ShadowState": "ancsync.shadow",

@@ -31,10 +31,10 @@ from pydantic import ValidationError
 
 from ancsync.background import start_in_background
 from ancsync.codec import describe_errors, encode
+from ancsync.durable.store import DurableStore, StoredMessage
 from ancsync.errors import AncSyncError, InvalidPayload, PublishTimeout, StorageError
 from ancsync.models import EmergencyEvent, EmergencyInput, new_id
 from ancsync.mqtt.outbox import Lane, PublishHandle
-from ancsync.mqtt.store import DurableStore, StoredMessage
 from ancsync.topics import emergency_topic, validate_thing_name
 
 if TYPE_CHECKING:

@@ -32,10 +32,10 @@ from ancsync.background import start_in_background
 from ancsync.commands import CommandDispatcher, CommandHandler
 from ancsync.config import Settings, default_data_dir
 from ancsync.connection import IoTConnection
+from ancsync.durable.store import DurableStore
 from ancsync.emergency import EmergencyReporter
 from ancsync.errors import AncSyncError, ConfigError, NotStarted
 from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
-from ancsync.mqtt.store import DurableStore
 from ancsync.shadow import DeviceShadowSync
 from ancsync.supervisor import Supervised
 from ancsync.telemetry import TelemetryPublisher

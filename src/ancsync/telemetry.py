@@ -12,7 +12,7 @@ batches that are sent but not yet acknowledged. While the broker is unreachable 
 are made, so the buffer keeps the newest records; past the bound the oldest are dropped and
 counted per kind in :meth:`get_status`.
 
-Durability: with a :class:`~ancsync.mqtt.store.DurableStore` (the default when a data directory
+Durability: with a :class:`~ancsync.durable.store.DurableStore` (the default when a data directory
 is configured) every batch is written to the store before it is sent and deleted on PUBACK, and
 :meth:`stop` stores what it could not send; the next start re-sends them with their original
 ``msg_id``. Records still waiting in memory when the process dies are lost: that is the price of
@@ -33,10 +33,10 @@ from pydantic import BaseModel
 
 from ancsync.batching import RecordBuffer, batch_payload, encode_record, kind_of_topic
 from ancsync.codec import MAX_PAYLOAD_BYTES
+from ancsync.durable.store import DurableStore, StoredMessage
 from ancsync.errors import AncSyncError, BufferFull, PublishTimeout, StorageError
 from ancsync.models import AncMetrics, AudioMetrics, ErrorRecord, SystemMetrics, new_id
 from ancsync.mqtt.outbox import Lane, PublishHandle
-from ancsync.mqtt.store import DurableStore, StoredMessage
 from ancsync.topics import TELEMETRY_KINDS, TelemetryKind, telemetry_topic, validate_thing_name
 
 if TYPE_CHECKING:

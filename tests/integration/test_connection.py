@@ -37,7 +37,7 @@ from ancsync.emulator.certs import (
     write_pair,
 )
 from ancsync.models import utc_now
-from ancsync.operator import OperatorCredentials, operator_client_id
+from ancsync.tools.operator import OperatorCredentials, operator_client_id
 from ancsync.topics import commands_topic, emergency_topic, status_topic
 
 

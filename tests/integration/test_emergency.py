@@ -22,12 +22,12 @@ from ancsync import (
     StorageError,
 )
 from ancsync.codec import decode_model
+from ancsync.durable.store import STORE_FILE_NAME, DurableStore, StoredMessage
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts
 from ancsync.models import EmergencyEvent
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.mqtt.outbox import DEFAULT_LIMITS, Lane, LaneLimits
-from ancsync.mqtt.store import STORE_FILE_NAME, DurableStore, StoredMessage
 from ancsync.topics import emergency_topic
 
 FAST_RECONNECT = BackoffPolicy(base=0.05, cap=0.2)
@@ -222,7 +222,7 @@ async def test_a_corrupt_store_file_is_moved_aside_and_reporting_works(
     server, log = broker
     (tmp_path / STORE_FILE_NAME).write_bytes(b"\x00garbage" * 1000)
     with anyio.fail_after(10):
-        with caplog.at_level(logging.ERROR, logger="ancsync.mqtt.store"):
+        with caplog.at_level(logging.ERROR, logger="ancsync.durable.store"):
             store = DurableStore.in_dir(tmp_path)
         assert "moved it to" in caplog.text
         with store:

@@ -16,11 +16,11 @@ from publish_log import PublishLog
 
 from ancsync import EmergencyReporter, InvalidPayload, TelemetryPublisher
 from ancsync.codec import decode_model
+from ancsync.durable.store import DurableStore
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts
 from ancsync.models import AncMetrics, EmergencyEvent, TelemetryBatch
 from ancsync.mqtt.backoff import BackoffPolicy
-from ancsync.mqtt.store import DurableStore
 from ancsync.topics import emergency_topic, status_topic, telemetry_topic
 
 FAST_RECONNECT = BackoffPolicy(base=0.05, cap=0.2)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ancsync.durable.store import STORE_FILE_NAME, DurableStore, StoredLane, StoredMessage
 from ancsync.errors import BufferFull, StorageError
-from ancsync.mqtt.store import STORE_FILE_NAME, DurableStore, StoredLane, StoredMessage
 
 
 def message(lane: StoredLane, size: int = 10, records: int = 1) -> StoredMessage:
@@ -201,7 +201,10 @@ def test_a_file_that_is_not_a_database_is_moved_aside_and_a_new_store_created(
     garbage = b"this is not an SQLite database\n" * 200
     path.write_bytes(garbage)
 
-    with caplog.at_level(logging.ERROR, logger="ancsync.mqtt.store"), DurableStore(path) as store:
+    with (
+        caplog.at_level(logging.ERROR, logger="ancsync.durable.store"),
+        DurableStore(path) as store,
+    ):
         assert store.pending() == []
         entry = message("emergency")
         store.put(entry)
@@ -228,7 +231,10 @@ def test_a_damaged_database_is_moved_aside(
     data[4096:20_000] = os.urandom(20_000 - 4096)
     path.write_bytes(bytes(data))
 
-    with caplog.at_level(logging.ERROR, logger="ancsync.mqtt.store"), DurableStore(path) as store:
+    with (
+        caplog.at_level(logging.ERROR, logger="ancsync.durable.store"),
+        DurableStore(path) as store,
+    ):
         assert store.pending() == []
         store.put(message("emergency"))
 
@@ -255,7 +261,10 @@ def test_a_damaged_store_keeps_the_emergencies_and_counters_it_can_still_read(
     data[-3 * 4096 :] = os.urandom(3 * 4096)
     path.write_bytes(bytes(data))
 
-    with caplog.at_level(logging.ERROR, logger="ancsync.mqtt.store"), DurableStore(path) as store:
+    with (
+        caplog.at_level(logging.ERROR, logger="ancsync.durable.store"),
+        DurableStore(path) as store,
+    ):
         assert store.pending() == emergencies
         assert store.stats().bytes == 300
         assert store.reserve_seq("emergency") == 4

@@ -1,5 +1,5 @@
 """``ancsync demo``: the emulator, a simulated device and the cloud operator on this machine,
-with live progress and a summary table (see ancsync.demo)."""
+with live progress and a summary table (see ancsync.tools.demo)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ancsync.cli.output import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from ancsync.demo import DemoSummary
+    from ancsync.tools.demo import DemoSummary
 
 
 def demo(
@@ -51,8 +51,8 @@ def demo(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
-    from ancsync.demo import DemoProgress, run_demo
     from ancsync.errors import AncSyncError
+    from ancsync.tools.demo import DemoProgress, run_demo
 
     setup_logging(verbose)
     quiet_libraries(verbose)

@@ -1,4 +1,5 @@
-"""``ancsync provision``: a thing and its certificate in real AWS IoT (see ancsync.provision)."""
+"""``ancsync provision``: a thing and its certificate in real AWS IoT
+(see ancsync.tools.provision)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def provision(
 ) -> None:
     """Create or reuse a thing and its certificate in AWS IoT; write the device's files."""
     from ancsync.errors import AncSyncError
-    from ancsync.provision import AMAZON_ROOT_CA_URL
-    from ancsync.provision import provision as run_provision
+    from ancsync.tools.provision import AMAZON_ROOT_CA_URL
+    from ancsync.tools.provision import provision as run_provision
 
     setup_logging(verbose)
     if not verbose:  # botocore's INFO lines (where it found credentials) are noise here

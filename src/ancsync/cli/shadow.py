@@ -1,5 +1,5 @@
 """``ancsync shadow get|update|watch``: a Device Shadow as the cloud operator sees it
-(see ancsync.operator)."""
+(see ancsync.tools.operator)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ancsync.cli.options import VerboseOption
 from ancsync.cli.output import fail, print_json, setup_logging
 
 if TYPE_CHECKING:
-    from ancsync.operator import OperatorCredentials, ShadowOperator
+    from ancsync.tools.operator import OperatorCredentials, ShadowOperator
 
 app = typer.Typer(
     help="Read, change and watch a Device Shadow as the cloud operator (over MQTT).",
@@ -90,7 +90,7 @@ def _credentials(
     client_id: str | None,
     no_tls: bool,
 ) -> OperatorCredentials:
-    from ancsync.operator import OperatorCredentials, operator_client_id
+    from ancsync.tools.operator import OperatorCredentials, operator_client_id
 
     default_ca = certs_dir / "ca.pem"
     return OperatorCredentials(
@@ -125,7 +125,7 @@ def _run_operator(
         ShadowRejected,
     )
     from ancsync.models import AncDesiredState
-    from ancsync.operator import ShadowOperator
+    from ancsync.tools.operator import ShadowOperator
 
     setup_logging(verbose)
     if not verbose:  # the answer goes to stdout; say only what went wrong on stderr

@@ -1,4 +1,5 @@
-"""``ancsync simulate``: a simulated ANC device against any endpoint (see ancsync.simulator)."""
+"""``ancsync simulate``: a simulated ANC device against any endpoint
+(see ancsync.tools.simulator)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def simulate(
 
     from ancsync.errors import AncSyncError, ConfigError
     from ancsync.orchestrator import DataSyncOrchestrator
-    from ancsync.simulator import SimulatedAncDevice, run_simulation
+    from ancsync.tools.simulator import SimulatedAncDevice, run_simulation
 
     setup_logging(verbose)
     quiet_libraries(verbose)

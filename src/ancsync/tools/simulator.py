@@ -21,7 +21,7 @@ from ancsync.orchestrator import DataSyncOrchestrator
 
 __all__ = ["AncState", "SimulatedAncDevice", "run_simulation"]
 
-log = logging.getLogger("ancsync.simulator")
+log = logging.getLogger("ancsync.tools.simulator")
 
 ALGORITHMS = frozenset({"nlms", "fxlms", "lms", "rls"})
 """The adaptive filters the simulated DSP supports; anything else is refused."""

@@ -34,7 +34,7 @@ from ancsync.shadow.document import delta
 
 __all__ = ["OperatorCredentials", "ShadowDocument", "ShadowOperator", "operator_client_id"]
 
-log = logging.getLogger("ancsync.operator")
+log = logging.getLogger("ancsync.tools.operator")
 
 
 def operator_client_id() -> str:

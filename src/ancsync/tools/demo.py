@@ -1,7 +1,7 @@
 """``ancsync demo``: the whole system on one machine, checked end to end.
 
 :func:`run_demo` starts the local emulator (generated certificates, TLS on a free loopback port),
-runs a :class:`~ancsync.simulator.SimulatedAncDevice` through a
+runs a :class:`~ancsync.tools.simulator.SimulatedAncDevice` through a
 :class:`~ancsync.orchestrator.DataSyncOrchestrator`, and plays the cloud:
 
 - the operator changes the desired ANC intensity and algorithm (the device applies and reports);
@@ -30,14 +30,14 @@ import anyio
 from ancsync.emulator.server import DEFAULT_THING, Emulator
 from ancsync.models import Command, new_id, utc_now
 from ancsync.mqtt.backoff import BackoffPolicy
-from ancsync.operator import OperatorCredentials, ShadowOperator
 from ancsync.orchestrator import DataSyncOrchestrator
-from ancsync.simulator import SimulatedAncDevice
+from ancsync.tools.operator import OperatorCredentials, ShadowOperator
+from ancsync.tools.simulator import SimulatedAncDevice
 from ancsync.topics import commands_topic, emergency_topic
 
 __all__ = ["DESIRED_CHANGE", "DemoProgress", "DemoSummary", "run_demo"]
 
-log = logging.getLogger("ancsync.demo")
+log = logging.getLogger("ancsync.tools.demo")
 
 DESIRED_CHANGE = {"anc_intensity": 0.9, "anc_algorithm": "fxlms"}
 """What the operator asks of the device during the demo."""

@@ -55,7 +55,7 @@ __all__ = [
     "StoredMessage",
 ]
 
-logger = logging.getLogger("ancsync.mqtt.store")
+logger = logging.getLogger("ancsync.durable.store")
 
 STORE_FILE_NAME = "outbox.sqlite3"
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024

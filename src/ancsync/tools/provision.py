@@ -41,7 +41,7 @@ __all__ = [
     "provision",
 ]
 
-logger = logging.getLogger("ancsync.provision")
+logger = logging.getLogger("ancsync.tools.provision")
 
 AMAZON_ROOT_CA_URL = "https://www.amazontrust.com/repository/AmazonRootCA1.pem"
 CERT_FILE = "cert.pem"

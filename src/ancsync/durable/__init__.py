@@ -1,0 +1,1 @@
+"""The durable outbox: what must survive a crash, a power cut or a restart."""
