@@ -2,7 +2,8 @@
 
 The cloud side is a :class:`~ancsync.tools.operator.ShadowOperator` with the operator
 certificate: it changes desired state, sends commands and plays the emergency Lambda (an
-``emergency_ack`` for each stored event). Every wait is for a message, an event or a stored row, under ``fail_after``.
+``emergency_ack`` for each stored event). Every wait is for a message, an event or a stored
+row, under ``fail_after``.
 """
 
 from __future__ import annotations
