@@ -19,7 +19,8 @@ from ancsync.mqtt.outbox import Lane, Outbox, OutgoingMessage, PublishHandle
 from ancsync.mqtt.ratelimit import RateLimiter
 from ancsync.mqtt.router import TopicRouter
 from ancsync.mqtt.session import ConnectionEvent, MqttSession
-from ancsync.mqtt.transport import SUBSCRIBE_FAILURE, FakeBroker
+from ancsync.mqtt.transport import SUBSCRIBE_FAILURE
+from ancsync.testing import FakeBroker
 
 THING = "anc-device-001"
 STATUS = f"anc/devices/{THING}/status"

@@ -1,0 +1,164 @@
+"""Test doubles for unit-testing code built on ancsync, without a broker.
+
+:class:`FakeBroker` holds the state of an in-memory MQTT broker that a test scripts and reads;
+each :class:`FakeTransport` it makes is one connection of an :class:`~ancsync.IoTConnection`
+(pass ``transport_factory=broker.transport``)::
+
+    broker = FakeBroker()
+    async with IoTConnection(settings=settings, transport_factory=broker.transport) as iot:
+        await iot.wait_connected()
+        broker.deliver("anc/devices/dev-1/commands", b'{"command": "reboot", ...}')
+        await broker.wait_until(lambda: broker.published)
+
+Integration tests belong on a real broker (the emulator); these are for one piece at a time:
+your delta handler, your command handler, your reaction to a lost connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.lowlevel
+
+from ancsync.errors import ConnectError
+from ancsync.mqtt.transport import ConnectOptions, IncomingMessage
+
+__all__ = ["FakeBroker", "FakeTransport"]
+
+
+@dataclass
+class FakeBroker:
+    """The state behind :class:`FakeTransport` instances, which a unit test scripts and reads.
+
+    - ``connect_errors``: raised by the next connects, in order (then connects succeed).
+    - ``auto_ack``: when false, QoS 1 publishes wait until :meth:`ack` is called.
+    - ``attempted`` / ``published``: every publish started / completed, in order, as
+      ``(topic, payload, qos, retain)``.
+    - :meth:`wait_until` waits for a condition on this state, re-checked after every change.
+    - ``suback``: granted code per filter (default: the requested QoS); ``SUBSCRIBE_FAILURE``
+      refuses one.
+    """
+
+    connect_errors: list[ConnectError] = field(default_factory=list)
+    auto_ack: bool = True
+    attempted: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
+    published: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
+    subscribed: list[str] = field(default_factory=list)
+    subscribe_packets: list[list[str]] = field(default_factory=list)
+    suback: dict[str, int] = field(default_factory=dict)
+    connects: list[ConnectOptions] = field(default_factory=list)
+    current: FakeTransport | None = None
+    _changed: anyio.Event | None = None
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` is true; it is checked after every change."""
+        while not condition():
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def _note_change(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def transport(self) -> FakeTransport:
+        """A transport factory for the session (one transport per connect attempt)."""
+        return FakeTransport(self)
+
+    def ack(self) -> None:
+        """Acknowledge every QoS 1 publish waiting for its PUBACK (with ``auto_ack`` off)."""
+        if self.current is not None:
+            self.current._release()
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        """Hand an incoming message to the connected transport."""
+        if self.current is None:
+            raise ConnectError("fake broker: no connection to deliver to")
+        self.current._incoming_send.send_nowait(IncomingMessage(topic, payload, 1, False))
+
+    def drop(self, reason: str = "fake link dropped") -> None:
+        """Lose the current connection, as a network failure would."""
+        if self.current is not None:
+            self.current._lose(reason)
+
+
+class FakeTransport:
+    """An in-memory :class:`Transport` driven by a :class:`FakeBroker`. For unit tests only."""
+
+    def __init__(self, broker: FakeBroker) -> None:
+        self._broker = broker
+        self._reason: str | None = None
+        self._unacked: list[tuple[Callable[[], None], tuple[str, bytes, int, bool]]] = []
+        self._incoming_send, self._incoming = anyio.create_memory_object_stream[IncomingMessage](
+            100
+        )
+
+    def _release(self) -> None:
+        for ack, record in self._unacked:
+            self._complete(ack, record)
+        self._unacked.clear()
+
+    def _lose(self, reason: str) -> None:
+        if self._reason is None:
+            self._reason = reason
+            self._incoming_send.close()
+            self._unacked.clear()  # never acknowledged, as on a real lost link
+            if self._broker.current is self:
+                self._broker.current = None
+            self._broker._note_change()
+
+    def _check(self) -> None:
+        if self._reason is not None:
+            raise ConnectError(f"connection lost: {self._reason}")
+
+    async def connect(self, options: ConnectOptions) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._broker.connects.append(options)
+        self._broker._note_change()
+        if self._broker.connect_errors:
+            raise self._broker.connect_errors.pop(0)
+        self._broker.current = self
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, on_done: Callable[[], None]
+    ) -> None:
+        self._check()
+        record = (topic, payload, qos, retain)
+        self._broker.attempted.append(record)
+        self._broker._note_change()
+        if qos and not self._broker.auto_ack:
+            self._unacked.append((on_done, record))
+        else:
+            self._complete(on_done, record)
+
+    def _complete(self, on_done: Callable[[], None], record: tuple[str, bytes, int, bool]) -> None:
+        self._broker.published.append(record)
+        self._broker._note_change()
+        on_done()
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        self._check()
+        await anyio.lowlevel.checkpoint()
+        self._broker.subscribed.extend(f for f, _ in filters)
+        self._broker.subscribe_packets.append([f for f, _ in filters])
+        self._broker._note_change()
+        return [self._broker.suback.get(f, qos) for f, qos in filters]
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        self._check()
+        await anyio.lowlevel.checkpoint()
+        for f in filters:
+            self._broker.subscribed.remove(f)
+        self._broker._note_change()
+
+    async def messages(self) -> AsyncIterator[IncomingMessage]:
+        async for message in self._incoming:
+            yield message
+        self._check()
+
+    async def close(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._lose("closed by the client")
