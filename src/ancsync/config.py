@@ -1,9 +1,9 @@
-"""Settings: where the SDK connects and how it batches, from arguments, environment and a JSON file.
+"""Settings: where the SDK connects and how it batches, from arguments, environment and a file.
 
 Use :meth:`Settings.load`. It layers, highest first: explicit arguments, environment variables,
-the JSON config file, defaults. Every bad value raises :class:`~ancsync.errors.ConfigError` with a
-message that names the setting the way the user wrote it (``IOT_PORT`` for the environment,
-``iot.port`` for the file), the value, and what is allowed.
+the config file (TOML or JSON), defaults. Every bad value raises
+:class:`~ancsync.errors.ConfigError` with a message that names the setting the way the user wrote
+it (``IOT_PORT`` for the environment, ``iot.port`` for the file), the value, and what is allowed.
 
 ``ENV_VARS`` is the one table from environment variable names to settings; the docs and the flat
 keyword arguments of ``Settings.load`` both follow it.
@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shlex
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,6 @@ from typing import Annotated, Any, Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ancsync.errors import ConfigError, InvalidTopic
 from ancsync.topics import validate_thing_name
@@ -34,6 +34,7 @@ logger = logging.getLogger("ancsync.config")
 
 __all__ = [
     "CONFIG_FILE_ENV_VAR",
+    "CONFIG_FILE_FORMATS",
     "ENV_VARS",
     "IotSettings",
     "Settings",
@@ -42,8 +43,14 @@ __all__ = [
     "is_loopback",
 ]
 
-#: Environment variable naming the JSON config file when ``Settings.load`` is given none.
+#: Environment variable naming the config file when ``Settings.load`` is given none.
 CONFIG_FILE_ENV_VAR: Final = "ANCSYNC_CONFIG"
+
+#: The config file formats ancsync reads, by file suffix.
+CONFIG_FILE_FORMATS: Final[Mapping[str, str]] = {".toml": "TOML", ".json": "JSON"}
+_FORMATS_IN_WORDS: Final = " or ".join(
+    f"a {suffix} file ({name})" for suffix, name in CONFIG_FILE_FORMATS.items()
+)
 
 #: Every environment variable ancsync reads, and the setting (section, key) it sets.
 ENV_VARS: Final[Mapping[str, tuple[str, ...]]] = {
@@ -111,7 +118,7 @@ def _check_readable_file(path: Path | None) -> Path | None:
 
 
 class IotSettings(BaseModel):
-    """The connection to AWS IoT Core (or the local emulator): JSON section ``iot``."""
+    """The connection to AWS IoT Core (or the local emulator): config file section ``iot``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -206,8 +213,13 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+_SECTION: Final = (
+    "the {0} section must be a table: [{0}] in TOML, an object in JSON, a dict in Python"
+)
+
+
 class TelemetrySettings(BaseModel):
-    """Telemetry batching: JSON section ``telemetry``."""
+    """Telemetry batching: config file section ``telemetry``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -225,7 +237,7 @@ class TelemetrySettings(BaseModel):
 
 
 class ShadowSettings(BaseModel):
-    """Device Shadow sync: JSON section ``shadow``."""
+    """Device Shadow sync: config file section ``shadow``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -236,18 +248,22 @@ class ShadowSettings(BaseModel):
     ] = 60.0
 
 
-class Settings(BaseSettings):
-    """Everything ancsync needs to run one device. Build it with :meth:`Settings.load`."""
+class Settings(BaseModel):
+    """Everything ancsync needs to run one device. Build it with :meth:`Settings.load`.
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+    ``Settings(...)`` on its own validates only the values it is given; :meth:`load` reads the
+    environment and the config file itself, so that an error can say where a bad value came from.
+    """
 
-    iot: Annotated[IotSettings, Allowed("the iot section must be a JSON object (a dict in Python)")]
-    telemetry: Annotated[
-        TelemetrySettings, Allowed("the telemetry section must be a JSON object (a dict in Python)")
-    ] = Field(default_factory=TelemetrySettings)
-    shadow: Annotated[
-        ShadowSettings, Allowed("the shadow section must be a JSON object (a dict in Python)")
-    ] = Field(default_factory=ShadowSettings)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    iot: Annotated[IotSettings, Allowed(_SECTION.format("iot"))]
+    telemetry: Annotated[TelemetrySettings, Allowed(_SECTION.format("telemetry"))] = Field(
+        default_factory=TelemetrySettings
+    )
+    shadow: Annotated[ShadowSettings, Allowed(_SECTION.format("shadow"))] = Field(
+        default_factory=ShadowSettings
+    )
     data_dir: Annotated[
         Path | None,
         Allowed("data_dir must be the path of a directory (created when missing), or unset"),
@@ -261,34 +277,22 @@ class Settings(BaseSettings):
         return path
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load() reads the environment and the file itself, so that an error can say where the
-        # bad value came from; Settings(...) on its own validates only the values it is given.
-        return (init_settings,)
-
-    @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
         """Build the settings from arguments, environment, config file and defaults.
 
         Args:
-            config_file: a JSON file with sections ``iot``, ``telemetry``, ``shadow`` and a
-                top-level ``data_dir``. When None, the file named by ``ANCSYNC_CONFIG`` is read,
-                if that is set. Relative paths inside the file are relative to the file.
+            config_file: a TOML (``.toml``) or JSON (``.json``) file with the sections ``iot``,
+                ``telemetry``, ``shadow`` and a top-level ``data_dir``. When None, the file named
+                by ``ANCSYNC_CONFIG`` is read, if that is set. Relative paths inside the file are
+                relative to the file.
             **overrides: settings that win over everything else, by their flat names
                 (``thing_name=``, ``endpoint=``, ``port=``, ``batch_size=``...) or as whole
                 sections (``iot={"port": 8884}``). A None value counts as not given.
 
         Raises:
-            ConfigError: a setting is missing or not allowed, the file is missing or not JSON,
-                or a key is unknown. The message names each problem, the value and what is
-                allowed.
+            ConfigError: a setting is missing or not allowed, the file is missing, in another
+                format or not valid, or a key is unknown. The message names each problem, the
+                value and what is allowed.
         """
         layers = [_argument_layer(overrides), _env_layer(os.environ)]
         if config_file is None and os.environ.get(CONFIG_FILE_ENV_VAR):
@@ -369,16 +373,43 @@ def _argument_layer(overrides: Mapping[str, Any]) -> _Layer:
 
 
 def _file_layer(path: Path, given_by: str) -> _Layer:
+    data = _read_config_file(path, given_by)
+    names: dict[tuple[str, ...], str] = {}
+    for key, value in data.items():
+        names[(key,)] = key
+        if isinstance(value, dict):
+            for name, item in value.items():
+                names[(key, name)] = f"{key}.{name}"
+                if (key, name) in _PATH_SETTINGS and isinstance(item, str) and item:
+                    value[name] = str(path.parent / item)  # absolute paths stay as they are
+        elif (key,) in _PATH_SETTINGS and isinstance(value, str) and value:
+            data[key] = str(path.parent / value)
+    return _Layer(data, names, origin=f" in {path}")
+
+
+def _read_config_file(path: Path, given_by: str) -> dict[str, Any]:
+    """The sections a TOML or JSON config file holds (its format is told by its suffix)."""
+    format_name = CONFIG_FILE_FORMATS.get(path.suffix.lower())
+    if format_name is None:
+        raise ConfigError(
+            f"the config file {path} ({given_by}={path}) is in a format ancsync does not read; "
+            f"use {_FORMATS_IN_WORDS}"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"the config file {path} does not exist ({given_by}={path}); "
-            "give the path of an existing JSON file"
+            f"give the path of an existing {format_name} file"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
         raise ConfigError(f"the config file {path} cannot be read: {reason}") from None
+    if format_name == "TOML":
+        try:
+            return tomllib.loads(text)  # a TOML document is always a table
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -391,17 +422,7 @@ def _file_layer(path: Path, given_by: str) -> _Layer:
             f"the config file {path} must hold a JSON object with the sections iot, telemetry "
             f"and shadow, not a JSON {type(data).__name__}"
         )
-    names: dict[tuple[str, ...], str] = {}
-    for key, value in data.items():
-        names[(key,)] = key
-        if isinstance(value, dict):
-            for name, item in value.items():
-                names[(key, name)] = f"{key}.{name}"
-                if (key, name) in _PATH_SETTINGS and isinstance(item, str) and item:
-                    value[name] = str(path.parent / item)  # absolute paths stay as they are
-        elif (key,) in _PATH_SETTINGS and isinstance(value, str) and value:
-            data[key] = str(path.parent / value)
-    return _Layer(data, names, origin=f" in {path}")
+    return data
 
 
 def _sources_used(layers: list[_Layer]) -> list[str]:

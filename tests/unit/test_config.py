@@ -266,7 +266,7 @@ def test_section_argument_that_is_not_a_dict(certs: dict[str, Path]) -> None:
     message = load_error(thing_name="d", endpoint="e.com", telemetry=5, **certs)
     assert message == (
         "telemetry=5 passed to Settings.load() is not allowed: "
-        "the telemetry section must be a JSON object (a dict in Python)"
+        "the telemetry section must be a table: [telemetry] in TOML, an object in JSON, a dict in Python"
     )
 
 
@@ -437,6 +437,75 @@ def test_missing_config_file_names_where_it_was_given(
     )
     monkeypatch.setenv(CONFIG_FILE_ENV_VAR, str(missing))
     assert f"(ANCSYNC_CONFIG={missing})" in load_error()
+
+
+# --- TOML, the Python convention for config files --------------------------------------------
+
+DEVICE_TOML = """\
+data_dir = "outbox"
+
+[iot]
+thing_name = "from-toml"
+endpoint = "toml.example.com"
+port = 1001
+cert_path = "cert.pem"
+key_path = "private.key"
+
+[telemetry]
+batch_size = 5
+"""
+
+
+def test_a_toml_file_layers_like_a_json_file(
+    tmp_path: Path, certs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "ancsync.toml"
+    config.write_text(DEVICE_TOML)
+    monkeypatch.chdir(tmp_path.parent)  # relative paths are relative to the file, not here
+    monkeypatch.setenv("IOT_PORT", "1002")
+
+    settings = Settings.load(config, batch_size=6)
+
+    assert settings.iot.thing_name == "from-toml"
+    assert settings.iot.port == 1002  # environment over file
+    assert settings.telemetry.batch_size == 6  # argument over file
+    assert settings.iot.cert_path == certs["cert_path"]
+    assert settings.data_dir == tmp_path / "outbox"
+    monkeypatch.setenv(CONFIG_FILE_ENV_VAR, str(config))
+    assert Settings.load().iot.endpoint == "toml.example.com"
+
+
+def test_a_bad_toml_value_names_the_key_and_the_file(
+    tmp_path: Path, certs: dict[str, Path]
+) -> None:
+    config = tmp_path / "ancsync.toml"
+    config.write_text(DEVICE_TOML.replace("port = 1001", "port = 70000"))
+    assert load_error(config).startswith(
+        f"iot.port=70000 in {config} is not allowed: the port must be an integer from 1 to 65535"
+    )
+    config.write_text("shadow = 5\n" + DEVICE_TOML)  # top level: before the first [table]
+    assert load_error(config) == (
+        f"shadow=5 in {config} is not allowed: the shadow section must be a table: [shadow] "
+        "in TOML, an object in JSON, a dict in Python"
+    )
+
+
+def test_malformed_toml_gives_line_and_column(tmp_path: Path) -> None:
+    config = tmp_path / "ancsync.toml"
+    config.write_text("[iot]\nport = 8883\nthing_name =\n")
+    message = load_error(config)
+    assert message.startswith(f"the config file {config} is not valid TOML: ")
+    assert message.endswith("(at line 3, column 13)")
+
+
+@pytest.mark.parametrize("name", ["ancsync.yaml", "ancsync.ini", "ancsync"])
+def test_another_format_is_refused_naming_the_formats_that_work(tmp_path: Path, name: str) -> None:
+    config = tmp_path / name
+    config.write_text("iot:\n  port: 8883\n")
+    assert load_error(config) == (
+        f"the config file {config} (config_file={config}) is in a format ancsync does not "
+        "read; use a .toml file (TOML) or a .json file (JSON)"
+    )
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
