@@ -40,6 +40,7 @@ __all__ = [
     "Settings",
     "ShadowSettings",
     "TelemetrySettings",
+    "check_endpoint",
     "is_loopback",
 ]
 
@@ -100,6 +101,23 @@ def default_data_dir(thing_name: str) -> Path:
     durable: ``$XDG_STATE_HOME/ancsync/<thing>``, or ``~/.local/state/ancsync/<thing>``."""
     state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(state_home) / "ancsync" / thing_name
+
+
+def check_endpoint(host: str, port_setting: str = "IOT_PORT or iot.port") -> str:
+    """Return ``host`` if it is a host name or IP address, else raise ValueError saying why.
+
+    ``port_setting`` is how the caller's user sets the port, for the hint when ``host`` has one.
+    """
+    if "://" in host:
+        raise ValueError("give only the host name, without a scheme such as mqtts://")
+    if host.startswith("[") or (host.count(":") == 1 and not _is_ip(host)):
+        raise ValueError(f"give only the host name; set the port with {port_setting}")
+    if _is_ip(host):
+        return host
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        raise ValueError("this is not a valid host name or IP address")
+    return host
 
 
 def _check_readable_file(path: Path | None) -> Path | None:
@@ -169,16 +187,7 @@ class IotSettings(BaseModel):
     @field_validator("endpoint")
     @classmethod
     def _valid_endpoint(cls, value: str) -> str:
-        if "://" in value:
-            raise ValueError("give only the host name, without a scheme such as mqtts://")
-        if value.startswith("[") or (value.count(":") == 1 and not _is_ip(value)):
-            raise ValueError("give only the host name; set the port with IOT_PORT or iot.port")
-        if _is_ip(value):
-            return value
-        labels = value.rstrip(".").split(".")
-        if len(value) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
-            raise ValueError("this is not a valid host name or IP address")
-        return value
+        return check_endpoint(value)
 
     @field_validator("tls")
     @classmethod

@@ -1,19 +1,30 @@
 """The ``ancsync`` command line.
 
 Each command lives in a module named after it and is thin: it parses arguments, sets up logging
-and rich output, and calls the module that does the work, imported inside the command so that
-``ancsync --help`` stays quick. A bad argument or a known error ends with a one-line message and
-exit code 2 (usage) or 1 (failure), never a traceback.
+and output, and calls the module that does the work, imported inside the command so that
+``ancsync --help`` stays quick. Every error ends as one line on stderr, never a traceback, with
+one exit code per kind (see :mod:`ancsync.cli.output`): 2 for a usage error, 1 for a failure,
+130 after Ctrl-C (typer's own, quietly). :func:`main` turns the library's errors into those, so
+a command raises them as they are.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
 
 from ancsync.cli import demo, emulator, provision, shadow, simulate
-from ancsync.cli.output import console, fail
+from ancsync.cli.output import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    err_console,
+    fail,
+    print_line,
+    verbosity,
+)
 
 __all__ = ["app", "main"]
 
@@ -21,23 +32,68 @@ app = typer.Typer(
     name="ancsync",
     help="Keep ANC devices in sync with AWS IoT Core, and run a local AWS IoT emulator.",
     no_args_is_help=True,
+    # Plain help: paragraphs re-wrapped to the terminal, no <bool> or <str> type labels.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 
+class LogLevel(StrEnum):
+    """The values of ``--log-level``."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ancsync._version import __version__
+
+        print_line(f"ancsync {__version__}")
+        raise typer.Exit
+
+
 @app.callback()
-def _root() -> None:
-    """Keep ANC devices in sync with AWS IoT Core, and run a local AWS IoT emulator."""
+def _root(
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            case_sensitive=False,
+            metavar="LEVEL",
+            help="Show logs on stderr from this level up: debug, info, warning or error.",
+            show_default="each command's own",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress and no logs below errors; results only."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Keep ANC devices in sync with AWS IoT Core, and run a local AWS IoT emulator.
+
+    Global options go before the command: ancsync --quiet demo.
+    """
+    if log_level is not None:
+        verbosity.log_level = logging.getLevelNamesMapping()[log_level.value.upper()]
+    verbosity.quiet = quiet
 
 
-# In the order `ancsync --help` lists them.
-app.command()(provision.provision)
-app.command()(emulator.emulator)
-app.command()(emulator.certs)
-app.add_typer(shadow.app, name="shadow")
-app.command()(demo.demo)
-app.command()(simulate.simulate)
+# In the order `ancsync --help` lists them, each with a line short enough not to be cut.
+app.command(short_help="Create a thing and its certificate in AWS IoT.")(provision.provision)
+app.command(short_help="Run the local AWS IoT emulator.")(emulator.emulator)
+app.command(short_help="Create development certificates for the emulator.")(emulator.certs)
+app.add_typer(shadow.app, name="shadow", short_help="Read, change and watch a Device Shadow.")
+app.command(short_help="Run everything on this machine and check both sides.")(demo.demo)
+app.command(short_help="Run a simulated ANC device against any endpoint.")(simulate.simulate)
 
 
 def _click_exception_class(name: str) -> type[Exception]:
@@ -47,21 +103,30 @@ def _click_exception_class(name: str) -> type[Exception]:
 
 
 def main() -> None:
-    """Entry point of the ``ancsync`` script: a bad argument is one line on stderr, exit 2."""
+    """Entry point of the ``ancsync`` script: run the command, exit with its code."""
+    raise SystemExit(_run())
+
+
+def _run() -> int:
+    """The command's exit code; each error is one line on stderr (help, when no command)."""
+    from ancsync.errors import AncSyncError, ConfigError, InvalidPayload, InvalidTopic
+
     usage_error = _click_exception_class("UsageError")
     click_exception = _click_exception_class("ClickException")
     try:
         code = app(standalone_mode=False)
     except usage_error as exc:
         ctx: Any = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            console.print(ctx.get_help(), markup=False, highlight=False)  # `ancsync shadow`
-            raise SystemExit(0) from None
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `ancsync`, `ancsync shadow`: the help
+            err_console.print(exc.format_message(), markup=False, highlight=False)  # type: ignore[attr-defined]
+            return EXIT_USAGE
         hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
         message: str = exc.format_message().rstrip(".")  # type: ignore[attr-defined]
-        code = fail(f"{message}{hint}", code=2).exit_code
+        return fail(f"{message}{hint}", EXIT_USAGE).exit_code
     except click_exception as exc:
-        code = fail(exc.format_message(), code=getattr(exc, "exit_code", 1)).exit_code  # type: ignore[attr-defined]
-    except typer.Abort:
-        code = fail("interrupted", code=130).exit_code
-    raise SystemExit(code if isinstance(code, int) else 0)
+        return fail(exc.format_message(), getattr(exc, "exit_code", EXIT_FAILURE)).exit_code  # type: ignore[attr-defined]
+    except (ConfigError, InvalidTopic, InvalidPayload) as exc:  # the user can fix the input
+        return fail(str(exc), EXIT_USAGE).exit_code
+    except AncSyncError as exc:
+        return fail(str(exc), EXIT_FAILURE).exit_code
+    return code if isinstance(code, int) else 0

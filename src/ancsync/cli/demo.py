@@ -3,20 +3,15 @@ with live progress and a summary table (see ancsync.tools.demo)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ancsync.cli.options import VerboseOption
-from ancsync.cli.output import (
-    console,
-    err_console,
-    fail,
-    print_json,
-    quiet_libraries,
-    setup_logging,
-)
+from ancsync.cli.options import JsonOption, VerboseOption
+from ancsync.cli.output import console, err_console, fail, print_json, setup_logging, show_progress
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -26,16 +21,21 @@ if TYPE_CHECKING:
 
 def demo(
     duration: Annotated[
-        float, typer.Option("--duration", min=4, help="Seconds the simulated device runs.")
+        float,
+        typer.Option("--duration", min=4, metavar="SECONDS", help="How long the device runs."),
     ] = 15.0,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object on the last line.")
-    ] = False,
+    json_output: JsonOption = False,
     workdir: Annotated[
-        Path, typer.Option("--workdir", help="Certificates and the device's data go here.")
+        Path,
+        typer.Option(
+            "--workdir", metavar="DIR", help="Certificates and the device's data go here."
+        ),
     ] = Path(".ancsync/demo"),
     rate: Annotated[
-        float, typer.Option("--rate", min=0.5, max=100, help="ANC metrics records per second.")
+        float,
+        typer.Option(
+            "--rate", min=0.5, max=100, metavar="PER_SECOND", help="ANC metrics records per second."
+        ),
     ] = 10.0,
     verbose: VerboseOption = False,
 ) -> None:
@@ -44,6 +44,7 @@ def demo(
     The operator changes the desired ANC intensity and algorithm, the device hears a fire alarm,
     and the demo then checks both sides: every telemetry record stored, nothing dropped, the
     shadow converged, every emergency acknowledged and stored. Exit code 0 only if all hold.
+    With --json the summary is also printed as one JSON object, on the last line.
     """
     import anyio
     from rich.console import Group
@@ -51,11 +52,9 @@ def demo(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
-    from ancsync.errors import AncSyncError
     from ancsync.tools.demo import DemoProgress, run_demo
 
-    setup_logging(verbose)
-    quiet_libraries(verbose)
+    setup_logging(verbose, default=logging.WARNING)  # the demo says what happens itself
     bar = Progress(
         TextColumn("[bold]{task.description:<32}"),
         BarColumn(bar_width=None),
@@ -76,21 +75,19 @@ def demo(
         bar.update(task, completed=progress.elapsed, description=progress.phase)
 
     def on_event(text: str) -> None:
-        console.print(f"  {text}", highlight=False, markup=False, soft_wrap=True)
+        if show_progress():
+            console.print(f"  {text}", highlight=False, markup=False, soft_wrap=True)
 
+    live = Live(
+        Group(bar, counters), console=console, transient=True, auto_refresh=console.is_terminal
+    )
     try:
-        with Live(
-            Group(bar, counters), console=console, transient=True, auto_refresh=console.is_terminal
-        ):
+        with live if show_progress() else contextlib.nullcontext():
             summary = anyio.run(
                 lambda: run_demo(
                     workdir, duration, rate=rate, on_progress=on_progress, on_event=on_event
                 )
             )
-    except KeyboardInterrupt:
-        raise fail("demo interrupted", code=130) from None
-    except AncSyncError as exc:
-        raise fail(str(exc)) from None
     except OSError as exc:  # e.g. a workdir that cannot be written
         raise fail(f"{exc.strerror or exc}: {exc.filename or workdir}; choose --workdir") from None
 

@@ -3,82 +3,138 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ancsync.cli.options import ThingsOption, VerboseOption
-from ancsync.cli.output import fail, print_line, quiet_amqtt, setup_logging
+from ancsync.cli.options import JsonOption, ThingsOption, VerboseOption
+from ancsync.cli.output import EXIT_USAGE, fail, print_json, print_line, setup_logging
 
 if TYPE_CHECKING:
+    from ancsync.emulator.certs import DevCerts
     from ancsync.emulator.server import Emulator
 
 CertsDirOption = Annotated[
-    Path, typer.Option("--certs-dir", help="Where the dev CA and certificates live.")
+    Path,
+    typer.Option("--certs-dir", metavar="DIR", help="Where the dev CA and certificates live."),
 ]
 
 
 def emulator(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="MQTT port; 0 picks a free one.")] = 8883,
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port", min=0, max=65535, metavar="PORT", help="MQTT port; 0 picks a free one."
+        ),
+    ] = 8883,
     certs_dir: CertsDirOption = Path(".ancsync/dev"),
     things: ThingsOption = None,
     db: Annotated[
         Path | None,
-        typer.Option("--db", help="Rules sink database [default: emulator.db next to certs-dir]"),
+        typer.Option(
+            "--db",
+            metavar="FILE",
+            help="Rules sink database.",
+            show_default="emulator.db beside the certificates directory",
+        ),
     ] = None,
     no_tls: Annotated[
         bool, typer.Option("--no-tls", help="Plain MQTT without certificates (loopback only).")
     ] = False,
+    json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run the local AWS IoT emulator: broker, Device Shadow, device policy, rules sink."""
+    """Run the local AWS IoT emulator: broker, Device Shadow, device policy, rules sink.
+
+    Once it listens it prints where it is and the settings of each device, then a line starting
+    with "ready:"; with --json, one JSON object instead. It runs until SIGINT or SIGTERM.
+    """
     import anyio
 
     from ancsync.emulator.server import DEFAULT_THING, Emulator, serve_until_signalled
-    from ancsync.errors import AncSyncError, ConfigError, InvalidTopic
+    from ancsync.errors import ConfigError
 
     setup_logging(verbose)
-    if not verbose:
-        quiet_amqtt()
     db_path = db if db is not None else certs_dir.parent / "emulator.db"
 
     def print_ready(local: Emulator) -> None:
-        security = "TLS, client certificate required" if local.tls else "plain MQTT, no TLS"
-        print_line(f"{'endpoint':<12} {local.host}:{local.port} ({security})")
-        if local.tls:
-            print_line(f"{'root CA':<12} {local.certs.ca.resolve()}")
-            operator = local.certs.operator
-            print_line(f"{'operator':<12} {operator.cert.resolve()}, {operator.key.resolve()}")
-        print_line(f"{'rules db':<12} {db_path.resolve()}")
-        for thing in local.things:
-            print_line(f"\nDevice settings for {thing} (environment):")
-            for name, value in local.device_settings(thing).items():
-                print_line(f"{name}={value}")
-        print_line(f"\nready: emulator listening on {local.host}:{local.port} (Ctrl-C to stop)")
+        if json_output:
+            print_json(_emulator_as_dict(local, db_path))
+        else:
+            _print_emulator(local, db_path)
 
+    local = Emulator(
+        certs_dir,
+        things or [DEFAULT_THING],
+        host=host,
+        port=port,
+        tls=not no_tls,
+        db_path=db_path,
+    )
     try:
-        local = Emulator(
-            certs_dir,
-            things or [DEFAULT_THING],
-            host=host,
-            port=port,
-            tls=not no_tls,
-            db_path=db_path,
-        )
         anyio.run(serve_until_signalled, local, print_ready)
-    except (ConfigError, InvalidTopic) as exc:
-        raise fail(str(exc), code=2) from None
-    except AncSyncError as exc:
-        raise fail(str(exc)) from None
+    except ConfigError as exc:
+        if _address_in_use(exc):
+            raise fail(
+                f"port {port} on {host} is already in use (another emulator or broker?); "
+                "choose a free port or 0 (any free one) with --port",
+                EXIT_USAGE,
+            ) from None
+        raise
+
+
+def _address_in_use(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused, somewhere down its chain, by a port already taken."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _emulator_as_dict(local: Emulator, db_path: Path) -> dict[str, Any]:
+    return {
+        "endpoint": local.host,
+        "port": local.port,
+        "tls": local.tls,
+        "root_ca": str(local.certs.ca.resolve()) if local.tls else None,
+        "operator_cert": str(local.certs.operator.cert.resolve()) if local.tls else None,
+        "operator_key": str(local.certs.operator.key.resolve()) if local.tls else None,
+        "rules_db": str(db_path.resolve()),
+        "devices": {thing: local.device_settings(thing) for thing in local.things},
+    }
+
+
+def _print_emulator(local: Emulator, db_path: Path) -> None:
+    security = "TLS, client certificate required" if local.tls else "plain MQTT, no TLS"
+    print_line(f"{'endpoint':<12} {local.host}:{local.port} ({security})")
+    if local.tls:
+        print_line(f"{'root CA':<12} {local.certs.ca.resolve()}")
+        operator = local.certs.operator
+        print_line(f"{'operator':<12} {operator.cert.resolve()}, {operator.key.resolve()}")
+    print_line(f"{'rules db':<12} {db_path.resolve()}")
+    for thing in local.things:
+        print_line(f"\nDevice settings for {thing} (environment):")
+        for name, value in local.device_settings(thing).items():
+            print_line(f"{name}={value}")
+    print_line(f"\nready: emulator listening on {local.host}:{local.port} (Ctrl-C to stop)")
 
 
 def certs(
     certs_dir: Annotated[
-        Path, typer.Option("--certs-dir", help="Where to write the dev CA and certificates.")
+        Path,
+        typer.Option(
+            "--certs-dir", metavar="DIR", help="Where to write the dev CA and certificates."
+        ),
     ] = Path(".ancsync/dev"),
     things: ThingsOption = None,
+    json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Create (or reuse) development certificates: a CA, the broker, the devices, an operator.
@@ -88,23 +144,43 @@ def certs(
     """
     from ancsync.emulator.certs import ensure_dev_certs
     from ancsync.emulator.server import DEFAULT_THING
-    from ancsync.errors import AncSyncError
 
     setup_logging(verbose)
     try:
         created = ensure_dev_certs(certs_dir, things or [DEFAULT_THING])
-    except AncSyncError as exc:
-        raise fail(str(exc), code=2) from None
     except OSError as exc:
         raise fail(f"cannot write certificates to {certs_dir}: {exc.strerror}") from None
-
+    if json_output:
+        print_json(_certs_as_dict(created))
+        return
     print_line(f"{'root CA':<12} {created.ca.resolve()}")
     print_line(f"{'server':<12} {created.server.cert.resolve()} (localhost, 127.0.0.1, ::1)")
     operator = created.operator
     print_line(f"{'operator':<12} {operator.cert.resolve()}, {operator.key.resolve()}")
-    for thing, pair in created.devices.items():
+    for thing, settings in _device_settings(created).items():
         print_line(f"\nDevice settings for {thing} (environment; add IOT_ENDPOINT and IOT_PORT):")
-        print_line(f"IOT_THING_NAME={thing}")
-        print_line(f"IOT_CERT_PATH={pair.cert.resolve()}")
-        print_line(f"IOT_KEY_PATH={pair.key.resolve()}")
-        print_line(f"IOT_ROOT_CA_PATH={created.ca.resolve()}")
+        for name, value in settings.items():
+            print_line(f"{name}={value}")
+
+
+def _device_settings(created: DevCerts) -> dict[str, dict[str, str]]:
+    """Each thing's certificate settings, as environment variables."""
+    return {
+        thing: {
+            "IOT_THING_NAME": thing,
+            "IOT_CERT_PATH": str(pair.cert.resolve()),
+            "IOT_KEY_PATH": str(pair.key.resolve()),
+            "IOT_ROOT_CA_PATH": str(created.ca.resolve()),
+        }
+        for thing, pair in created.devices.items()
+    }
+
+
+def _certs_as_dict(created: DevCerts) -> dict[str, Any]:
+    return {
+        "root_ca": str(created.ca.resolve()),
+        "server_cert": str(created.server.cert.resolve()),
+        "operator_cert": str(created.operator.cert.resolve()),
+        "operator_key": str(created.operator.key.resolve()),
+        "devices": _device_settings(created),
+    }

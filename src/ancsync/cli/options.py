@@ -6,8 +6,19 @@ from typing import Annotated
 
 import typer
 
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Debug logging (as --log-level debug).")
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print the result as one JSON object per line, for scripts."),
+]
 ThingsOption = Annotated[
     list[str] | None,
-    typer.Option("--thing", help="A device (thing name); repeat for more.", show_default=False),
+    typer.Option(
+        "--thing",
+        metavar="NAME",
+        help="A device (thing name); repeat for more.",
+        show_default=False,
+    ),
 ]

@@ -1,8 +1,9 @@
-"""What every command shares: the rich consoles, logging set-up and the one-line error."""
+"""What every command shares: the consoles, logging and --quiet, the one-line error, JSON."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import typer
@@ -11,34 +12,59 @@ from rich.console import Console
 console = Console()
 err_console = Console(stderr=True)
 
+#: Exit codes of every command (docs/cli.md): a usage error is a bad argument, option, setting
+#: or config file; a failure is anything else that went wrong (connect, refused, a check).
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+# Ctrl-C ends a command with 130 (128 + SIGINT, the shell's convention): typer does it.
 
-def setup_logging(verbose: bool) -> None:
-    """Send library logs to stderr through rich; DEBUG with ``--verbose``."""
+
+@dataclass
+class Verbosity:
+    """The root command's ``--log-level`` and ``--quiet``, read by every command."""
+
+    log_level: int | None = None
+    quiet: bool = False
+
+
+verbosity = Verbosity()
+
+
+def setup_logging(verbose: bool, default: int = logging.INFO) -> None:
+    """Send logs to stderr through rich, at the level the user chose.
+
+    That is DEBUG with a command's ``--verbose``, else the root's ``--log-level``, else ERROR
+    with ``--quiet``, else ``default``: each command's own, as a one-shot command that reports
+    its outcome itself needs fewer logs than a server.
+    """
     from rich.logging import RichHandler
 
+    if verbose:
+        level = logging.DEBUG
+    elif verbosity.log_level is not None:
+        level = verbosity.log_level
+    else:
+        level = logging.ERROR if verbosity.quiet else default
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level,
         format="%(name)s: %(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
+    if level > logging.DEBUG:
+        # amqtt narrates every step and logs tracebacks for failures ancsync reports in its own
+        # words (a taken port, a refused client); botocore says where it found credentials.
+        for noisy in ("amqtt", "transitions"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        logging.getLogger("botocore").setLevel(max(level, logging.WARNING))
 
 
-def quiet_amqtt() -> None:
-    """amqtt narrates every step and logs tracebacks for failures ancsync reports in its own
-    words (a taken port, a refused client); ``--verbose`` shows them."""
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+def show_progress() -> bool:
+    """Whether to show what is going on (live progress, events): not with ``--quiet``."""
+    return not verbosity.quiet
 
 
-def quiet_libraries(verbose: bool) -> None:
-    """The demo and the simulator say what happens themselves; --verbose shows the logs too."""
-    if not verbose:
-        logging.getLogger("ancsync").setLevel(logging.WARNING)
-        quiet_amqtt()
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
     """Print a one-line error and return the exit to raise."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -53,4 +79,4 @@ def print_json(value: Any) -> None:
     """Print ``value`` as one line of JSON on stdout."""
     import orjson
 
-    print_line(orjson.dumps(value).decode())
+    print_line(orjson.dumps(value, default=str).decode())  # default: paths as text

@@ -3,42 +3,54 @@
 
 from __future__ import annotations
 
-import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ancsync.cli.options import VerboseOption
-from ancsync.cli.output import fail, print_line, setup_logging
+from ancsync.cli.options import JsonOption, VerboseOption
+from ancsync.cli.output import print_json, print_line, setup_logging
 
 
 def provision(
-    thing: Annotated[str, typer.Option("--thing", help="Thing name (= device id, client id).")],
+    thing: Annotated[
+        str,
+        typer.Option("--thing", metavar="NAME", help="Thing name (= device id, client id)."),
+    ],
     policy: Annotated[
-        str, typer.Option("--policy", help="IoT policy to attach (Terraform: device_policy_name).")
+        str,
+        typer.Option(
+            "--policy",
+            metavar="NAME",
+            help="IoT policy to attach (Terraform output device_policy_name).",
+        ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="Directory for cert.pem, private.key, ancsync.json.")
+        Path,
+        typer.Option(
+            "--out", metavar="DIR", help="Directory for cert.pem, private.key, ancsync.json."
+        ),
     ],
-    region: Annotated[str | None, typer.Option("--region", help="AWS region.")] = None,
-    endpoint_url: Annotated[
-        str | None, typer.Option("--endpoint-url", help="Another IoT API endpoint (tests).")
+    region: Annotated[
+        str | None, typer.Option("--region", metavar="REGION", help="AWS region.")
     ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option("--endpoint-url", metavar="URL", help="Another IoT API endpoint (tests)."),
+    ] = None,
+    json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Create or reuse a thing and its certificate in AWS IoT; write the device's files."""
-    from ancsync.errors import AncSyncError
     from ancsync.tools.provision import AMAZON_ROOT_CA_URL
     from ancsync.tools.provision import provision as run_provision
 
     setup_logging(verbose)
-    if not verbose:  # botocore's INFO lines (where it found credentials) are noise here
-        logging.getLogger("botocore").setLevel(logging.WARNING)
-    try:
-        result = run_provision(thing, policy, out, region=region, endpoint_url=endpoint_url)
-    except AncSyncError as exc:
-        raise fail(str(exc)) from None
+    result = run_provision(thing, policy, out, region=region, endpoint_url=endpoint_url)
+    if json_output:
+        print_json({**asdict(result), "device_settings": result.device_settings()})
+        return
     thing_state = "created" if result.thing_created else "reusing existing thing"
     cert_state = "created, active" if result.certificate_created else "reusing, active"
     for label, value in [

@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ancsync.cli.options import VerboseOption
-from ancsync.cli.output import err_console, fail, print_json, quiet_libraries, setup_logging
-
-if TYPE_CHECKING:
-    from ancsync.orchestrator import DataSyncOrchestrator
+from ancsync.cli.options import JsonOption, VerboseOption
+from ancsync.cli.output import (
+    err_console,
+    fail,
+    print_json,
+    print_line,
+    setup_logging,
+    show_progress,
+)
 
 
 def simulate(
@@ -20,55 +25,91 @@ def simulate(
         Path | None,
         typer.Option(
             "--config",
-            help="JSON config file [default: ANCSYNC_CONFIG]; IOT_* variables override it.",
-            show_default=False,
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE",
+            help="A .toml or .json config file; IOT_* variables override it.",
+            show_default="ANCSYNC_CONFIG",
         ),
     ] = None,
     duration: Annotated[
         float | None,
-        typer.Option("--duration", min=0.1, help="Seconds to run [default: until Ctrl-C]."),
+        typer.Option(
+            "--duration",
+            min=0.1,
+            metavar="SECONDS",
+            help="How long to run.",
+            show_default="until Ctrl-C",
+        ),
     ] = None,
     rate: Annotated[
-        float, typer.Option("--rate", min=0.5, max=100, help="ANC metrics records per second.")
+        float,
+        typer.Option(
+            "--rate", min=0.5, max=100, metavar="PER_SECOND", help="ANC metrics records per second."
+        ),
     ] = 10.0,
     fire_alarm_at: Annotated[
         float | None,
         typer.Option(
-            "--fire-alarm-at", min=0, help="Report a fire alarm emergency after this many seconds."
+            "--fire-alarm-at",
+            min=0,
+            metavar="SECONDS",
+            help="Report a fire alarm emergency after this many seconds.",
+            show_default=False,
         ),
     ] = None,
-    firmware: Annotated[str, typer.Option("--firmware", help="Firmware version to report.")] = (
-        "sim-1.0.0"
-    ),
+    firmware: Annotated[
+        str, typer.Option("--firmware", metavar="VERSION", help="Firmware version to report.")
+    ] = "sim-1.0.0",
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            "--connect-timeout",
+            min=0.1,
+            metavar="SECONDS",
+            help="Give up (exit code 1) when not connected within this time.",
+        ),
+    ] = 30.0,
+    json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a simulated ANC device against any endpoint: the emulator or AWS IoT Core.
 
     Settings come from the environment (IOT_ENDPOINT, IOT_THING_NAME, IOT_CERT_PATH,
     IOT_KEY_PATH, IOT_ROOT_CA_PATH...) and the config file. The device applies desired ANC
-    state, publishes metrics and prints the final status as JSON when it stops (SIGINT/SIGTERM).
+    state and publishes metrics; when it stops (--duration, SIGINT, SIGTERM) it prints its final
+    status (--json: get_status() as one JSON line). A device that never connected is a failure:
+    exit code 1, with the reason.
     """
     import signal
 
     import anyio
 
-    from ancsync.errors import AncSyncError, ConfigError
+    from ancsync.cli.probe import speaks_tls
+    from ancsync.errors import ConfigError, ConnectError
     from ancsync.orchestrator import DataSyncOrchestrator
     from ancsync.tools.simulator import SimulatedAncDevice, run_simulation
 
-    setup_logging(verbose)
-    quiet_libraries(verbose)
+    # The device tells its own story (on stderr, as events), the library's logs would repeat it.
+    setup_logging(verbose, default=logging.CRITICAL)
 
     def on_event(text: str) -> None:
-        err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+        if show_progress():
+            err_console.print(text, highlight=False, markup=False, soft_wrap=True)
 
-    async def session() -> DataSyncOrchestrator:
-        orchestrator = DataSyncOrchestrator(config_file=config, firmware_version=firmware)
+    connected = False
+
+    async def on_connect() -> None:
+        nonlocal connected
+        connected = True
+
+    async def session(orchestrator: DataSyncOrchestrator) -> None:
+        """Run the device until it ends, a signal stops it or it cannot connect (raised)."""
         device = SimulatedAncDevice(orchestrator, rate=rate, on_event=on_event)
-        settings = orchestrator.settings.iot
-        on_event(
-            f"simulating {orchestrator.thing_name} against {settings.endpoint}:{settings.port}"
-        )
+        iot = orchestrator.settings.iot
+        on_event(f"simulating {orchestrator.thing_name} against {iot.endpoint}:{iot.port}")
+        failure: ConnectError | ConfigError | None = None
         async with anyio.create_task_group() as tasks:
 
             async def stop_on_signal() -> None:
@@ -78,14 +119,68 @@ def simulate(
                         tasks.cancel_scope.cancel()
 
             tasks.start_soon(stop_on_signal)
-            await run_simulation(device, duration=duration, fire_alarm_at=fire_alarm_at)
+            try:
+                await run_simulation(
+                    device,
+                    duration=duration,
+                    fire_alarm_at=fire_alarm_at,
+                    connect_timeout=connect_timeout,
+                )
+            except (ConnectError, ConfigError) as exc:  # raised below, outside the task group
+                failure = exc
             tasks.cancel_scope.cancel()
-        return orchestrator
+        if failure is not None:
+            raise failure
 
+    # Built before the event loop runs: a bad setting ends here, with nothing started.
+    orchestrator = DataSyncOrchestrator(config_file=config, firmware_version=firmware)
+    iot = orchestrator.settings.iot
+    orchestrator.connection.add_connect_hook(on_connect)
+    failure: ConnectError | ConfigError | None = None
     try:
-        orchestrator = anyio.run(session)
-    except ConfigError as exc:
-        raise fail(str(exc), code=2) from None
-    except AncSyncError as exc:
-        raise fail(str(exc)) from None
-    print_json(orchestrator.get_status())
+        anyio.run(session, orchestrator)
+    except (ConnectError, ConfigError) as exc:
+        failure = exc
+    status = orchestrator.get_status()
+    if json_output:
+        print_json(status)
+    else:
+        _print_status(status)
+    if connected:
+        return
+    if not iot.tls and anyio.run(speaks_tls, iot.endpoint, iot.port):
+        raise fail(
+            f"{iot.endpoint}:{iot.port} speaks TLS, and the settings ask for plain MQTT "
+            "(IOT_TLS=false or iot.tls = false); use TLS with the device's certificate, or the "
+            "port of an emulator started with --no-tls"
+        )
+    if failure is not None:
+        raise failure
+    last_error = status["connection"]["last_error"]
+    raise fail(
+        f"never connected to {iot.endpoint}:{iot.port}"
+        + (f"; last error: {last_error['message']}" if last_error else "")
+    )
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    """The final status in a few lines: what the device sent and what the cloud confirmed."""
+    connection, telemetry = status["connection"], status["telemetry"]
+    records = telemetry["records"].values()
+    emergency, shadow = status["emergency"], status["shadow"]
+    print_line(
+        f"{status['thing_name']} ran {status['uptime_s']} s against "
+        f"{connection['endpoint']}:{connection['port']}, "
+        f"{connection['reconnect_count']} reconnects"
+    )
+    print_line(
+        f"{'telemetry':<12}{sum(r['accepted'] for r in records)} records accepted, "
+        f"{sum(r['delivered'] for r in records)} delivered, {telemetry['dropped']} dropped"
+    )
+    print_line(
+        f"{'emergencies':<12}{emergency['reported']} reported, "
+        f"{emergency['acknowledged']} acknowledged by the broker, "
+        f"{emergency['cloud_acknowledged']} by the cloud"
+    )
+    sync = "in sync" if shadow["in_sync"] else "not in sync"
+    print_line(f"{'shadow':<12}version {shadow['version']}, {sync}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from ancsync.errors import ConfigError, ConnectError
 from ancsync.models import Command, EmergencyEvent
 from ancsync.orchestrator import DataSyncOrchestrator
 
@@ -169,10 +170,36 @@ async def run_simulation(
     *,
     duration: float | None = None,
     fire_alarm_at: float | None = None,
+    connect_timeout: float | None = None,
 ) -> None:
     """Start ``device.orchestrator``, run the device until ``duration`` passes (or until
-    cancelled), hear a fire alarm after ``fire_alarm_at`` seconds if asked, then stop cleanly."""
-    async with device.orchestrator, anyio.create_task_group() as tasks:
+    cancelled), hear a fire alarm after ``fire_alarm_at`` seconds if asked, then stop cleanly.
+
+    ``device.on_event`` hears the connection's story too: connected, failed, lost, retrying.
+    With ``connect_timeout``, the simulation stops as soon as the connection fails in a way
+    retrying cannot fix (a refused certificate or key), or when it has not connected within
+    ``connect_timeout`` seconds.
+
+    Raises:
+        ConnectError: (with ``connect_timeout``) the device could not connect; the message names
+            the last connection error.
+        ConfigError: (with ``connect_timeout``) the certificate or key cannot be used.
+    """
+    orchestrator = device.orchestrator
+    failure: ConnectError | ConfigError | None = None
+    async with orchestrator, anyio.create_task_group() as tasks:
+
+        async def require_connection() -> None:
+            nonlocal failure
+            try:
+                await orchestrator.wait_connected(connect_timeout)
+            except (ConnectError, ConfigError) as exc:
+                failure = exc
+                tasks.cancel_scope.cancel()
+
+        if connect_timeout is not None:
+            tasks.start_soon(require_connection)
+        tasks.start_soon(_narrate_connection, device)
         await device.report_state()
         tasks.start_soon(device.run)
         if fire_alarm_at is not None:
@@ -182,6 +209,21 @@ async def run_simulation(
         else:
             await anyio.sleep(duration)
             tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def _narrate_connection(device: SimulatedAncDevice) -> None:
+    iot = device.orchestrator.settings.iot
+    was_connected = False
+    with device.orchestrator.connection.events() as events:
+        async for event in events:
+            if event.kind == "connected":
+                device.on_event(f"connected to {iot.endpoint}:{iot.port}")
+            elif event.kind == "disconnected" and event.retry_in is not None:
+                what = "connection lost" if was_connected else "connection failed"
+                device.on_event(f"{what}: {event.error}; retrying in {event.retry_in:.1f} s")
+            was_connected = event.kind == "connected"
 
 
 async def _alarm_after(device: SimulatedAncDevice, delay: float) -> None:
