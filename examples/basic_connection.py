@@ -6,6 +6,7 @@ python examples/basic_connection.py     # a local emulator, or AWS IoT with IOT_
 from __future__ import annotations
 
 import json
+import sys
 
 import anyio
 from _local import target
@@ -40,4 +41,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:  # Ctrl-C cancelled main() and everything stopped cleanly
+        sys.exit(130)

@@ -9,6 +9,7 @@ example runs its control loop for a few seconds and stops (flushing everything) 
 from __future__ import annotations
 
 import json
+import sys
 
 import anyio
 from _local import THING, target
@@ -73,4 +74,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:  # Ctrl-C cancelled main() and everything stopped cleanly
+        sys.exit(130)

@@ -8,6 +8,8 @@ change ``desired`` in the console (or ``ancsync shadow update``) within 30 secon
 
 from __future__ import annotations
 
+import sys
+
 import anyio
 from _local import THING, target
 
@@ -49,4 +51,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:  # Ctrl-C cancelled main() and everything stopped cleanly
+        sys.exit(130)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import anyio
 from _local import target
@@ -50,4 +51,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:  # Ctrl-C cancelled main() and everything stopped cleanly
+        sys.exit(130)
