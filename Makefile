@@ -1,45 +1,57 @@
 # Two commands on a fresh machine: `make demo` (the demo on the embedded emulator) and `make test`.
+# Each installs what it needs, once: the package and its runtime dependencies into .venv for the
+# demo; the dev and aws extras, the system packages and the Terraform provider lookup for the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
+# What the tests need from apt, as PACKAGE[=COMMAND] (see scripts/ensure-apt).
+SYSTEM_PACKAGES := mosquitto mosquitto-clients=mosquitto_sub
+# The Terraform AWS provider on disk (scripts/tf-plugin-dir), looked up once per .venv.
+TF_PLUGIN_DIR_FILE := $(VENV)/tf-plugin-dir
 
-# Terraform has no registry here: `terraform init` in the tests takes the AWS provider from a local
-# plugin directory when one is on disk (.../registry.terraform.io/hashicorp/aws/<version>/<os_arch>/).
-ifeq ($(origin TF_PLUGIN_DIR),undefined)
-TF_PLUGIN_DIR := $(shell find / \( -path /proc -o -path /sys -o -path '*/.venv' \) -prune -o -name 'terraform-provider-aws*' -type f -print 2>/dev/null | head -n 1 | sed -E 's#/registry\.terraform\.io/.*##')
-endif
-export TF_PLUGIN_DIR
+.PHONY: install system-packages test lint typecheck pytest docs demo bench clean
 
-.PHONY: install test lint typecheck pytest docs demo bench clean
-
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV): $(RUNTIME)
 	$(BIN)/pip install -q -e ".[dev,aws]"
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+$(TF_PLUGIN_DIR_FILE): $(RUNTIME)
+	scripts/tf-plugin-dir > $@
 
-lint: $(STAMP)
+install: $(DEV)
+
+system-packages:
+	scripts/ensure-apt $(SYSTEM_PACKAGES)
+
+lint: $(DEV)
 	$(BIN)/ruff check src tests benchmarks examples infra
 	$(BIN)/ruff format --check src tests benchmarks examples infra
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy --strict src
 
-pytest: $(STAMP)
-	$(BIN)/pytest -q
+# TF_PLUGIN_DIR from the environment wins over the one found on disk.
+pytest: system-packages $(DEV) $(TF_PLUGIN_DIR_FILE)
+	TF_PLUGIN_DIR="$${TF_PLUGIN_DIR-$$(cat $(TF_PLUGIN_DIR_FILE))}" $(BIN)/pytest -q
 
-docs: $(STAMP)
+docs: $(DEV)
 	$(BIN)/mkdocs build --strict --site-dir .site
 
-test: lint typecheck pytest docs
+# system-packages first: a machine where apt is not allowed stops before anything else runs.
+test: system-packages lint typecheck pytest docs
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/ancsync demo
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/python benchmarks/bench_publish.py
 	$(BIN)/python benchmarks/bench_emergency.py
 	$(BIN)/python benchmarks/bench_control_loop.py
