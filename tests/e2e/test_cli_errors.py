@@ -62,6 +62,22 @@ def taken_port() -> Iterator[int]:
         yield int(taken.getsockname()[1])
 
 
+async def shadow_get(emulator: Emulator, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ancsync shadow get`` of THING as the operator of ``emulator``, with ``args`` added."""
+    certs_dir = str(emulator.certs.root)
+    return await ancsync(
+        "shadow",
+        "get",
+        "--thing",
+        THING,
+        "--port",
+        str(emulator.port),
+        "--certs-dir",
+        certs_dir,
+        *args,
+    )
+
+
 def device_env(emulator: Emulator, **changes: str) -> dict[str, str]:
     return {**emulator.device_settings(THING), **changes}
 
@@ -166,17 +182,7 @@ async def test_simulate_with_a_key_of_another_certificate(emulator: Emulator) ->
 
 
 async def test_no_tls_against_a_tls_port_says_the_port_speaks_tls(emulator: Emulator) -> None:
-    result = await ancsync(
-        "shadow",
-        "get",
-        "--thing",
-        THING,
-        "--port",
-        str(emulator.port),
-        "--no-tls",
-        "--timeout",
-        "1",
-    )
+    result = await shadow_get(emulator, "--no-tls", "--timeout", "1")
     error = the_error(result, FAILURE)  # printed once: no retry warnings before it
     assert error == (
         f"error: 127.0.0.1:{emulator.port} speaks TLS, and --no-tls asked for plain MQTT; drop "
@@ -193,22 +199,8 @@ async def test_no_tls_against_a_tls_port_says_the_port_speaks_tls(emulator: Emul
 
 async def test_a_refused_shadow_command_prints_its_error_once(emulator: Emulator) -> None:
     device = emulator.certs.device(THING)  # a device's certificate, not the operator's
-    result = await ancsync(
-        "shadow",
-        "get",
-        "--thing",
-        THING,
-        "--port",
-        str(emulator.port),
-        "--certs-dir",
-        str(emulator.certs.root),
-        "--cert",
-        str(device.cert),
-        "--key",
-        str(device.key),
-        "--client-id",
-        "not-the-thing",
-    )
+    certificate = ["--cert", str(device.cert), "--key", str(device.key)]
+    result = await shadow_get(emulator, *certificate, "--client-id", "not-the-thing")
     error = the_error(result, FAILURE)
     assert "refused the connection: Not authorized" in error
 

@@ -266,7 +266,8 @@ def test_section_argument_that_is_not_a_dict(certs: dict[str, Path]) -> None:
     message = load_error(thing_name="d", endpoint="e.com", telemetry=5, **certs)
     assert message == (
         "telemetry=5 passed to Settings.load() is not allowed: "
-        "the telemetry section must be a table: [telemetry] in TOML, an object in JSON, a dict in Python"
+        "the telemetry section must be a table: [telemetry] in TOML, an object in JSON, "
+        "a dict in Python"
     )
 
 
