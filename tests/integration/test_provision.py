@@ -118,9 +118,12 @@ def run(*args: str) -> Result:
     return result
 
 
-def error_of(result: Result) -> str:
-    """The error message, unwrapped (rich wraps it at the 80 columns CliRunner reports)."""
-    assert result.exit_code == 1, result.output
+def error_of(result: Result, code: int = 1) -> str:
+    """The error message, unwrapped (rich wraps it at the 80 columns CliRunner reports).
+
+    ``code``: 1 for a failure, 2 for a usage error (an argument to fix).
+    """
+    assert result.exit_code == code, result.output
     [message] = re.findall(r"error: (.*)", result.output, re.S)
     return " ".join(message.split())
 
@@ -247,7 +250,7 @@ def test_invalid_thing_name_is_refused(aws_env: None, tmp_path: Path) -> None:
     result = run(
         "--thing", "bad/name", "--policy", POLICY, "--out", str(tmp_path), "--region", REGION
     )
-    assert "thing name 'bad/name' is not allowed" in error_of(result)
+    assert "thing name 'bad/name' is not allowed" in error_of(result, code=2)
 
 
 def test_foreign_files_in_out_are_not_overwritten(moto_url: str, iot: Any, tmp_path: Path) -> None:

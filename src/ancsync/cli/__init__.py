@@ -4,8 +4,9 @@ Each command lives in a module named after it and is thin: it parses arguments, 
 and output, and calls the module that does the work, imported inside the command so that
 ``ancsync --help`` stays quick. Every error ends as one line on stderr, never a traceback, with
 one exit code per kind (see :mod:`ancsync.cli.output`): 2 for a usage error, 1 for a failure,
-130 after Ctrl-C (typer's own, quietly). :func:`main` turns the library's errors into those, so
-a command raises them as they are.
+130 after Ctrl-C (typer's own, quietly). Each command is wrapped in
+:func:`~ancsync.cli.output.reports_errors`, which turns the library's errors into those, so a
+command lets them go up as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ancsync.cli.output import (
     err_console,
     fail,
     print_line,
+    reports_errors,
     verbosity,
 )
 
@@ -88,12 +90,20 @@ def _root(
 
 
 # In the order `ancsync --help` lists them, each with a line short enough not to be cut.
-app.command(short_help="Create a thing and its certificate in AWS IoT.")(provision.provision)
-app.command(short_help="Run the local AWS IoT emulator.")(emulator.emulator)
-app.command(short_help="Create development certificates for the emulator.")(emulator.certs)
+app.command(short_help="Create a thing and its certificate in AWS IoT.")(
+    reports_errors(provision.provision)
+)
+app.command(short_help="Run the local AWS IoT emulator.")(reports_errors(emulator.emulator))
+app.command(short_help="Create development certificates for the emulator.")(
+    reports_errors(emulator.certs)
+)
 app.add_typer(shadow.app, name="shadow", short_help="Read, change and watch a Device Shadow.")
-app.command(short_help="Run everything on this machine and check both sides.")(demo.demo)
-app.command(short_help="Run a simulated ANC device against any endpoint.")(simulate.simulate)
+app.command(short_help="Run everything on this machine and check both sides.")(
+    reports_errors(demo.demo)
+)
+app.command(short_help="Run a simulated ANC device against any endpoint.")(
+    reports_errors(simulate.simulate)
+)
 
 
 def _click_exception_class(name: str) -> type[Exception]:
@@ -108,9 +118,11 @@ def main() -> None:
 
 
 def _run() -> int:
-    """The command's exit code; each error is one line on stderr (help, when no command)."""
-    from ancsync.errors import AncSyncError, ConfigError, InvalidPayload, InvalidTopic
+    """The command's exit code; a usage error is one line on stderr (the help, when no command).
 
+    The commands report the library's errors themselves (:func:`reports_errors`); what is left
+    are click's, raised before a command runs.
+    """
     usage_error = _click_exception_class("UsageError")
     click_exception = _click_exception_class("ClickException")
     try:
@@ -125,8 +137,4 @@ def _run() -> int:
         return fail(f"{message}{hint}", EXIT_USAGE).exit_code
     except click_exception as exc:
         return fail(exc.format_message(), getattr(exc, "exit_code", EXIT_FAILURE)).exit_code  # type: ignore[attr-defined]
-    except (ConfigError, InvalidTopic, InvalidPayload) as exc:  # the user can fix the input
-        return fail(str(exc), EXIT_USAGE).exit_code
-    except AncSyncError as exc:
-        return fail(str(exc), EXIT_FAILURE).exit_code
     return code if isinstance(code, int) else 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 import typer
 from rich.console import Console
@@ -62,6 +64,27 @@ def setup_logging(verbose: bool, default: int = logging.INFO) -> None:
 def show_progress() -> bool:
     """Whether to show what is going on (live progress, events): not with ``--quiet``."""
     return not verbosity.quiet
+
+
+P = ParamSpec("P")
+
+
+def reports_errors(command: Callable[P, None]) -> Callable[P, None]:
+    """``command`` with the library's errors turned into one line and their exit code: the
+    input's errors (a setting, a config file, a topic, a payload) are usage errors, the rest
+    failures. Every command is wrapped, so each reports the same error the same way."""
+    from ancsync.errors import AncSyncError, ConfigError, InvalidPayload, InvalidTopic
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except (ConfigError, InvalidTopic, InvalidPayload) as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        except AncSyncError as exc:
+            raise fail(str(exc), EXIT_FAILURE) from None
+
+    return run
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ancsync.cli.options import JsonOption, VerboseOption
-from ancsync.cli.output import EXIT_USAGE, fail, print_json, print_line, setup_logging
+from ancsync.cli.output import (
+    EXIT_USAGE,
+    fail,
+    print_json,
+    print_line,
+    reports_errors,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from ancsync.tools.operator import OperatorCredentials, ShadowDocument, ShadowOperator
@@ -265,6 +272,7 @@ def _assignments(values: dict[str, Any], prefix: str = "") -> str:
 
 
 @app.command("get", short_help="Print the shadow: version, desired, reported, delta.")
+@reports_errors
 def get(
     thing: ThingOption,
     name: ShadowNameOption = None,
@@ -309,6 +317,7 @@ def _parse_assignments(assignments: list[str]) -> dict[str, Any]:
 
 
 @app.command("update", short_help="Set desired state; print the shadow as accepted.")
+@reports_errors
 def update(
     thing: ThingOption,
     assignments: Annotated[
@@ -386,6 +395,7 @@ def update(
 
 
 @app.command("watch", short_help="Print the shadow at each accepted change.")
+@reports_errors
 def watch(
     thing: ThingOption,
     count: Annotated[
