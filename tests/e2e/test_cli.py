@@ -201,8 +201,10 @@ async def test_shell_completion_completes_commands_and_options() -> None:
         }
     )
     assert options.stdout.decode().split() == ["--duration"]
-    with anyio.fail_after(TIMEOUT):  # for the shell it runs in, found from its parent
-        script = await anyio.run_process(["bash", "-c", f"{ANCSYNC} --show-completion"])
+    # The script is for the shell ancsync runs in, found among its parents: here bash, kept as
+    # the parent by a second command (alone, bash would exec ancsync in its place).
+    with anyio.fail_after(TIMEOUT):
+        script = await anyio.run_process(["bash", "-c", f"{ANCSYNC} --show-completion; exit $?"])
     assert "_ANCSYNC_COMPLETE=complete_bash" in script.stdout.decode()
 
 
