@@ -7,8 +7,9 @@
 - optionally a plain TCP listener, on a loopback host only,
 - an :class:`~ancsync.emulator.auth.Authorizer` deciding every connect (its last will included),
   publish (with its retain flag) and subscribe,
-- AWS shadow request topics (``$aws/things/.../shadow/...(get|update|delete)``) handed to a
-  ``reserved_handler`` (the shadow service) instead of amqtt closing the client, and
+- reserved AWS request topics (``$aws/things/.../shadow/...(get|update|delete)``, and any a
+  service routes with :meth:`EmbeddedBroker.add_reserved_route`) handed to that service instead
+  of amqtt closing the client, and
 - publish listeners (the rules sink) that see every accepted client publish.
 
 amqtt does not offer all of this publicly: :class:`~ancsync.emulator.amqtt_broker.AwsLikeBroker`
@@ -21,16 +22,17 @@ from __future__ import annotations
 
 import logging
 import ssl
-from types import TracebackType
-from typing import Self
 
+import anyio
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.errors import BrokerError
+from anyio.abc import TaskStatus
 
 from ancsync.config import is_loopback
 from ancsync.emulator.amqtt_broker import AwsLikeBroker
 from ancsync.emulator.auth import AcceptedConnectionPlugin, Authorizer, ClientIdentity
 from ancsync.emulator.certs import DevCerts
+from ancsync.emulator.component import EmulatorComponent
 from ancsync.emulator.decisions import (
     BrokerDecisions,
     PublishListener,
@@ -52,17 +54,25 @@ __all__ = [
 log = logging.getLogger("ancsync.emulator.broker")
 
 _PLUGIN_PATH = f"{AcceptedConnectionPlugin.__module__}.{AcceptedConnectionPlugin.__qualname__}"
+# The end of the stop deadline kept for cutting the connections amqtt did not close in time.
+_CUTTING_TIME = 0.5
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(EmulatorComponent):
     """An MQTT broker with AWS IoT's TLS and authorisation rules, in the current event loop.
 
     ``certs`` enables the TLS listener on ``host:port`` (port 0 picks a free port; read the bound
-    one from :attr:`port` after :meth:`start`); ``None`` means no TLS listener. ``plain_port``
-    adds an unencrypted listener, allowed only on a loopback ``host``. Without an
-    ``authorizer`` every client with a valid certificate may do anything. Use it as
-    ``async with EmbeddedBroker(certs) as broker: ...`` or call :meth:`start` and :meth:`stop`.
+    one from :attr:`port` once running); ``None`` means no TLS listener. ``plain_port`` adds an
+    unencrypted listener, allowed only on a loopback ``host``. Without an ``authorizer`` every
+    client with a valid certificate may do anything. ``reserved_handler`` answers the AWS shadow
+    request topics (see :meth:`add_reserved_route`). Stopping disconnects every client and
+    releases the ports within ``stop_timeout`` seconds.
+
+    A :class:`~ancsync.lifecycle.Component`: ``async with EmbeddedBroker(certs) as broker:``,
+    ``await task_group.start(broker.run)``, or :meth:`start` and :meth:`stop` from any task.
     """
+
+    name = "broker"
 
     def __init__(
         self,
@@ -74,7 +84,9 @@ class EmbeddedBroker:
         authorizer: Authorizer | None = None,
         reserved_handler: ReservedTopicHandler | None = None,
         max_tls_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+        stop_timeout: float = 5.0,
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         if certs is None and plain_port is None:
             raise ConfigError(
                 "EmbeddedBroker needs a listener: pass dev certificates for TLS "
@@ -126,10 +138,8 @@ class EmbeddedBroker:
             plugins={_PLUGIN_PATH: {}},
         )
 
-    async def start(self) -> None:
-        """Bind the listeners and start serving; :class:`ConfigError` if a port is taken."""
-        if self._broker is not None:
-            return
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Bind the listeners and serve; :class:`ConfigError` if a port is taken."""
         broker = AwsLikeBroker(
             self._config(), self._decisions, max_tls_version=self.max_tls_version
         )
@@ -139,9 +149,6 @@ class EmbeddedBroker:
         try:
             await broker.start()
         except BrokerError as exc:
-            self._broker = None
-            # amqtt leaves the listeners it did bind open when a later one fails
-            await broker.shutdown_within(0)
             raise ConfigError(
                 f"could not start the broker on {self.host} (port {self._requested_port}, "
                 f"plain_port {self._requested_plain_port}): {exc.__cause__ or exc}; "
@@ -156,37 +163,29 @@ class EmbeddedBroker:
             self._bound.get("tls"),
             self._bound.get("plain"),
         )
+        task_status.started()
+        await anyio.sleep_forever()  # amqtt serves in tasks of its own
 
-    async def stop(self, *, grace: float = 5.0) -> None:
+    async def _shutdown(self) -> None:
         """Disconnect every client and close the listeners, releasing the ports.
 
-        Never hangs: connections amqtt has not closed after ``grace`` seconds are cut (logged).
+        amqtt's own shutdown gets all of :attr:`stop_timeout` but the last half second; the
+        connections it has not closed by then are cut (logged). After a failed start, the
+        listeners that were bound are closed.
         """
         broker, self._broker = self._broker, None
         if broker is not None:
-            await broker.shutdown_within(grace)
+            await broker.shutdown_within(max(0.0, self.stop_timeout - _CUTTING_TIME))
             log.info("broker stopped")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _bound_port(self, listener: str) -> int:
         if listener not in self._bound:
-            raise NotStarted("the broker has not been started; await start() first")
+            raise NotStarted("the broker has not been started; run it (async with) first")
         return self._bound[listener]
 
     @property
     def port(self) -> int:
-        """The bound TLS port (still readable after :meth:`stop`, e.g. to restart on it)."""
+        """The bound TLS port (still readable once stopped, e.g. to restart on it)."""
         if self.certs is None:
             raise ConfigError("this broker has no TLS listener (certs=None); use plain_port")
         return self._bound_port("tls")
@@ -206,11 +205,11 @@ class EmbeddedBroker:
         """Send a broker-originated message (a service's response) to every matching subscriber.
 
         It reaches explicit ``$aws/...`` subscriptions too. It is queued for delivery when this
-        returns, also while :meth:`start` is still running (a client may already be connected).
+        returns, also while the broker is still starting (a client may already be connected).
         ``qos`` is the delivery QoS for every subscriber (amqtt forces it).
         """
         if self._broker is None:
-            raise NotStarted("the broker is not running; await start() first")
+            raise NotStarted("the broker is not running; run it (async with) first")
         if qos not in (0, 1, 2):
             raise ValueError(f"qos {qos} is not an MQTT QoS; use 0, 1 or 2")
         await self._broker.internal_message_broadcast(topic, payload, qos)
