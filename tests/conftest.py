@@ -11,6 +11,7 @@ from helpers import MosquittoBroker, running_mosquitto
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts, ensure_dev_certs
 from ancsync.emulator.server import Emulator
+from ancsync.testing import start_in_task
 
 TEST_THINGS = ("anc-device-001", "anc-device-002")
 
@@ -24,15 +25,18 @@ def dev_certs(tmp_path: Path) -> DevCerts:
 @pytest.fixture
 async def tls_broker(dev_certs: DevCerts) -> AsyncIterator[EmbeddedBroker]:
     """A running embedded broker: TLS with client certificates required, plus a plain port."""
-    async with EmbeddedBroker(dev_certs, plain_port=0) as broker:
-        yield broker
+    # pytest-asyncio sets a fixture up and tears it down in different tasks: no `async with`.
+    started = await start_in_task(EmbeddedBroker(dev_certs, plain_port=0))
+    yield started.part
+    await started.stop()
 
 
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
     """The whole local emulator over TLS for TEST_THINGS: broker, shadows, policy, rules sink."""
-    async with Emulator(tmp_path / "emulator-certs", TEST_THINGS) as running:
-        yield running
+    started = await start_in_task(Emulator(tmp_path / "emulator-certs", TEST_THINGS))
+    yield started.part
+    await started.stop()
 
 
 @pytest.fixture

@@ -12,20 +12,91 @@ each :class:`FakeTransport` it makes is one connection of an :class:`~ancsync.Io
 
 Integration tests belong on a real broker (the emulator); these are for one piece at a time:
 your delta handler, your command handler, your reaction to a lost connection.
+
+:func:`start_in_task` runs any :class:`~ancsync.lifecycle.Component` (the emulator, a device
+connection) where a task group cannot be held open, such as a pytest-asyncio fixture, whose
+setup and teardown run in different tasks::
+
+    @pytest.fixture
+    async def emulator(tmp_path):
+        started = await start_in_task(Emulator(tmp_path / "certs"))
+        yield started.part
+        await started.stop()
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from ancsync.errors import ConnectError
+from ancsync.lifecycle import Component
 from ancsync.mqtt.transport import ConnectOptions, IncomingMessage
 
-__all__ = ["FakeBroker", "FakeTransport"]
+__all__ = ["FakeBroker", "FakeTransport", "StartedPart", "start_in_task"]
+
+PartT = TypeVar("PartT", bound=Component)
+
+
+class _Ready:
+    """The ``task_status`` of a part run by :func:`start_in_task`: resolves a future."""
+
+    def __init__(self, ready: asyncio.Future[None]) -> None:
+        self._ready = ready
+
+    def started(self, value: None = None) -> None:
+        self._ready.set_result(None)
+
+
+@dataclass(frozen=True)
+class StartedPart(Generic[PartT]):
+    """A :class:`~ancsync.lifecycle.Component` running in a task of its own (see
+    :func:`start_in_task`); ``part`` is the component itself."""
+
+    part: PartT
+    _task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """Stop the part, from any task, and return once it has shut down.
+
+        The part's usual shutdown, bounded by its ``stop_timeout``. If the part failed while
+        it ran, its error is raised here (so a fixture's teardown shows it).
+        """
+        await self.part.aclose()
+        await asyncio.wait([self._task])
+        if not self._task.cancelled():
+            self._task.result()
+
+
+async def start_in_task(part: PartT) -> StartedPart[PartT]:
+    """Run ``part`` in an asyncio task of its own; return once it is ready.
+
+    For the places where the part's owner cannot keep a task group open around it: a
+    pytest-asyncio fixture (setup and teardown run in different tasks), or a test that starts
+    and stops a broker between other blocks. Anywhere else, prefer
+    ``await task_group.start(part.run)`` or ``async with part:``. An error the part raises
+    before it is ready is raised here; stop it with :meth:`StartedPart.stop`.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    # The one plain task of ancsync: it holds the part between two calls from any tasks.
+    task = loop.create_task(part.run(task_status=_Ready(ready)), name=f"ancsync {part.name}")
+    try:
+        await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled while the part starts: stop it
+        task.cancel()
+        await asyncio.wait([task])
+        raise
+    if not ready.done():
+        ready.cancel()
+        task.result()  # the part's error
+        raise RuntimeError(f"the {part.name} component ended before it was ready")
+    return StartedPart(part, task)
 
 
 @dataclass

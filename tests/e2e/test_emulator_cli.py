@@ -149,3 +149,16 @@ def test_a_taken_port_is_refused_in_one_line(tmp_path: Path) -> None:
     assert error.startswith("error:")
     assert f"port {port}" in error
     assert "choose a free port or 0" in error
+
+
+def test_an_unwritable_rules_database_is_refused_in_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_to_the_end(
+        "--port", "0", "--certs-dir", str(tmp_path / "dev"), "--db", str(blocker / "rules.db")
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: cannot open the rules database")
+    assert "choose a writable --db path" in error

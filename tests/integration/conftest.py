@@ -9,6 +9,7 @@ from publish_log import PublishLog
 
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts
+from ancsync.testing import start_in_task
 
 
 @pytest.fixture
@@ -17,5 +18,6 @@ async def broker(dev_certs: DevCerts) -> AsyncIterator[tuple[EmbeddedBroker, Pub
     log = PublishLog()
     broker = EmbeddedBroker(dev_certs)
     broker.add_publish_listener(log)
-    async with broker:
-        yield broker, log
+    started = await start_in_task(broker)  # setup and teardown run in different tasks
+    yield broker, log
+    await started.stop()

@@ -34,6 +34,7 @@ from ancsync.emulator.amqtt_broker import AwsLikeBroker
 from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker
 from ancsync.emulator.certs import CertPair, DevCerts, generate_ca, issue_certificate, write_pair
 from ancsync.errors import ConfigError, NotStarted
+from ancsync.testing import start_in_task
 
 DEVICE = "anc-device-001"
 OTHER_DEVICE = "anc-device-002"
@@ -46,8 +47,9 @@ async def any_broker(
 ) -> AsyncIterator[EmbeddedBroker | MosquittoBroker]:
     """The embedded broker, then mosquitto with the same certificates."""
     if request.param == "amqtt":
-        async with EmbeddedBroker(dev_certs, plain_port=0) as broker:
-            yield broker
+        started = await start_in_task(EmbeddedBroker(dev_certs, plain_port=0))
+        yield started.part
+        await started.stop()
     else:
         with running_mosquitto(dev_certs, tmp_path / "mosquitto") as mosquitto:
             yield mosquitto

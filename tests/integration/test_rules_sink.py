@@ -133,15 +133,16 @@ async def test_the_database_file_survives_a_restart(tmp_path: Path) -> None:
                     await emulator.rules.wait_for(stored(1, "telemetry_batches+duplicates"))
                 stats = emulator.rules.stats()
     assert stats["duplicates"] == 1  # the second run recognised the first run's batch
-    reopened = RulesSink(db)
-    try:
+    async with RulesSink(db) as reopened:
         assert len(reopened.telemetry_batches()) == 1
-    finally:
-        reopened.close()
 
 
-def test_an_unwritable_database_path_is_a_clear_error(tmp_path: Path) -> None:
+async def test_an_unwritable_database_path_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(StorageError, match=r"cannot open the rules database.*writable --db"):
-        RulesSink(blocker / "rules.db")
+        async with RulesSink(blocker / "rules.db"):
+            pass
+    with pytest.raises(StorageError, match=r"cannot open the rules database.*writable --db"):
+        async with Emulator(tmp_path / "certs", [DEVICE], db_path=blocker / "rules.db"):
+            pass

@@ -13,7 +13,7 @@ from importlib.metadata import version
 from typing import Any
 
 import pytest
-from amqtt.broker import Broker
+from amqtt.broker import Broker, Server
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
@@ -75,7 +75,20 @@ def test_amqtt_still_makes_client_certificates_only_optional(dev_certs: DevCerts
 async def test_amqtt_keeps_its_servers_by_listener_name() -> None:
     listeners = {"default": ListenerConfig(bind="127.0.0.1:0")}
     broker = Broker(BrokerConfig(listeners=listeners, plugins={}))
-    assert broker._servers == {}, "EmbeddedBroker reads bound ports from Broker._servers"
+    assert broker._servers == {}, "AwsLikeBroker reads bound ports from Broker._servers"
+
+
+async def test_amqtt_servers_and_states_are_as_shutdown_within_reads_them() -> None:
+    """AwsLikeBroker.bound_ports and shutdown_within read a Server's socket and the state."""
+    assert "started" in Broker.states, "AwsLikeBroker.shutdown_within checks for 'started'"
+    init = inspect.getsource(Server.__init__)
+    assert "self.instance = server_instance" in init, (
+        "Server.instance is gone: re-check bound_ports"
+    )
+    assert inspect.iscoroutinefunction(Server.close_instance)
+    listeners = {"default": ListenerConfig(bind="127.0.0.1:0")}
+    broker = Broker(BrokerConfig(listeners=listeners, plugins={}))
+    assert broker.transitions.state == "new"
 
 
 def test_a_refused_connect_undoes_every_field_amqtt_copies_into_a_resumed_session() -> None:

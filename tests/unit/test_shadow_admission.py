@@ -33,6 +33,9 @@ class RecordingBroker:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def add_reserved_route(self, matches: Any, handler: Any) -> None:
+        self.route = (matches, handler)
+
     async def expect(self, count: int) -> list[tuple[str, dict[str, Any]]]:
         while len(self.published) < count:
             await self._changed.wait()
@@ -44,7 +47,8 @@ async def test_requests_beyond_the_in_flight_limit_get_429_at_once() -> None:
     broker = RecordingBroker()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tasks:
-            await tasks.start(service.run, broker)
+            service.attach(broker)  # type: ignore[arg-type]
+            await tasks.start(service.run)
             # Admitting a request never yields, so the first two are both queued (in flight)
             # when the third arrives.
             for token in ("a", "b", "c"):
@@ -70,7 +74,8 @@ async def test_the_in_flight_count_is_released_after_each_request() -> None:
     broker = RecordingBroker()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tasks:
-            await tasks.start(service.run, broker)
+            service.attach(broker)  # type: ignore[arg-type]
+            await tasks.start(service.run)
             for count in range(1, 4):
                 await service.handle_request(DEVICE, f"{PREFIX}/get", b"")
                 await broker.expect(count)
@@ -88,7 +93,8 @@ async def test_an_unexpected_failure_is_a_500_and_the_service_goes_on() -> None:
     broker = RecordingBroker()
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tasks:
-            await tasks.start(service.run, broker)
+            service.attach(broker)  # type: ignore[arg-type]
+            await tasks.start(service.run)
             payload = b'{"state": {}, "clientToken": "t"}'
             await service.handle_request(DEVICE, f"{PREFIX}/name/cfg/update", payload)
             await service.handle_request(DEVICE, f"{PREFIX}/name/cfg/get", b"")
@@ -104,5 +110,7 @@ async def test_an_unexpected_failure_is_a_500_and_the_service_goes_on() -> None:
 
 async def test_a_response_topic_is_not_a_request() -> None:
     service = ShadowService()
-    await service.handle_request(DEVICE, f"{PREFIX}/update/accepted", b"{}")
+    service.attach(RecordingBroker())  # type: ignore[arg-type]
+    async with service:
+        await service.handle_request(DEVICE, f"{PREFIX}/update/accepted", b"{}")
     assert service.stats()["requests"] == 0

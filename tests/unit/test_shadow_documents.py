@@ -10,8 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shadow_cases import CASES, Clock, Document, Replies, encode
 
-from ancsync.emulator.shadow_documents import ShadowLimits, ShadowStore, client_token_of
-from ancsync.shadow.document import delta
+from ancsync.emulator import shadow_json as emulator
+from ancsync.emulator.shadow_documents import (
+    SECTIONS,
+    ShadowLimits,
+    ShadowStore,
+    client_token_of,
+)
+from ancsync.shadow import document as sdk
 
 THING = "anc-device-001"
 
@@ -175,7 +181,9 @@ def test_stored_state_keeps_its_invariants(states: list[Any]) -> None:
         assert shadow.version == last_version
         assert metadata_matches_shape(shadow.state, shadow.metadata)
         assert not any(has_empty_object(section) for section in shadow.state.values())
-        expected_delta = delta(shadow.state.get("desired", {}), shadow.state.get("reported", {}))
+        expected_delta = sdk.delta(
+            shadow.state.get("desired", {}), shadow.state.get("reported", {})
+        )
         published = dict(replies).get("update/delta")
         if expected_delta:
             assert published is not None
@@ -206,11 +214,143 @@ def test_versions_only_grow_across_deletes(operations: list[str]) -> None:
     st.dictionaries(keys, stored_values, max_size=4),
     st.dictionaries(keys, stored_values, max_size=4),
 )
+@pytest.mark.parametrize("delta", [emulator.delta, sdk.delta], ids=["emulator", "sdk"])
 def test_delta_is_empty_when_desired_is_already_reported(
-    desired: dict[str, Any], reported: dict[str, Any]
+    delta: Any, desired: dict[str, Any], reported: dict[str, Any]
 ) -> None:
     assert delta(desired, desired) == {}
     assert delta(desired, {**reported, **desired}) == {}
     for key, value in delta(desired, reported).items():
         assert key in desired
         assert not isinstance(value, dict) or value
+
+
+# --- The emulator is an independent oracle: its own code must agree with the SDK's ----------------
+#
+# Compared strictly (``1`` and ``1.0`` are told apart, as are ``true`` and ``1``), on documents
+# made to hit the edges: nested objects, arrays, nulls that delete, equal numbers written as int
+# and as float, booleans beside numbers.
+
+numbers = st.sampled_from([0, 1, -1, 0.0, 1.0, -1.0, 2.5, True, False])
+leaves = numbers | st.sampled_from(["s", "t", ""]) | st.lists(numbers, max_size=3)
+json_objects = st.recursive(
+    st.dictionaries(keys, leaves, max_size=3),
+    lambda children: st.dictionaries(keys, leaves | children, max_size=3),
+    max_leaves=10,
+)
+# A patch may also hold nulls (delete) and empty objects.
+patches = st.recursive(
+    st.dictionaries(keys, st.none() | leaves | st.just({}), max_size=3),
+    lambda children: st.dictionaries(keys, st.none() | leaves | children, max_size=3),
+    max_leaves=10,
+)
+
+
+def twin(value: Any) -> Any:
+    """The same JSON value with every number written the other way (1 <-> 1.0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | list | dict):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, list):
+        return [twin(item) for item in value]
+    return {key: twin(item) for key, item in value.items()}
+
+
+def lookalike(value: Any) -> Any:
+    """A different JSON value that Python may take for the same: booleans as 1 and 0, and
+    arrays in reverse order."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, list):
+        return [lookalike(item) for item in reversed(value)]
+    if isinstance(value, dict):
+        return {key: lookalike(item) for key, item in value.items()}
+    return value
+
+
+@st.composite
+def near(draw: st.DrawFn, value: Any) -> Any:
+    """A value like ``value``: itself, its twin, a lookalike, something else, or (objects) key
+    by key."""
+    choice = draw(st.sampled_from(["same", "twin", "lookalike", "other", "per key"]))
+    if choice == "same":
+        return value
+    if choice == "twin":
+        return twin(value)
+    if choice == "lookalike":
+        return lookalike(value)
+    if choice == "other" or not isinstance(value, dict):
+        return draw(leaves | json_objects)
+    kept = {key: draw(near(item)) for key, item in value.items() if draw(st.booleans())}
+    return {**draw(st.dictionaries(keys, leaves, max_size=1)), **kept}
+
+
+@st.composite
+def desired_and_reported(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    desired = draw(json_objects)
+    reported = draw(near(desired))
+    return desired, reported if isinstance(reported, dict) else {}
+
+
+def canonical(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(desired_and_reported())
+def test_the_emulator_computes_the_same_delta_as_the_sdk(
+    documents: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    desired, reported = documents
+    assert canonical(emulator.delta(desired, reported)) == canonical(sdk.delta(desired, reported))
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_objects.flatmap(lambda stored: st.tuples(st.just(stored), near(stored) | patches)))
+def test_the_emulator_merges_as_the_sdk_does(documents: tuple[dict[str, Any], Any]) -> None:
+    stored, patch = documents
+    if not isinstance(patch, dict):
+        patch = {"n": patch}
+    stored = sdk.merge({}, stored)  # what a store holds: no empty objects
+    state, metadata = emulator.merge(stored, emulator.stamp(stored, 1), patch, 2)
+    assert canonical(state) == canonical(sdk.merge(stored, patch))
+    assert metadata_matches_shape(state, metadata)
+
+
+def merged_sections(sections: dict[str, Any], state: Any) -> dict[str, Any]:
+    """The stored sections after an update with ``state``, by the SDK's merge (reference §3.1)."""
+    if state is None:
+        return {}
+    result = dict(sections)
+    for name, patch in state.items():
+        merged = {} if patch is None else sdk.merge(result.get(name, {}), patch)
+        if merged:
+            result[name] = merged
+        else:
+            result.pop(name, None)
+    return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.none() | st.dictionaries(st.sampled_from(SECTIONS), st.none() | patches),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_the_store_holds_what_the_sdk_merge_predicts(states: list[Any]) -> None:
+    store = ShadowStore(ShadowLimits(max_depth=64))
+    expected: dict[str, Any] = {}
+    for now, state in enumerate(states, start=1):
+        [accepted, *_] = run(store, "update", {"state": state}, now=now)
+        assert accepted[0] == "update/accepted"
+        expected = merged_sections(expected, state)
+        shadow = store.shadow(THING)
+        assert shadow is not None
+        assert canonical(shadow.state) == canonical(expected)
+        wanted = sdk.delta(expected.get("desired", {}), expected.get("reported", {}))
+        assert canonical(shadow.delta()) == canonical(wanted)

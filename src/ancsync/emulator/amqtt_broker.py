@@ -2,22 +2,23 @@
 
 :class:`AwsLikeBroker` is what :class:`~ancsync.emulator.broker.EmbeddedBroker` runs. It
 
-- requires client certificates (amqtt makes them optional) and caps TLS at the owner's version,
+- requires client certificates (amqtt makes them optional) and caps TLS at a given version,
 - decides each CONNECT before amqtt ends or takes over an existing session with the same client
   id, and puts back what amqtt copied from a refused CONNECT into a session it resumes,
-- authorises every publish (with its retain flag), routes AWS shadow request topics to the
-  owner's reserved handler and really disconnects a client amqtt stops serving, and
+- authorises every publish (with its retain flag), hands reserved AWS request topics to the
+  reserved-topic routes of its decisions and really disconnects a client amqtt stops serving, and
 - authorises every subscription.
 
 It also gives every client connection a protocol handler that waits for a QoS 1 PUBACK before
 sending the PUBLISH (:class:`PubackFirstHandler`), and bounds the shutdown
 (:meth:`AwsLikeBroker.shutdown_within`).
 
-It overrides five private methods of amqtt 0.12, reads private attributes (``_servers``,
-``_sessions``' handlers' writers and tasks, ``_puback_waiters``) and relies on the fields amqtt
-copies into a resumed session (``_RESUMED_FIELDS``);
+It overrides five private methods of amqtt 0.12, reads private attributes (``_servers`` and
+their sockets, the connections' handlers, writers and tasks, ``_puback_waiters``), its state
+machine, and relies on the fields amqtt copies into a resumed session (``_RESUMED_FIELDS``);
 ``tests/unit/test_amqtt_contract.py`` fails with a clear message if an amqtt upgrade changes them.
-The decisions themselves (counting, logging, asking the authorizer) are the owner's.
+The decisions themselves (counting, logging, asking the authorizer, routing reserved topics) are a
+:class:`~ancsync.emulator.decisions.BrokerDecisions`, which knows nothing of amqtt.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import contextvars
 import logging
 import ssl
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
@@ -39,10 +40,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OUTGOING, Session
 
 from ancsync.emulator.auth import identity_of, remember_identity
-from ancsync.topics import is_shadow_request_topic
-
-if TYPE_CHECKING:
-    from ancsync.emulator.broker import EmbeddedBroker
+from ancsync.emulator.decisions import BrokerDecisions
 
 __all__ = ["SUBACK_FAILURE", "AwsLikeBroker", "PubackFirstHandler"]
 
@@ -140,11 +138,21 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
 
 
 class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's broker with the AWS IoT behaviour the emulator needs (see the module docstring)."""
+    """amqtt's broker with the AWS IoT behaviour the emulator needs (see the module docstring).
 
-    def __init__(self, config: BrokerConfig, owner: EmbeddedBroker) -> None:
+    ``decisions`` decides every connect, publish and subscribe; ``max_tls_version`` caps TLS.
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        decisions: BrokerDecisions,
+        *,
+        max_tls_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+    ) -> None:
         super().__init__(config)
-        self._owner = owner
+        self._decisions = decisions
+        self._max_tls_version = max_tls_version
         # every connection's handler, also those amqtt has already let go while shutting down
         self._handlers: weakref.WeakSet[PubackFirstHandler] = weakref.WeakSet()
 
@@ -155,7 +163,7 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         context: ssl.SSLContext = Broker._create_ssl_context(listener)
         context.verify_mode = ssl.CERT_REQUIRED
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.maximum_version = self._owner.max_tls_version
+        context.maximum_version = self._max_tls_version
         return context
 
     async def stream_connected(
@@ -188,7 +196,7 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         # For a resumed persistent session amqtt keeps the will's retain flag of the session's
         # first CONNECT (it copies topic, payload and QoS only): check the will it will publish.
         will_topic = session.will_topic if session.will_flag else None
-        identity, reason = self._owner._decide_connect(
+        identity, reason = self._decisions.decide_connect(
             session.client_id or "", tls, will_topic=will_topic, will_retain=session.will_retain
         )
         if reason is not None:
@@ -203,8 +211,21 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         remember_identity(session, identity)
         return handler, session
 
+    def bound_ports(self) -> dict[str, int]:
+        """The port each listener bound, by amqtt's listener name."""
+        return {
+            name: server.instance.sockets[0].getsockname()[1]
+            for name, server in self._servers.items()
+        }
+
     async def shutdown_within(self, seconds: float) -> None:
-        """amqtt's shutdown, but after ``seconds`` close whatever is left (logged) and return."""
+        """amqtt's shutdown, but after ``seconds`` close whatever is left (logged) and return.
+
+        After a failed or interrupted start it closes the listeners that were bound.
+        """
+        if self.transitions.state != "started":
+            await self._close_remaining()
+            return
         try:
             await asyncio.wait_for(self.shutdown(), seconds)
         except TimeoutError:
@@ -228,7 +249,7 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     async def _delete_session(self, client_id: str) -> None:
         tls = _connecting_tls.get(_NOT_CONNECTING)
-        if tls is not _NOT_CONNECTING and self._owner._would_refuse(client_id, tls):
+        if tls is not _NOT_CONNECTING and self._decisions.would_refuse(client_id, tls):
             return  # keep the session of the client already connected with this id
         await super()._delete_session(client_id)
 
@@ -237,27 +258,27 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     ) -> bool:
         message = wait_deliver.result()
         topic: str = getattr(message, "topic", None) or ""
-        shadow_request = topic.startswith("$") and is_shadow_request_topic(topic)
+        reserved = topic.startswith("$") and self._decisions.serves_reserved(topic)
         ordinary = bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
-        if shadow_request or ordinary:
+        if reserved or ordinary:
             identity = identity_of(client_session)
-            if not self._owner._allows_publish(identity, topic, retain=bool(message.retain)):
+            if not self._decisions.allows_publish(identity, topic, retain=bool(message.retain)):
                 return True  # dropped, logged and counted; the client stays connected
-            if shadow_request:
-                await self._owner._handle_reserved(identity, topic, bytes(message.data or b""))
+            if reserved:
+                await self._decisions.serve_reserved(identity, topic, bytes(message.data or b""))
                 return True
         # amqtt refuses an invalid topic or any other `$` topic by no longer serving the client,
         # but leaves its socket open (and answering pings): disconnect it for real instead.
         if not await super()._handle_message_delivery(client_session, handler, wait_deliver):
-            self._owner._count_refused_publish(identity_of(client_session), topic)
+            self._decisions.count_refused_publish(identity_of(client_session), topic)
             await handler.handle_connection_closed()
             return True  # the client loop now sees the disconnection and ends the session
         if ordinary:
             payload = bytes(message.data or b"")
-            await self._owner._notify_listeners(identity_of(client_session), topic, payload)
+            await self._decisions.notify_listeners(identity_of(client_session), topic, payload)
         return True
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        if not self._owner._allows_subscribe(identity_of(session), subscription[0]):
+        if not self._decisions.allows_subscribe(identity_of(session), subscription[0]):
             return SUBACK_FAILURE
         return int(await super().add_subscription(subscription, session))

@@ -12,6 +12,8 @@ cloud side notices lost messages. The device id is taken from the topic, which t
 ties to the publishing certificate.
 
 Tests and the demo read it with the query methods and wait with :meth:`RulesSink.wait_for`.
+Writes run in a worker thread; the queries are short reads on the caller's (the event loop's)
+thread.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from typing import Any
 
 import anyio
 import orjson
+from anyio.abc import TaskStatus
 
 from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.broker import EmbeddedBroker
-from ancsync.errors import StorageError
+from ancsync.emulator.service import EmulatorService
+from ancsync.errors import NotStarted, StorageError
 
 __all__ = ["RulesSink", "SeqGap", "StoredEmergency", "StoredTelemetry"]
 
@@ -115,28 +119,39 @@ def _problem(kind: str, payload: Any) -> str | None:
     return None
 
 
-class RulesSink:
+def _open(db_path: Path | str | None) -> sqlite3.Connection:
+    """The rules database with its tables; :class:`StorageError` naming the fix if it fails."""
+    try:
+        if db_path is not None:
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            ":memory:" if db_path is None else str(db_path),
+            check_same_thread=False,
+            isolation_level=None,
+        )
+        db.executescript(_SCHEMA)
+    except (sqlite3.Error, OSError) as exc:
+        raise StorageError(
+            f"cannot open the rules database {db_path}: {exc}; choose a writable --db path"
+        ) from exc
+    return db
+
+
+class RulesSink(EmulatorService):
     """Stores telemetry batches and emergencies from the broker in SQLite.
 
-    ``db_path`` None keeps everything in memory. Call :meth:`attach` to start listening and
-    :meth:`close` at the end. Writes run in a worker thread; the queries are short reads.
+    ``db_path`` None keeps everything in memory (for one run). An
+    :class:`~ancsync.emulator.service.EmulatorService`: :meth:`attach` it to a broker and run
+    it (``async with RulesSink(path) as rules:`` alone reads a database file); the database is
+    open while it runs, and :class:`StorageError` when it cannot be opened says how to fix it.
     """
 
-    def __init__(self, db_path: Path | str | None = None) -> None:
+    name = "rules"
+
+    def __init__(self, db_path: Path | str | None = None, *, stop_timeout: float = 5.0) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self.db_path = db_path
-        try:
-            if db_path is not None:
-                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                ":memory:" if db_path is None else str(db_path),
-                check_same_thread=False,
-                isolation_level=None,
-            )
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StorageError(
-                f"cannot open the rules database {db_path}: {exc}; choose a writable --db path"
-            ) from exc
+        self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._changed: anyio.Event | None = None
         self._stats = {"telemetry_batches": 0, "emergencies": 0, "duplicates": 0, "invalid": 0}
@@ -145,10 +160,21 @@ class RulesSink:
         """Listen to every accepted publish on ``broker``."""
         broker.add_publish_listener(self.on_publish)
 
-    def close(self) -> None:
-        """Close the database."""
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Open the database (in a worker thread), then keep it open until stopped."""
+        self._db = await anyio.to_thread.run_sync(_open, self.db_path)
+        task_status.started()
+        await anyio.sleep_forever()
+
+    async def _shutdown(self) -> None:
+        """Close the database, once the write in progress (if any) has finished."""
+        await anyio.to_thread.run_sync(self._close)
+
+    def _close(self) -> None:
         with self._lock:
-            self._db.close()
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
 
     def stats(self) -> dict[str, int]:
         """Counters since start: ``telemetry_batches`` and ``emergencies`` stored,
@@ -178,6 +204,9 @@ class RulesSink:
             )
             return
         stored = await anyio.to_thread.run_sync(self._insert, kind, device_id, document, payload)
+        if stored is None:
+            log.warning("not stored: the rules sink is not running (%s on %r)", kind, topic)
+            return
         if not stored:
             self._stats["duplicates"] += 1
             log.info("duplicate %s on %r ignored", kind, topic)
@@ -187,10 +216,15 @@ class RulesSink:
             self._changed.set()
             self._changed = None
 
-    def _insert(self, kind: str, device_id: str, document: dict[str, Any], raw: bytes) -> bool:
-        """Insert unless the key is already stored; True if a row was added."""
+    def _insert(
+        self, kind: str, device_id: str, document: dict[str, Any], raw: bytes
+    ) -> bool | None:
+        """Insert unless the key is already stored; True if a row was added, None if the
+        database is closed."""
         text, now = raw.decode("utf-8"), time.time()
         with self._lock:
+            if self._db is None:
+                return None
             if kind == "emergency":
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO emergencies VALUES (?, ?, ?, ?, ?)",
@@ -215,6 +249,8 @@ class RulesSink:
 
     def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
+            if self._db is None:
+                raise NotStarted("the rules sink is not running; its database is closed")
             return self._db.execute(sql, parameters).fetchall()
 
     def telemetry_batches(

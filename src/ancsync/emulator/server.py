@@ -7,26 +7,28 @@
         ...
         emergencies = emulator.rules.emergencies()
 
-It runs in the current event loop until the ``async with`` block ends.
+It is a :class:`~ancsync.lifecycle.Component`: it runs in the current event loop, in the task
+group of its owner (``await task_group.start(emulator.run)``) or for the length of an
+``async with`` block, and its broker and services run in its own task group.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import anyio
+from anyio.abc import TaskStatus
 
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts, ensure_dev_certs
+from ancsync.emulator.component import EmulatorComponent
 from ancsync.emulator.policy import DevicePolicy
 from ancsync.emulator.rules import RulesSink
+from ancsync.emulator.service import EmulatorService
 from ancsync.emulator.shadow_documents import ShadowLimits
 from ancsync.emulator.shadows import ShadowService
 from ancsync.errors import ConfigError, NotStarted
@@ -39,13 +41,7 @@ log = logging.getLogger("ancsync.emulator.server")
 DEFAULT_THING = "anc-device-001"
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it to end (without swallowing our own cancellation)."""
-    task.cancel()
-    await asyncio.wait([task])
-
-
-class Emulator:
+class Emulator(EmulatorComponent):
     """Broker + Device Shadow service + device policy + rules sink, on ``host:port``.
 
     ``certs_dir`` receives the dev CA, server, operator and one certificate per thing (reused
@@ -53,8 +49,12 @@ class Emulator:
     then identified by client id alone). ``port`` 0 picks a free port: read :attr:`port`.
     ``db_path`` None keeps the rules sink in memory. ``limits``, ``clock`` (epoch seconds for
     every shadow timestamp) and ``shadow_latency`` (seconds added to each shadow request)
-    configure the shadow service.
+    configure the shadow service. ``services`` adds services of your own
+    (:class:`~ancsync.emulator.service.EmulatorService`) beside the shadow service and the rules
+    sink. Each part stops within its own ``stop_timeout`` (5 s), all at the same time.
     """
+
+    name = "emulator"
 
     def __init__(
         self,
@@ -68,7 +68,9 @@ class Emulator:
         limits: ShadowLimits | None = None,
         clock: Callable[[], float] = time.time,
         shadow_latency: float = 0.0,
+        services: Sequence[EmulatorService] = (),
     ) -> None:
+        super().__init__()
         if not things:
             raise ConfigError("the emulator needs at least one thing name, e.g. anc-device-001")
         self.things = tuple(validate_thing_name(thing) for thing in things)
@@ -79,15 +81,53 @@ class Emulator:
         self._requested_port = port
         self.policy = DevicePolicy(self.things)
         self.shadows = ShadowService(limits=limits, clock=clock, latency=shadow_latency)
+        self._rules = RulesSink(db_path)
+        #: Every service, run beside the broker: the shadow service, the rules sink, then yours.
+        self.services: tuple[EmulatorService, ...] = (self.shadows, self._rules, *services)
         self._certs: DevCerts | None = None
         self._broker: EmbeddedBroker | None = None
-        self._rules: RulesSink | None = None
-        self._worker: asyncio.Task[None] | None = None
 
-    def _started(self) -> tuple[EmbeddedBroker, RulesSink]:
-        if self._broker is None or self._rules is None:
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Generate certificates, open the services, then start the broker."""
+        certs = None
+        if self.tls:
+            certs = await anyio.to_thread.run_sync(ensure_dev_certs, self.certs_dir, self.things)
+        broker = EmbeddedBroker(
+            certs,
+            host=self.host,
+            port=self._requested_port,
+            plain_port=None if self.tls else self._requested_port,
+            authorizer=self.policy,
+        )
+        for service in self.services:
+            service.attach(broker)
+        try:
+            async with anyio.create_task_group() as parts:
+                # The services first: a client may connect as soon as the broker listens.
+                for service in self.services:
+                    await parts.start(service.run)
+                await parts.start(broker.run)
+                self._certs, self._broker = certs, broker
+                log.info(
+                    "emulator ready on %s:%s (%s)",
+                    self.host,
+                    self.port,
+                    "TLS" if self.tls else "plain",
+                )
+                task_status.started()
+        except BaseExceptionGroup as group:
+            # One part failed (a taken port, an unwritable database): raise its own error.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _shutdown(self) -> None:
+        self._certs, self._broker = None, None
+
+    def _started(self) -> EmbeddedBroker:
+        if self._broker is None:
             raise NotStarted("the emulator is not running; use `async with Emulator(...)`")
-        return self._broker, self._rules
+        return self._broker
 
     @property
     def certs(self) -> DevCerts:
@@ -100,12 +140,13 @@ class Emulator:
     @property
     def broker(self) -> EmbeddedBroker:
         """The running embedded broker (``publish``, ``stats``...)."""
-        return self._started()[0]
+        return self._started()
 
     @property
     def rules(self) -> RulesSink:
         """The rules sink holding the telemetry and emergencies received."""
-        return self._started()[1]
+        self._started()
+        return self._rules
 
     @property
     def port(self) -> int:
@@ -127,60 +168,6 @@ class Emulator:
         else:
             settings["IOT_TLS"] = "false"
         return settings
-
-    async def start(self) -> None:
-        """Generate certificates, open the rules database, start the services and the broker."""
-        if self._broker is not None:
-            return
-        certs = None
-        if self.tls:
-            certs = await anyio.to_thread.run_sync(ensure_dev_certs, self.certs_dir, self.things)
-        broker = EmbeddedBroker(
-            certs,
-            host=self.host,
-            port=self._requested_port,
-            plain_port=None if self.tls else self._requested_port,
-            authorizer=self.policy,
-            reserved_handler=self.shadows.handle_request,
-        )
-        rules = RulesSink(self.db_path)
-        rules.attach(broker)
-        # A plain asyncio task, like amqtt's own: a test fixture starts the emulator in one task
-        # and stops it in another, which an anyio task group held open in between forbids.
-        worker = asyncio.get_running_loop().create_task(self.shadows.run(broker))
-        try:
-            await broker.start()
-        except BaseException:
-            await _cancel(worker)
-            rules.close()
-            raise
-        self._certs, self._broker, self._rules, self._worker = certs, broker, rules, worker
-        log.info(
-            "emulator ready on %s:%s (%s)", self.host, self.port, "TLS" if self.tls else "plain"
-        )
-
-    async def stop(self) -> None:
-        """Stop the broker (disconnecting every client) and the services; close the database."""
-        broker, worker, rules = self._broker, self._worker, self._rules
-        self._broker, self._worker, self._rules, self._certs = None, None, None, None
-        if broker is not None:
-            await broker.stop()
-        if worker is not None:
-            await _cancel(worker)
-        if rules is not None:
-            rules.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 async def serve_until_signalled(emulator: Emulator, on_ready: Callable[[Emulator], None]) -> None:

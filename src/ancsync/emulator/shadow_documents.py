@@ -4,10 +4,10 @@ It implements ``shared/reference/aws-iot-shadow.md`` (docs/emulator.md summarise
 payload goes in as bytes, the replies the AWS Device Shadow service would publish come out as
 :class:`ShadowReply` values (a topic suffix and a JSON document). The MQTT layer
 (:mod:`ancsync.emulator.shadows`) only moves bytes between the broker and this module, so every rule
-of the reference page can be tested here without a network and again over MQTT.
+of the reference page can be tested here without a network and again over MQTT. The JSON rules
+themselves (equality, delta, merge, metadata) are in :mod:`ancsync.emulator.shadow_json`.
 
-Stored documents are never mutated in place: a merge builds new dicts along the path it touches and
-shares untouched subtrees, so a reply or snapshot handed out earlier stays valid.
+Stored documents are never mutated in place, so a reply or snapshot handed out earlier stays valid.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ancsync.shadow.document import JsonObject, delta
+from ancsync.emulator.shadow_json import JsonObject, delta, merge, project, stamp
 
 __all__ = [
     "SECTIONS",
@@ -98,48 +98,6 @@ class ShadowState:
     def snapshot(self) -> JsonObject:
         """``{"state", "metadata", "version"}`` as in an ``update/documents`` message."""
         return {"state": self.state, "metadata": self.metadata, "version": self.version}
-
-
-def _stamp(value: Any, now: int) -> Any:
-    """Metadata for ``value``: its shape with each leaf as ``{"timestamp": now}``."""
-    if isinstance(value, dict):
-        return {key: _stamp(item, now) for key, item in value.items()}
-    if isinstance(value, list):
-        return [{"timestamp": now} for _ in value]
-    return {"timestamp": now}
-
-
-def _merge(
-    stored: JsonObject, metadata: JsonObject, patch: JsonObject, now: int
-) -> tuple[JsonObject, JsonObject]:
-    """Deep-merge ``patch`` into ``stored`` (reference §3.1); return new state and metadata."""
-    state, stamps = dict(stored), dict(metadata)
-    for key, value in patch.items():
-        if value is None:
-            state.pop(key, None)
-            stamps.pop(key, None)
-        elif isinstance(value, dict):
-            old = state.get(key)
-            if isinstance(old, dict):
-                nested, nested_stamps = _merge(old, stamps[key], value, now)
-            else:  # absent, or a type change: the object replaces the old value
-                nested, nested_stamps = _merge({}, {}, value, now)
-            if nested:
-                state[key], stamps[key] = nested, nested_stamps
-            else:  # an object that becomes empty disappears
-                state.pop(key, None)
-                stamps.pop(key, None)
-        else:
-            state[key], stamps[key] = value, _stamp(value, now)
-    return state, stamps
-
-
-def _project(metadata: JsonObject, changes: JsonObject) -> JsonObject:
-    """The part of ``metadata`` that covers the leaves of ``changes`` (same shape)."""
-    return {
-        key: _project(metadata[key], value) if isinstance(value, dict) else metadata[key]
-        for key, value in changes.items()
-    }
 
 
 def _too_deep(value: Any, levels_left: int) -> bool:
@@ -268,7 +226,7 @@ class ShadowStore:
         if current_delta:
             state["delta"] = current_delta
             if self.limits.delta_metadata_in_get:
-                metadata["delta"] = _project(shadow.metadata["desired"], current_delta)
+                metadata["delta"] = project(shadow.metadata["desired"], current_delta)
         document: JsonObject = {"state": state, "metadata": metadata}
         document.update(version=shadow.version, timestamp=now)
         return ShadowReply("get/accepted", _with_token(document, token))
@@ -351,7 +309,7 @@ class ShadowStore:
                 state.pop(name, None)
                 metadata.pop(name, None)
                 continue
-            merged, stamps = _merge(state.get(name, {}), metadata.get(name, {}), patch, now)
+            merged, stamps = merge(state.get(name, {}), metadata.get(name, {}), patch, now)
             if merged:
                 state[name], metadata[name] = merged, stamps
             else:
@@ -369,7 +327,7 @@ class ShadowStore:
 
         current = ShadowState(stored.version + 1, exists=True, state=state, metadata=metadata)
         self._shadows[key] = current
-        echo_metadata = {"timestamp": now} if state_patch is None else _stamp(state_patch, now)
+        echo_metadata = {"timestamp": now} if state_patch is None else stamp(state_patch, now)
         accepted = {"state": state_patch, "metadata": echo_metadata}
         accepted.update(version=current.version, timestamp=now)
         replies = [ShadowReply("update/accepted", _with_token(accepted, token))]
@@ -378,7 +336,7 @@ class ShadowStore:
         if current_delta:
             delta_document: JsonObject = {"version": current.version, "timestamp": now}
             delta_document["state"] = current_delta
-            delta_document["metadata"] = _project(metadata["desired"], current_delta)
+            delta_document["metadata"] = project(metadata["desired"], current_delta)
             replies.append(ShadowReply("update/delta", _with_token(delta_document, token)))
 
         documents: JsonObject = {

@@ -3,8 +3,8 @@
 A thin layer over the pure :class:`~ancsync.emulator.shadow_documents.ShadowStore`. The broker
 hands every publish on ``$aws/things/{thing}/shadow[/name/{shadow}]/(get|update|delete)`` (after
 the policy allowed it) to :meth:`ShadowService.handle_request`, which admits or throttles it and
-queues it; :meth:`ShadowService.run` processes the queue in arrival order and publishes each reply
-on its response topic: accepted, then delta, then documents.
+queues it; the running service processes the queue in arrival order and publishes each reply on
+its response topic: accepted, then delta, then documents.
 
 Throttling follows AWS: more than ``max_in_flight`` requests queued or being processed for one
 thing, or more than ``max_requests_per_second`` for one thing in the last second, gets
@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 
 from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.broker import EmbeddedBroker
+from ancsync.emulator.service import EmulatorService
 from ancsync.emulator.shadow_documents import (
     ShadowError,
     ShadowLimits,
@@ -32,7 +33,8 @@ from ancsync.emulator.shadow_documents import (
     ShadowStore,
     client_token_of,
 )
-from ancsync.topics import ShadowTopic, ShadowTopics, parse_shadow_topic
+from ancsync.errors import NotStarted
+from ancsync.topics import ShadowTopic, ShadowTopics, is_shadow_request_topic, parse_shadow_topic
 
 __all__ = ["ShadowService"]
 
@@ -48,14 +50,19 @@ class _Request:
     payload: bytes
 
 
-class ShadowService:
+class ShadowService(EmulatorService):
     """The Device Shadow service of the emulator (reference: ``docs/emulator.md``).
 
     ``clock`` gives the epoch seconds used in every ``timestamp`` (tests pass a settable one).
     ``latency`` delays each request by that many seconds, like a cloud round trip, so a client's
     timeouts and 429 handling can be exercised. ``store`` holds the documents; read them with
-    ``service.store.shadow(thing, name)``.
+    ``service.store.shadow(thing, name)``; they outlive a stop and a restart of the service.
+
+    An :class:`~ancsync.emulator.service.EmulatorService`: :meth:`attach` it to a broker, then
+    run it. Requests still queued when it stops are dropped (their clients time out).
     """
+
+    name = "shadows"
 
     def __init__(
         self,
@@ -64,7 +71,9 @@ class ShadowService:
         clock: Callable[[], float] = time.time,
         latency: float = 0.0,
         store: ShadowStore | None = None,
+        stop_timeout: float = 5.0,
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self.store = store or ShadowStore(limits)
         self.latency = latency
         self.limits = self.store.limits
@@ -96,11 +105,22 @@ class ShadowService:
         arrivals.append(now)
         return False
 
+    def attach(self, broker: EmbeddedBroker) -> None:
+        """Answer the shadow request topics of ``broker`` and publish the replies through it."""
+        self._broker = broker
+        broker.add_reserved_route(is_shadow_request_topic, self.handle_request)
+
     async def handle_request(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
-        """Admit a shadow request and queue it, or reply 429 at once (a ReservedTopicHandler)."""
+        """Admit a shadow request and queue it, or reply 429 at once (a ReservedTopicHandler).
+
+        Dropped (logged) while the service is not running.
+        """
         parsed = parse_shadow_topic(topic)
         if parsed is None or parsed.suffix is not None:
             log.warning("%r from %r is not a shadow request topic; ignored", topic, identity)
+            return
+        if not self.running:
+            log.warning("shadow service not running; dropped %r from %r", topic, identity)
             return
         thing = parsed.thing_name
         if self._in_flight[thing] >= self.limits.max_in_flight or self._over_rate(thing):
@@ -114,17 +134,25 @@ class ShadowService:
         self._stats["requests"] += 1
         self._send.send_nowait(_Request(parsed, payload))
 
-    async def run(
-        self, broker: EmbeddedBroker, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Process queued requests until cancelled, publishing replies through ``broker``."""
-        self._broker = broker
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Process queued requests in arrival order until cancelled."""
+        if self._broker is None:
+            raise NotStarted("attach the shadow service to a broker before running it")
         task_status.started()
         async for request in self._receive:
             try:
                 await self._process(request)
             finally:
                 self._in_flight[request.topic.thing_name] -= 1
+
+    async def _shutdown(self) -> None:
+        """Drop the requests still queued, so that a later run starts with none in flight."""
+        while True:
+            try:
+                request = self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                return
+            self._in_flight[request.topic.thing_name] -= 1
 
     async def _process(self, request: _Request) -> None:
         topic = request.topic
@@ -151,5 +179,7 @@ class ShadowService:
         prefix = ShadowTopics(request.thing_name, request.shadow_name).prefix
         try:
             await self._broker.publish(f"{prefix}/{reply.suffix}", reply.payload, qos=1)
+        except NotStarted:
+            log.info("the broker has stopped; dropped the %s reply for %s", reply.suffix, prefix)
         except Exception:
             log.exception("could not publish the %s reply for %s", reply.suffix, prefix)

@@ -1,0 +1,160 @@
+"""What the embedded broker decides about each client action, and what it counts.
+
+:class:`BrokerDecisions` is the interface between the two halves of the broker: the amqtt
+adapter (:mod:`ancsync.emulator.amqtt_broker`) asks it at every connect, publish and subscribe,
+and :class:`~ancsync.emulator.broker.EmbeddedBroker` fills it (authorizer, reserved-topic routes,
+publish listeners) and reads its counters. Both depend on this module; it depends on neither,
+and not on amqtt's internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ancsync.emulator.auth import (
+    Authorizer,
+    ClientIdentity,
+    connect_refusal,
+    publish_allowed,
+)
+from ancsync.topics import is_shadow_request_topic
+
+__all__ = ["BrokerDecisions", "PublishListener", "ReservedTopicHandler", "TopicMatcher"]
+
+log = logging.getLogger("ancsync.emulator.decisions")
+
+
+class ReservedTopicHandler(Protocol):
+    """Receives a client publish on a reserved AWS request topic (e.g. the shadow service)."""
+
+    async def __call__(self, identity: ClientIdentity, topic: str, payload: bytes) -> None: ...
+
+
+PublishListener = Callable[[ClientIdentity, str, bytes], Awaitable[None]]
+"""Sees every accepted client publish on a normal topic, in arrival order per client."""
+
+TopicMatcher = Callable[[str], bool]
+"""Whether a reserved (``$``) topic is one a service answers."""
+
+
+class BrokerDecisions:
+    """The connect, publish and subscribe decisions of one broker, its routes and its counters.
+
+    Without an ``authorizer`` every client that passed TLS may do anything. A publish on a ``$``
+    topic goes to the first route whose matcher accepts the topic; an AWS shadow request topic
+    without a route is dropped (logged), any other ``$`` topic is refused.
+    """
+
+    def __init__(self, authorizer: Authorizer | None = None) -> None:
+        self.authorizer = authorizer
+        self._routes: list[tuple[TopicMatcher, ReservedTopicHandler]] = []
+        self._listeners: list[PublishListener] = []
+        self._stats = {"connects_denied": 0, "publishes_denied": 0, "subscribes_denied": 0}
+
+    def add_reserved_route(self, matches: TopicMatcher, handler: ReservedTopicHandler) -> None:
+        """Hand client publishes on the ``$`` topics ``matches`` accepts to ``handler``."""
+        self._routes.append((matches, handler))
+
+    def add_publish_listener(self, listener: PublishListener) -> None:
+        """Call ``listener(identity, topic, payload)`` for every accepted client publish."""
+        self._listeners.append(listener)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``connects_denied``, ``publishes_denied``, ``subscribes_denied``."""
+        return dict(self._stats)
+
+    # -- connect ---------------------------------------------------------------------------
+
+    def decide_connect(
+        self,
+        client_id: str,
+        tls: ssl.SSLObject | None,
+        *,
+        will_topic: str | None,
+        will_retain: bool,
+    ) -> tuple[ClientIdentity, str | None]:
+        """The identity of a connecting client and why it is refused (None: accepted)."""
+        identity, reason = connect_refusal(
+            client_id, tls, self.authorizer, will_topic=will_topic, will_retain=will_retain
+        )
+        if reason is not None:
+            self._stats["connects_denied"] += 1
+            log.warning(
+                "refused connection of %r (certificate %r): %s",
+                client_id,
+                identity.common_name,
+                reason,
+            )
+        return identity, reason
+
+    def would_refuse(self, client_id: str, tls: Any) -> bool:
+        """Whether a connection would be refused, without counting or logging it."""
+        return connect_refusal(client_id, tls, self.authorizer)[1] is not None
+
+    # -- publish ---------------------------------------------------------------------------
+
+    def allows_publish(self, identity: ClientIdentity, topic: str, *, retain: bool) -> bool:
+        """Ask the authorizer; a refusal is logged and counted."""
+        if self.authorizer is None or publish_allowed(
+            self.authorizer, identity, topic, retain=retain
+        ):
+            return True
+        self._stats["publishes_denied"] += 1
+        log.warning(
+            "dropped %spublish of %r to %r: not authorised",
+            "retained " if retain else "",
+            identity.client_id,
+            topic,
+        )
+        return False
+
+    def count_refused_publish(self, identity: ClientIdentity, topic: str) -> None:
+        """Count a publish amqtt refused (invalid or reserved topic); the client is disconnected."""
+        self._stats["publishes_denied"] += 1
+        log.warning(
+            "disconnected %r: it published to %r, which is invalid or reserved",
+            identity.client_id,
+            topic,
+        )
+
+    def _route(self, topic: str) -> ReservedTopicHandler | None:
+        for matches, handler in self._routes:
+            if matches(topic):
+                return handler
+        return None
+
+    def serves_reserved(self, topic: str) -> bool:
+        """Whether a publish on the ``$`` topic ``topic`` goes to a service, not to amqtt."""
+        return self._route(topic) is not None or is_shadow_request_topic(topic)
+
+    async def serve_reserved(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
+        """Pass a reserved-topic publish to its route; a failing handler is logged, not fatal."""
+        handler = self._route(topic)
+        if handler is None:
+            log.warning("no service for %r (published by %r); dropped", topic, identity.client_id)
+            return
+        try:
+            await handler(identity, topic, payload)
+        except Exception:
+            log.exception("the handler of %r failed; the client stays connected", topic)
+
+    async def notify_listeners(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
+        """Give an accepted publish to every listener; a failing listener is logged, not fatal."""
+        for listener in self._listeners:
+            try:
+                await listener(identity, topic, payload)
+            except Exception:
+                log.exception("publish listener %r failed on %r", listener, topic)
+
+    # -- subscribe -------------------------------------------------------------------------
+
+    def allows_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
+        """Ask the authorizer; a refusal is logged and counted (the client gets SUBACK 0x80)."""
+        if self.authorizer is None or self.authorizer.authorize_subscribe(identity, topic_filter):
+            return True
+        self._stats["subscribes_denied"] += 1
+        log.warning("refused subscription of %r to %r", identity.client_id, topic_filter)
+        return False
