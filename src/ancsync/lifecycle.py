@@ -26,7 +26,8 @@ the way out, ``_shutdown``.
 from __future__ import annotations
 
 import logging
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from enum import StrEnum
 from types import TracebackType
 from typing import Self
@@ -37,6 +38,18 @@ from anyio.abc import TaskStatus
 __all__ = ["Component", "ComponentState"]
 
 log = logging.getLogger("ancsync.lifecycle")
+
+
+@asynccontextmanager
+async def unwrapping() -> AsyncIterator[None]:
+    """Raise a task group's group of one error as that error itself, its cause chain kept."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            error = group.exceptions[0]
+            raise error from error.__cause__
+        raise
 
 
 class ComponentState(StrEnum):
@@ -177,13 +190,8 @@ class Component:
         tb: TracebackType | None,
     ) -> None:
         """Stop the part (see :meth:`aclose`). If it failed meanwhile, raise its error."""
-        try:
+        async with unwrapping():  # the block's task group wraps the part's error
             await self.aclose()
-        except BaseExceptionGroup as group:
-            # The block's task group wraps the part's error: hand over the error itself.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
 
     # The names the original SDK's users know.
 

@@ -32,6 +32,7 @@ from ancsync.emulator.service import EmulatorService
 from ancsync.emulator.shadow_documents import ShadowLimits
 from ancsync.emulator.shadows import ShadowService
 from ancsync.errors import ConfigError, NotStarted
+from ancsync.lifecycle import unwrapping
 from ancsync.topics import validate_thing_name
 
 __all__ = ["DEFAULT_THING", "Emulator", "serve_until_signalled"]
@@ -101,25 +102,20 @@ class Emulator(EmulatorComponent):
         )
         for service in self.services:
             service.attach(broker)
-        try:
-            async with anyio.create_task_group() as parts:
-                # The services first: a client may connect as soon as the broker listens.
-                for service in self.services:
-                    await parts.start(service.run)
-                await parts.start(broker.run)
-                self._certs, self._broker = certs, broker
-                log.info(
-                    "emulator ready on %s:%s (%s)",
-                    self.host,
-                    self.port,
-                    "TLS" if self.tls else "plain",
-                )
-                task_status.started()
-        except BaseExceptionGroup as group:
-            # One part failed (a taken port, an unwritable database): raise its own error.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+        # One part failed (a taken port, an unwritable database): raise its own error.
+        async with unwrapping(), anyio.create_task_group() as parts:
+            # The services first: a client may connect as soon as the broker listens.
+            for service in self.services:
+                await parts.start(service.run)
+            await parts.start(broker.run)
+            self._certs, self._broker = certs, broker
+            log.info(
+                "emulator ready on %s:%s (%s)",
+                self.host,
+                self.port,
+                "TLS" if self.tls else "plain",
+            )
+            task_status.started()
 
     async def _shutdown(self) -> None:
         self._certs, self._broker = None, None
