@@ -205,7 +205,7 @@ def running_mosquitto(certs: DevCerts, workdir: Path) -> Iterator[MosquittoBroke
     """Run mosquitto with ``certs`` on two free loopback ports until the block exits."""
     binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
     if binary is None:
-        pytest.fail("mosquitto is not installed: `apt-get install mosquitto` (.ci/run does it)")
+        pytest.fail("mosquitto is not installed: `apt-get install mosquitto` (make test does it)")
     workdir.mkdir(parents=True, exist_ok=True)
     for _attempt in range(5):
         broker = _start_mosquitto(binary, certs, workdir)

@@ -1,7 +1,8 @@
 """`terraform init`, `validate`, `fmt -check` and `terraform test` on infra/terraform.
 
-There is no Terraform registry in CI: `.ci/run` points ``TF_PLUGIN_DIR`` at the AWS provider on
-disk, and init uses it; without the variable a plain ``terraform init`` (registry) is used.
+There is no Terraform registry in CI: `make test` points ``TF_PLUGIN_DIR`` at the AWS provider on
+disk (found once by scripts/tf-plugin-dir), and init uses it; without the variable a plain
+``terraform init`` (registry) is used.
 Terraform runs in a copy of the repository layout under tmp_path, so no ``.terraform`` directory
 or lock file is left in the working tree.
 """

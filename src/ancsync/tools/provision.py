@@ -1,7 +1,8 @@
 """Provision one real device in AWS IoT Core: thing, certificate, policy and the device's files.
 
-``ancsync provision`` calls :func:`provision`. It needs the ``aws`` extra
-(``pip install 'ancsync[aws]'``, for boto3) and AWS credentials with IoT permissions.
+``ancsync provision`` calls :func:`provision`. It needs boto3, from the ``aws``
+extra (``pip install -e '.[aws]'`` in a checkout) or ``pip install boto3``, and AWS credentials
+with IoT permissions.
 
 It is idempotent. The thing is created or reused. A new key pair and active certificate are made
 only when ``out_dir`` holds none; when it already holds ``cert.pem`` and ``private.key`` of an
@@ -133,7 +134,8 @@ def _iot_client(region: str | None, endpoint_url: str | None) -> tuple[IoTClient
         from botocore.config import Config
     except ImportError:
         raise ProvisionError(
-            "provisioning needs boto3: install it with pip install 'ancsync[aws]'"
+            "provisioning needs boto3: install ancsync's aws extra (pip install -e '.[aws]' in "
+            "a checkout) or pip install boto3"
         ) from None
     session = boto3.session.Session(region_name=region)
     if session.region_name is None:
