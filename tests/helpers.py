@@ -13,6 +13,8 @@ import socket
 import ssl
 import subprocess
 import time
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,3 +224,31 @@ def running_mosquitto(certs: DevCerts, workdir: Path) -> Iterator[MosquittoBroke
         except subprocess.TimeoutExpired:
             broker.process.kill()
             broker.process.wait()
+
+
+def assert_typed(value: Any, shape: Any, where: str = "status") -> None:
+    """Fail unless ``value`` has exactly the keys of the TypedDict ``shape``, recursively.
+
+    Follows ``TD``, ``TD | None``, ``dict[str, TD]`` and ``list[TD]``; other types are left to
+    mypy. Checks that what ``get_status()`` returns is what its documented type says.
+    """
+    if value is None and type(None) in typing.get_args(shape):
+        return
+    options = [arg for arg in typing.get_args(shape) if arg is not type(None)]
+    if typing.get_origin(shape) in (typing.Union, types.UnionType) and len(options) == 1:
+        shape = options[0]
+    if typing.is_typeddict(shape):
+        hints = typing.get_type_hints(shape)
+        assert isinstance(value, dict), f"{where}: {value!r} is not a dict"
+        assert set(value) == set(hints), (
+            f"{where}: keys {sorted(set(value) - set(hints))} are not in {shape.__name__}, "
+            f"{sorted(set(hints) - set(value))} are missing"
+        )
+        for key, hint in hints.items():
+            assert_typed(value[key], hint, f"{where}[{key!r}]")
+    elif typing.get_origin(shape) is dict:
+        for key, item in value.items():
+            assert_typed(item, typing.get_args(shape)[1], f"{where}[{key!r}]")
+    elif typing.get_origin(shape) is list:
+        for index, item in enumerate(value):
+            assert_typed(item, typing.get_args(shape)[0], f"{where}[{index}]")

@@ -6,118 +6,318 @@ Everything public is re-exported here; import from ``ancsync`` only.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from ancsync.codec import decode_model, encode
-    from ancsync.config import Settings
-    from ancsync.connection import IoTConnection
-    from ancsync.durable.store import DurableStore
-    from ancsync.emergency import EmergencyReporter
+from ancsync._version import __version__
+
+# The public names, by the module that defines them: the one list to edit. They are imported on
+# first use (PEP 562), so that `import ancsync.cli` (the command line) does not pay for the
+# models and the MQTT stack before it needs them.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "ancsync.codec": (
+        "decode_model",
+        "encode",
+    ),
+    "ancsync.config": ("Settings",),
+    "ancsync.connection": ("IoTConnection",),
+    "ancsync.durable.store": ("DurableStore",),
+    "ancsync.emergency": ("EmergencyReporter",),
+    "ancsync.errors": (
+        "AncSyncError",
+        "BufferFull",
+        "ConfigError",
+        "ConnectError",
+        "ConnectTimeout",
+        "InvalidPayload",
+        "InvalidTopic",
+        "NotAuthorized",
+        "NotStarted",
+        "PayloadTooLarge",
+        "PublishTimeout",
+        "ShadowRejected",
+        "ShadowTimeout",
+        "StorageError",
+        "TLSError",
+    ),
+    "ancsync.lifecycle": (
+        "Component",
+        "ComponentState",
+    ),
+    "ancsync.models": (
+        "AncDesiredState",
+        "AncMetrics",
+        "AncReportedState",
+        "AudioMetrics",
+        "Command",
+        "DeviceStatus",
+        "EmergencyEvent",
+        "EmergencyInput",
+        "ErrorRecord",
+        "json_schemas",
+        "SystemMetrics",
+        "TelemetryBatch",
+        "utc_now",
+    ),
+    "ancsync.mqtt.backoff": ("BackoffPolicy",),
+    "ancsync.mqtt.outbox": (
+        "Lane",
+        "LaneLimits",
+        "PublishHandle",
+    ),
+    "ancsync.mqtt.session": ("ConnectionEvent",),
+    "ancsync.orchestrator": ("DataSyncOrchestrator",),
+    "ancsync.shadow": (
+        "DeviceShadowSync",
+        "ShadowState",
+    ),
+    "ancsync.status": (
+        "CommandsStatus",
+        "ComponentStatus",
+        "ConnectionStatus",
+        "EmergencyStatus",
+        "ErrorInfo",
+        "LaneStatus",
+        "OrchestratorEmergencyStatus",
+        "OrchestratorShadowStatus",
+        "OrchestratorStatus",
+        "RateLimitStatus",
+        "RecordCounts",
+        "RouterStatus",
+        "RouteStatus",
+        "SessionError",
+        "SessionStatus",
+        "ShadowStatus",
+        "TelemetryStatus",
+    ),
+    "ancsync.telemetry": ("TelemetryPublisher",),
+    "ancsync.testing": (
+        "FakeBroker",
+        "FakeTransport",
+    ),
+    "ancsync.tools.operator": (
+        "OperatorCredentials",
+        "ShadowDocument",
+        "ShadowOperator",
+    ),
+    "ancsync.topics": (
+        "commands_topic",
+        "emergency_topic",
+        "ShadowTopics",
+        "status_topic",
+        "TELEMETRY_KINDS",
+        "telemetry_topic",
+        "TelemetryKind",
+    ),
+}
+_LAZY = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [*_LAZY, "__version__"]
+
+if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them in step)
+    from ancsync.codec import (
+        decode_model as decode_model,
+    )
+    from ancsync.codec import (
+        encode as encode,
+    )
+    from ancsync.config import Settings as Settings
+    from ancsync.connection import IoTConnection as IoTConnection
+    from ancsync.durable.store import DurableStore as DurableStore
+    from ancsync.emergency import EmergencyReporter as EmergencyReporter
     from ancsync.errors import (
-        AncSyncError,
-        BufferFull,
-        ConfigError,
-        ConnectError,
-        ConnectTimeout,
-        InvalidPayload,
-        InvalidTopic,
-        NotAuthorized,
-        NotStarted,
-        PayloadTooLarge,
-        PublishTimeout,
-        ShadowRejected,
-        ShadowTimeout,
-        StorageError,
-        TLSError,
+        AncSyncError as AncSyncError,
+    )
+    from ancsync.errors import (
+        BufferFull as BufferFull,
+    )
+    from ancsync.errors import (
+        ConfigError as ConfigError,
+    )
+    from ancsync.errors import (
+        ConnectError as ConnectError,
+    )
+    from ancsync.errors import (
+        ConnectTimeout as ConnectTimeout,
+    )
+    from ancsync.errors import (
+        InvalidPayload as InvalidPayload,
+    )
+    from ancsync.errors import (
+        InvalidTopic as InvalidTopic,
+    )
+    from ancsync.errors import (
+        NotAuthorized as NotAuthorized,
+    )
+    from ancsync.errors import (
+        NotStarted as NotStarted,
+    )
+    from ancsync.errors import (
+        PayloadTooLarge as PayloadTooLarge,
+    )
+    from ancsync.errors import (
+        PublishTimeout as PublishTimeout,
+    )
+    from ancsync.errors import (
+        ShadowRejected as ShadowRejected,
+    )
+    from ancsync.errors import (
+        ShadowTimeout as ShadowTimeout,
+    )
+    from ancsync.errors import (
+        StorageError as StorageError,
+    )
+    from ancsync.errors import (
+        TLSError as TLSError,
+    )
+    from ancsync.lifecycle import (
+        Component as Component,
+    )
+    from ancsync.lifecycle import (
+        ComponentState as ComponentState,
     )
     from ancsync.models import (
-        AncDesiredState,
-        AncMetrics,
-        AncReportedState,
-        AudioMetrics,
-        Command,
-        DeviceStatus,
-        EmergencyEvent,
-        EmergencyInput,
-        ErrorRecord,
-        SystemMetrics,
-        TelemetryBatch,
-        json_schemas,
-        utc_now,
+        AncDesiredState as AncDesiredState,
     )
-    from ancsync.mqtt.backoff import BackoffPolicy
-    from ancsync.mqtt.outbox import Lane, LaneLimits, PublishHandle
-    from ancsync.mqtt.session import ConnectionEvent
-    from ancsync.orchestrator import DataSyncOrchestrator
-    from ancsync.shadow import DeviceShadowSync, ShadowState
-    from ancsync.telemetry import TelemetryPublisher
-    from ancsync.tools.operator import OperatorCredentials, ShadowDocument, ShadowOperator
+    from ancsync.models import (
+        AncMetrics as AncMetrics,
+    )
+    from ancsync.models import (
+        AncReportedState as AncReportedState,
+    )
+    from ancsync.models import (
+        AudioMetrics as AudioMetrics,
+    )
+    from ancsync.models import (
+        Command as Command,
+    )
+    from ancsync.models import (
+        DeviceStatus as DeviceStatus,
+    )
+    from ancsync.models import (
+        EmergencyEvent as EmergencyEvent,
+    )
+    from ancsync.models import (
+        EmergencyInput as EmergencyInput,
+    )
+    from ancsync.models import (
+        ErrorRecord as ErrorRecord,
+    )
+    from ancsync.models import (
+        SystemMetrics as SystemMetrics,
+    )
+    from ancsync.models import (
+        TelemetryBatch as TelemetryBatch,
+    )
+    from ancsync.models import (
+        json_schemas as json_schemas,
+    )
+    from ancsync.models import (
+        utc_now as utc_now,
+    )
+    from ancsync.mqtt.backoff import BackoffPolicy as BackoffPolicy
+    from ancsync.mqtt.outbox import (
+        Lane as Lane,
+    )
+    from ancsync.mqtt.outbox import (
+        LaneLimits as LaneLimits,
+    )
+    from ancsync.mqtt.outbox import (
+        PublishHandle as PublishHandle,
+    )
+    from ancsync.mqtt.session import ConnectionEvent as ConnectionEvent
+    from ancsync.orchestrator import DataSyncOrchestrator as DataSyncOrchestrator
+    from ancsync.shadow import (
+        DeviceShadowSync as DeviceShadowSync,
+    )
+    from ancsync.shadow import (
+        ShadowState as ShadowState,
+    )
+    from ancsync.status import (
+        CommandsStatus as CommandsStatus,
+    )
+    from ancsync.status import (
+        ComponentStatus as ComponentStatus,
+    )
+    from ancsync.status import (
+        ConnectionStatus as ConnectionStatus,
+    )
+    from ancsync.status import (
+        EmergencyStatus as EmergencyStatus,
+    )
+    from ancsync.status import (
+        ErrorInfo as ErrorInfo,
+    )
+    from ancsync.status import (
+        LaneStatus as LaneStatus,
+    )
+    from ancsync.status import (
+        OrchestratorEmergencyStatus as OrchestratorEmergencyStatus,
+    )
+    from ancsync.status import (
+        OrchestratorShadowStatus as OrchestratorShadowStatus,
+    )
+    from ancsync.status import (
+        OrchestratorStatus as OrchestratorStatus,
+    )
+    from ancsync.status import (
+        RateLimitStatus as RateLimitStatus,
+    )
+    from ancsync.status import (
+        RecordCounts as RecordCounts,
+    )
+    from ancsync.status import (
+        RouterStatus as RouterStatus,
+    )
+    from ancsync.status import (
+        RouteStatus as RouteStatus,
+    )
+    from ancsync.status import (
+        SessionError as SessionError,
+    )
+    from ancsync.status import (
+        SessionStatus as SessionStatus,
+    )
+    from ancsync.status import (
+        ShadowStatus as ShadowStatus,
+    )
+    from ancsync.status import (
+        TelemetryStatus as TelemetryStatus,
+    )
+    from ancsync.telemetry import TelemetryPublisher as TelemetryPublisher
+    from ancsync.testing import (
+        FakeBroker as FakeBroker,
+    )
+    from ancsync.testing import (
+        FakeTransport as FakeTransport,
+    )
+    from ancsync.tools.operator import (
+        OperatorCredentials as OperatorCredentials,
+    )
+    from ancsync.tools.operator import (
+        ShadowDocument as ShadowDocument,
+    )
+    from ancsync.tools.operator import (
+        ShadowOperator as ShadowOperator,
+    )
     from ancsync.topics import (
-        TELEMETRY_KINDS,
-        ShadowTopics,
-        TelemetryKind,
-        commands_topic,
-        emergency_topic,
-        status_topic,
-        telemetry_topic,
+        TELEMETRY_KINDS as TELEMETRY_KINDS,
     )
-
-# Imported on first use (PEP 562), so that `import ancsync.cli` (the command line) does not
-# pay for pydantic-settings, the models and the MQTT stack before it needs them.
-_LAZY = {
-    "decode_model": "ancsync.codec",
-    "encode": "ancsync.codec",
-    "Settings": "ancsync.config",
-    "IoTConnection": "ancsync.connection",
-    "EmergencyReporter": "ancsync.emergency",
-    "AncSyncError": "ancsync.errors",
-    "BufferFull": "ancsync.errors",
-    "ConfigError": "ancsync.errors",
-    "ConnectError": "ancsync.errors",
-    "ConnectTimeout": "ancsync.errors",
-    "InvalidPayload": "ancsync.errors",
-    "InvalidTopic": "ancsync.errors",
-    "NotAuthorized": "ancsync.errors",
-    "NotStarted": "ancsync.errors",
-    "PayloadTooLarge": "ancsync.errors",
-    "PublishTimeout": "ancsync.errors",
-    "ShadowRejected": "ancsync.errors",
-    "ShadowTimeout": "ancsync.errors",
-    "StorageError": "ancsync.errors",
-    "TLSError": "ancsync.errors",
-    "AncDesiredState": "ancsync.models",
-    "AncMetrics": "ancsync.models",
-    "AncReportedState": "ancsync.models",
-    "AudioMetrics": "ancsync.models",
-    "Command": "ancsync.models",
-    "DeviceStatus": "ancsync.models",
-    "EmergencyEvent": "ancsync.models",
-    "EmergencyInput": "ancsync.models",
-    "ErrorRecord": "ancsync.models",
-    "SystemMetrics": "ancsync.models",
-    "TelemetryBatch": "ancsync.models",
-    "json_schemas": "ancsync.models",
-    "utc_now": "ancsync.models",
-    "BackoffPolicy": "ancsync.mqtt.backoff",
-    "Lane": "ancsync.mqtt.outbox",
-    "LaneLimits": "ancsync.mqtt.outbox",
-    "PublishHandle": "ancsync.mqtt.outbox",
-    "ConnectionEvent": "ancsync.mqtt.session",
-    "DurableStore": "ancsync.durable.store",
-    "OperatorCredentials": "ancsync.tools.operator",
-    "ShadowDocument": "ancsync.tools.operator",
-    "ShadowOperator": "ancsync.tools.operator",
-    "DataSyncOrchestrator": "ancsync.orchestrator",
-    "DeviceShadowSync": "ancsync.shadow",
-    "ShadowState": "ancsync.shadow",
-    "TelemetryPublisher": "ancsync.telemetry",
-    "ShadowTopics": "ancsync.topics",
-    "TELEMETRY_KINDS": "ancsync.topics",
-    "TelemetryKind": "ancsync.topics",
-    "commands_topic": "ancsync.topics",
-    "emergency_topic": "ancsync.topics",
-    "status_topic": "ancsync.topics",
-    "telemetry_topic": "ancsync.topics",
-}
+    from ancsync.topics import (
+        ShadowTopics as ShadowTopics,
+    )
+    from ancsync.topics import (
+        TelemetryKind as TelemetryKind,
+    )
+    from ancsync.topics import (
+        commands_topic as commands_topic,
+    )
+    from ancsync.topics import (
+        emergency_topic as emergency_topic,
+    )
+    from ancsync.topics import (
+        status_topic as status_topic,
+    )
+    from ancsync.topics import (
+        telemetry_topic as telemetry_topic,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -132,63 +332,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
-
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "TELEMETRY_KINDS",
-    "AncDesiredState",
-    "AncMetrics",
-    "AncReportedState",
-    "AncSyncError",
-    "AudioMetrics",
-    "BackoffPolicy",
-    "BufferFull",
-    "Command",
-    "ConfigError",
-    "ConnectError",
-    "ConnectTimeout",
-    "ConnectionEvent",
-    "DataSyncOrchestrator",
-    "DeviceShadowSync",
-    "DeviceStatus",
-    "DurableStore",
-    "EmergencyEvent",
-    "EmergencyInput",
-    "EmergencyReporter",
-    "ErrorRecord",
-    "InvalidPayload",
-    "InvalidTopic",
-    "IoTConnection",
-    "Lane",
-    "LaneLimits",
-    "NotAuthorized",
-    "NotStarted",
-    "OperatorCredentials",
-    "PayloadTooLarge",
-    "PublishHandle",
-    "PublishTimeout",
-    "Settings",
-    "ShadowDocument",
-    "ShadowOperator",
-    "ShadowRejected",
-    "ShadowState",
-    "ShadowTimeout",
-    "ShadowTopics",
-    "StorageError",
-    "SystemMetrics",
-    "TLSError",
-    "TelemetryBatch",
-    "TelemetryKind",
-    "TelemetryPublisher",
-    "__version__",
-    "commands_topic",
-    "decode_model",
-    "emergency_topic",
-    "encode",
-    "json_schemas",
-    "status_topic",
-    "telemetry_topic",
-    "utc_now",
-]

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from ancsync.models import Command
+from ancsync.status import CommandsStatus
 
 __all__ = ["CommandDispatcher", "CommandHandler"]
 
@@ -75,14 +76,15 @@ class CommandDispatcher:
         else:
             self._counts["handled"] += 1
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CommandsStatus:
         """Counters, the last command and the last handler error, JSON-serialisable."""
         return {
             "handlers": sorted(self._handlers),
-            **{name: self._counts[name] for name in _COUNTERS},
+            "received": self._counts["received"],
+            "handled": self._counts["handled"],
+            "duplicates": self._counts["duplicates"],
+            "unhandled": self._counts["unhandled"],
+            "errors": self._counts["errors"],
             "last": self._last,
             "last_error": self._last_error,
         }
-
-
-_COUNTERS = ("received", "handled", "duplicates", "unhandled", "errors")

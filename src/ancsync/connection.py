@@ -42,6 +42,7 @@ from ancsync.mqtt.router import Handler, InvalidHook, Route, TopicRouter
 from ancsync.mqtt.session import ConnectHook, ConnectionEvent, MqttSession, SessionState
 from ancsync.mqtt.tls import build_ssl_context
 from ancsync.mqtt.transport import Transport
+from ancsync.status import ConnectionStatus, SessionStatus
 from ancsync.topics import MAX_SUBSCRIPTIONS, validate_filter, validate_topic
 
 __all__ = ["IoTConnection"]
@@ -379,13 +380,14 @@ class IoTConnection:
         """Whether the session is connected right now."""
         return self._session is not None and self._session.state is SessionState.CONNECTED
 
-    def get_status(self) -> dict[str, Any]:
+    def get_status(self) -> ConnectionStatus:
         """Connection, queues and counters, JSON-serialisable (for logs, the CLI, health checks).
 
         ``state`` is ``stopped``, ``connecting``, ``connected`` or ``waiting`` (backing off).
         ``lanes`` has per-lane depth, bytes and drop counters; ``rate_limit`` the token-bucket
         waits; ``router`` the per-route counters (invalid payloads, drops, handler errors).
         """
+        connection: SessionStatus
         if self._session is not None:
             connection = self._session.status()
         else:

@@ -35,6 +35,7 @@ from ancsync.durable.store import DurableStore, StoredMessage
 from ancsync.errors import AncSyncError, InvalidPayload, PublishTimeout, StorageError
 from ancsync.models import EmergencyEvent, EmergencyInput, new_id
 from ancsync.mqtt.outbox import Lane, PublishHandle
+from ancsync.status import EmergencyStatus
 from ancsync.topics import emergency_topic, validate_thing_name
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ class EmergencyReporter:
 
     # -- status --------------------------------------------------------------------------------
 
-    def get_status(self) -> dict[str, Any]:
+    def get_status(self) -> EmergencyStatus:
         """Counters and the age of the oldest unacknowledged event, JSON-serialisable."""
         oldest = next(iter(self._pending.values()), None)
         return {

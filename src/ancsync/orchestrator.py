@@ -37,6 +37,7 @@ from ancsync.emergency import EmergencyReporter
 from ancsync.errors import AncSyncError, ConfigError, NotStarted
 from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
 from ancsync.shadow import DeviceShadowSync
+from ancsync.status import OrchestratorStatus
 from ancsync.supervisor import Supervised
 from ancsync.telemetry import TelemetryPublisher
 from ancsync.topics import commands_topic
@@ -463,7 +464,7 @@ class DataSyncOrchestrator:
         """The ``event_id`` of every emergency the cloud acknowledged (``emergency_ack``)."""
         return frozenset(self._cloud_acknowledged)
 
-    def get_status(self) -> dict[str, Any]:
+    def get_status(self) -> OrchestratorStatus:
         """Everything worth watching, JSON-serialisable (for logs, health checks, the CLI).
 
         ``connection`` (state, reconnects, last error, queues), ``shadow`` (version, sync

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 
 from ancsync.models import utc_now
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
+from ancsync.status import ComponentStatus, ErrorInfo
 
 __all__ = ["RESTART_BACKOFF", "Supervised"]
 
@@ -45,7 +45,7 @@ class Supervised:
         self._cancelled = False  # a cancel() before the task runs still counts
         self.running = False
         self.restarts = 0
-        self.last_error: dict[str, str] | None = None
+        self.last_error: ErrorInfo | None = None
 
     async def run(self) -> None:
         """Run the task under supervision; start it in a task group."""
@@ -76,6 +76,6 @@ class Supervised:
         if self._scope is not None:
             self._scope.cancel()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ComponentStatus:
         """``running``, ``restarts`` and ``last_error`` (type, message, time), for get_status()."""
         return {"running": self.running, "restarts": self.restarts, "last_error": self.last_error}

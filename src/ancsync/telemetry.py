@@ -37,6 +37,7 @@ from ancsync.durable.store import DurableStore, StoredMessage
 from ancsync.errors import AncSyncError, BufferFull, PublishTimeout, StorageError
 from ancsync.models import AncMetrics, AudioMetrics, ErrorRecord, SystemMetrics, new_id
 from ancsync.mqtt.outbox import Lane, PublishHandle
+from ancsync.status import TelemetryStatus
 from ancsync.topics import TELEMETRY_KINDS, TelemetryKind, telemetry_topic, validate_thing_name
 
 if TYPE_CHECKING:
@@ -404,7 +405,7 @@ class TelemetryPublisher:
 
     # -- status ----------------------------------------------------------------------------------
 
-    def get_status(self) -> dict[str, Any]:
+    def get_status(self) -> TelemetryStatus:
         """Depth, bytes, drops and batch counters, JSON-serialisable.
 
         ``dropped`` counts records pushed out by the ``max_buffer_size`` bound; ``failed``

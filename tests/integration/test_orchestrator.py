@@ -18,6 +18,7 @@ import anyio
 import orjson
 import pytest
 from device import THING
+from helpers import assert_typed
 
 from ancsync import (
     Command,
@@ -32,6 +33,7 @@ from ancsync.emulator.server import Emulator
 from ancsync.errors import ConfigError, InvalidPayload, NotStarted
 from ancsync.models import new_id
 from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.status import OrchestratorStatus
 from ancsync.telemetry import TelemetryPublisher
 from ancsync.topics import commands_topic, status_topic
 
@@ -144,6 +146,7 @@ async def test_desired_change_command_emergency_and_telemetry(
     assert emulator.rules.gaps(THING) == []
 
     orjson.dumps(status)  # JSON-serialisable as promised
+    assert_typed(status, OrchestratorStatus)  # exactly the documented keys, at every level
     assert status["running"] is True
     assert status["connection"]["state"] == "connected"
     assert status["shadow"]["in_sync"] is True

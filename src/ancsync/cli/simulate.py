@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,9 @@ from ancsync.cli.output import (
     setup_logging,
     show_progress,
 )
+
+if TYPE_CHECKING:
+    from ancsync.status import OrchestratorStatus
 
 
 def simulate(
@@ -163,7 +166,7 @@ def simulate(
     )
 
 
-def _print_status(status: dict[str, Any]) -> None:
+def _print_status(status: OrchestratorStatus) -> None:
     """The final status in a few lines: what the device sent and what the cloud confirmed."""
     connection, telemetry = status["connection"], status["telemetry"]
     records = telemetry["records"].values()

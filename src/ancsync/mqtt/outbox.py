@@ -28,11 +28,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
 
 import anyio
 
 from ancsync.errors import BufferFull, ConfigError, PublishTimeout
+from ancsync.status import LaneStatus
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -336,7 +336,7 @@ class Outbox:
             lane.name: {"messages": len(lane), "bytes": lane.bytes} for lane in self._lanes.values()
         }
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, LaneStatus]:
         """Per-lane counters and depth, JSON-serialisable (part of ``get_status()``)."""
         return {
             queue.name: {

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 
 from ancsync.errors import ConfigError
+from ancsync.status import RateLimitStatus
 
 __all__ = ["RateLimiter", "TokenBucket"]
 
@@ -132,7 +132,7 @@ class RateLimiter:
         self._wait_seconds += seconds
         return seconds
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RateLimitStatus:
         """Limits and wait counters, JSON-serialisable (part of ``get_status()``)."""
         return {
             "messages_per_second": self._messages.rate,

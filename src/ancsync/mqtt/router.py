@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from ancsync.codec import decode, decode_model
 from ancsync.errors import ConfigError, InvalidPayload
+from ancsync.status import RouterStatus, RouteStatus
 from ancsync.topics import matches, validate_filter
 
 __all__ = ["Handler", "InvalidHook", "Route", "TopicRouter"]
@@ -39,8 +40,6 @@ loop and must return quickly.
 
 InvalidHook = Callable[[str, bytes, Exception], None]
 """``on_invalid(topic, raw_payload, error)``, called for each route that rejects a payload."""
-
-_COUNTERS = ("queued", "handled", "dropped", "invalid", "handler_errors")
 
 
 class Route:
@@ -62,14 +61,18 @@ class Route:
         self._removed = False
         self._counts: Counter[str] = Counter()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RouteStatus:
         """This route's queue depth and counters, JSON-serialisable."""
         return {
             "filter": self.topic_filter,
             "model": self.model.__name__ if self.model else None,
             "queue_size": self.queue_size,
             "depth": len(self._queue),
-            **{name: self._counts[name] for name in _COUNTERS},
+            "queued": self._counts["queued"],
+            "handled": self._counts["handled"],
+            "dropped": self._counts["dropped"],
+            "invalid": self._counts["invalid"],
+            "handler_errors": self._counts["handler_errors"],
         }
 
     def __repr__(self) -> str:
@@ -170,12 +173,16 @@ class TopicRouter:
         finally:
             self._task_group = None
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RouterStatus:
         """Totals (removed routes included) and per-route stats, JSON-serialisable."""
         return {
             "received": self._totals["received"],
             "unmatched": self._totals["unmatched"],
-            **{name: self._totals[name] for name in _COUNTERS},
+            "queued": self._totals["queued"],
+            "handled": self._totals["handled"],
+            "dropped": self._totals["dropped"],
+            "invalid": self._totals["invalid"],
+            "handler_errors": self._totals["handler_errors"],
             "routes": [route.stats() for route in self._routes],
         }
 

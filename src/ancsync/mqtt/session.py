@@ -58,6 +58,7 @@ from ancsync.mqtt.transport import (
     Transport,
     Will,
 )
+from ancsync.status import SessionStatus
 from ancsync.topics import MAX_FILTERS_PER_SUBSCRIBE, status_topic
 
 __all__ = ["ConnectHook", "ConnectionEvent", "MqttSession", "SessionState"]
@@ -221,7 +222,7 @@ class MqttSession:
         """Tell the session the router's filters changed (subscribe or unsubscribe now)."""
         self._subscriptions_changed.set()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SessionStatus:
         """The connection part of ``get_status()``, JSON-serialisable."""
         error = self.last_error
         return {

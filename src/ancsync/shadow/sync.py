@@ -50,6 +50,7 @@ from ancsync.shadow.document import (
 )
 from ancsync.shadow.reporting import ReportQueue
 from ancsync.shadow.requests import ShadowRequester, limits_for
+from ancsync.status import ShadowStatus
 from ancsync.topics import ShadowTopics, parse_shadow_topic, validate_thing_name
 
 if TYPE_CHECKING:
@@ -156,8 +157,9 @@ class DeviceShadowSync:
         """The shadow version the local copy reflects (0 before anything is known)."""
         return self._local.version
 
-    def get_status(self) -> dict[str, Any]:
+    def get_status(self) -> ShadowStatus:
         """Counters and queue state, JSON-serialisable (for logs and health checks)."""
+        deltas = self._deltas.counts
         return {
             "shadow": self.topics.prefix,
             "version": self._local.version,
@@ -166,8 +168,15 @@ class DeviceShadowSync:
             "pending_keys": sorted(self._reports.pending),
             "coalesced": self._reports.coalesced,
             "requests": dict(self._requests.counts),
-            **{name: self._counts[name] for name in _COUNTERS},
-            **{name: self._deltas.counts[name] for name in _DELTA_COUNTERS},
+            "resyncs": self._counts["resyncs"],
+            "conflicts": self._counts["conflicts"],
+            "stale_deltas": self._counts["stale_deltas"],
+            "sync_errors": self._counts["sync_errors"],
+            "deltas": deltas["deltas"],
+            "deltas_handled": deltas["deltas_handled"],
+            "deltas_dropped": deltas["deltas_dropped"],
+            "invalid_desired": deltas["invalid_desired"],
+            "handler_errors": deltas["handler_errors"],
         }
 
     # --- requests ----------------------------------------------------------------------------
@@ -446,13 +455,3 @@ class DeviceShadowSync:
             self._counts["conflicts"] += 1
             log.info("version conflict on %s; re-reading the shadow", self.topics.prefix)
             await self.get()
-
-
-_COUNTERS = ("resyncs", "conflicts", "stale_deltas", "sync_errors")
-_DELTA_COUNTERS = (
-    "deltas",
-    "deltas_handled",
-    "deltas_dropped",
-    "invalid_desired",
-    "handler_errors",
-)

@@ -1,0 +1,50 @@
+"""get_status() has exactly the keys its TypedDict documents, before start as well as after."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import orjson
+import pytest
+from helpers import assert_typed
+
+from ancsync import DataSyncOrchestrator
+from ancsync.status import OrchestratorStatus, SessionStatus
+
+
+def test_a_status_before_start_has_the_documented_shape(tmp_path: Path) -> None:
+    device = DataSyncOrchestrator(
+        thing_name="anc-device-001",
+        endpoint="127.0.0.1",
+        tls=False,
+        data_dir=tmp_path,
+    )
+    status = device.get_status()
+    orjson.dumps(status)
+    assert_typed(status, OrchestratorStatus)
+    assert status["connection"]["state"] == "stopped"
+
+
+def test_the_shape_check_fails_on_a_missing_or_extra_key() -> None:
+    session: dict[str, object] = dict.fromkeys(SessionStatus.__annotations__, 0)
+    session["last_error"] = None
+    session["connected_since"] = None
+    session["failed_subscriptions"] = []
+    assert_typed(session, SessionStatus)
+    with pytest.raises(AssertionError, match="are missing"):
+        assert_typed({k: v for k, v in session.items() if k != "state"}, SessionStatus)
+    with pytest.raises(AssertionError, match="are not in SessionStatus"):
+        assert_typed({**session, "surprise": 1}, SessionStatus)
+
+
+def test_the_status_page_lists_every_field() -> None:
+    generator_path = Path(__file__).parents[2] / "docs" / "gen_status.py"
+    spec = importlib.util.spec_from_file_location("gen_status", generator_path)
+    assert spec is not None
+    assert spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.PAGE.read_text() == generator.render(), (
+        "run: .venv/bin/python docs/gen_status.py"
+    )
