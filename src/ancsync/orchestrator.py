@@ -440,7 +440,8 @@ class DataSyncOrchestrator:
             applied = applied.model_dump(mode="json", exclude_unset=True)
         if not applied:
             return None
-        return {**applied, "timestamp": utc_now()}
+        # Reported with what was applied, so the shadow's uptime is never older than its state.
+        return {**applied, "uptime": self._uptime(), "timestamp": utc_now()}
 
     async def _on_command(self, topic: str, command: Command) -> None:
         await self.commands.dispatch(command)

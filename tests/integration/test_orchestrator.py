@@ -20,6 +20,7 @@ import pytest
 from device import THING
 from helpers import assert_typed
 
+import ancsync.orchestrator
 from ancsync import (
     Command,
     DataSyncOrchestrator,
@@ -331,3 +332,33 @@ async def test_calls_after_stop_raise_not_started(emulator: Emulator, tmp_path: 
         )
     with pytest.raises(NotStarted, match="already started"):
         await device.start()
+
+
+class _Clock:
+    """time.monotonic for the orchestrator only: the test moves it forward by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_a_desired_change_reports_a_fresh_uptime(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(ancsync.orchestrator, "time", clock)
+    device = orchestrator(emulator, tmp_path)
+    device.on_desired_state(lambda changes: changes)
+    with anyio.fail_after(TIMEOUT):
+        async with cloud(emulator) as operator, device:
+            await device.wait_connected()
+            await device.update_anc_state(intensity=0.5, wait=True)
+            clock.now += 42  # the device has been up 42 s when the cloud asks for a change
+            with operator.watch() as documents:
+                await operator.update_desired({"anc_intensity": 0.9})
+                converged = await until(
+                    documents, lambda d: d.reported.get("anc_intensity") == 0.9 and d.converged
+                )
+    assert converged.reported["uptime"] == 42
