@@ -3,7 +3,7 @@
 This is the pure part of :class:`~ancsync.telemetry.TelemetryPublisher`: no I/O, no tasks, a clock
 that tests replace. :func:`encode_record` validates and encodes a record (so its size is known
 exactly), :meth:`RecordBuffer.take` hands out the records of one batch and :func:`batch_payload`
-wraps them in the batch envelope of DESIGN 4.
+wraps them in the batch envelope (see the topics and payloads page of the docs).
 
 Rules:
 

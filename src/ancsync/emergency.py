@@ -1,4 +1,4 @@
-"""EmergencyReporter: emergency events that are never lost (DESIGN 1.2).
+"""EmergencyReporter: emergency events that are never lost.
 
 ``await reporter.report_emergency({...})`` validates the event, gives it an ``event_id`` and the
 next emergency ``seq``, writes it to the durable store (an fsynced SQLite commit) and queues it on

@@ -1,4 +1,4 @@
-"""The payloads ancsync sends and receives, as pydantic models (DESIGN section 4).
+"""The payloads ancsync sends and receives, as pydantic models.
 
 Wire models are strict on purpose: a field the model does not know is an error (``extra="forbid"``),
 and no value is coerced (``"0.5"`` is not a number, ``"yes"`` is not a boolean). A typo in a

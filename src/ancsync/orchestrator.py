@@ -1,6 +1,6 @@
 """DataSyncOrchestrator: one object that keeps an ANC device in sync with AWS IoT Core.
 
-It builds and runs the parts (DESIGN 2): an :class:`~ancsync.connection.IoTConnection`, a
+It builds and runs the parts: an :class:`~ancsync.connection.IoTConnection`, a
 :class:`~ancsync.shadow.DeviceShadowSync` for the ANC state, a
 :class:`~ancsync.telemetry.TelemetryPublisher`, an :class:`~ancsync.emergency.EmergencyReporter`
 with its durable store, and a :class:`~ancsync.commands.CommandDispatcher` for the commands topic.

@@ -3,11 +3,11 @@
 The control loop calls ``publish_anc_metrics`` (and the audio, system and error variants). Each
 call validates the record, encodes it and appends it to an in-memory buffer: no ``await``, no
 I/O, a few microseconds, connected or not. A background task (:meth:`start_publishing`) turns
-waiting records into batches on ``anc/telemetry/{id}/{kind}`` (DESIGN 4) when ``batch_size``
+waiting records into batches on ``anc/telemetry/{id}/{kind}`` when ``batch_size``
 records of a kind wait or the oldest has waited ``batch_interval`` seconds, and hands them to the
 connection's telemetry lane at QoS 1.
 
-Bounds and honesty (DESIGN 1.3): at most ``max_buffer_size`` records are held, counting those in
+Bounds and honesty: at most ``max_buffer_size`` records are held, counting those in
 batches that are sent but not yet acknowledged. While the broker is unreachable no new batches
 are made, so the buffer keeps the newest records; past the bound the oldest are dropped and
 counted per kind in :meth:`get_status`.

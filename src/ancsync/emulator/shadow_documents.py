@@ -259,7 +259,7 @@ class ShadowStore:
             return [self.rejection("update", error, token, now)]
 
     def _check_request(self, request: JsonObject) -> tuple[JsonObject | None, int | None]:
-        """Validate an update request (reference §2.1, §4); return its state and version."""
+        """Validate an update request as AWS IoT does; return its state and version."""
         version = request.get("version")
         if "version" in request and type(version) is not int:
             raise ShadowError(400, "Invalid version")

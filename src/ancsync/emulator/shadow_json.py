@@ -50,7 +50,7 @@ def same_json(left: Any, right: Any) -> bool:
 
 
 def delta(desired: JsonObject, reported: JsonObject) -> JsonObject:
-    """The keys of ``desired`` that ``reported`` lacks or holds otherwise (reference §3.3).
+    """The keys of ``desired`` that ``reported`` lacks or holds otherwise.
 
     Objects on both sides are compared key by key, and an equal nested object gives no key;
     anything else (arrays included) is compared whole. Keys only in ``reported`` are ignored.
@@ -85,7 +85,7 @@ def stamp(value: Any, now: int) -> Any:
 def merge(
     stored: JsonObject, metadata: JsonObject, patch: JsonObject, now: int
 ) -> tuple[JsonObject, JsonObject]:
-    """``patch`` deep-merged into a stored section (reference §3.1): the new state and metadata.
+    """``patch`` deep-merged into a stored section: the new state and metadata.
 
     ``null`` deletes a key and its metadata; an object merges into an object (into nothing,
     if the stored value is not one); anything else replaces the stored value and is stamped

@@ -27,7 +27,7 @@ __all__ = ["Backoff", "BackoffPolicy"]
 class BackoffPolicy:
     """The numbers that shape the reconnect delays, in seconds.
 
-    The defaults follow DESIGN 5: base 1 s, cap 60 s, reset after 30 s connected.
+    The defaults: base 1 s, cap 60 s, reset after 30 s connected.
     """
 
     base: float = 1.0

@@ -151,7 +151,7 @@ class PublishHandle:
 class OutgoingMessage:
     """One message waiting to be published.
 
-    ``msg_id`` identifies the message across retries (DESIGN 5). On the shadow lane, a newer
+    ``msg_id`` identifies the message across retries. On the shadow lane, a newer
     message with the same ``coalesce_key`` replaces a waiting one.
     """
 

@@ -1,4 +1,4 @@
-"""The MQTT session: the one task that owns the connection (DESIGN 2).
+"""The MQTT session: the one task that owns the connection.
 
 :meth:`MqttSession.run` loops for the life of the SDK::
 

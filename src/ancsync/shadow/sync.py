@@ -1,4 +1,4 @@
-"""DeviceShadowSync: the device side of one Device Shadow, converging honestly (DESIGN 1.4, 5).
+"""DeviceShadowSync: the device side of one Device Shadow, converging honestly.
 
 The state machine, in one place:
 
