@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 # What the tests need from apt, as PACKAGE[=COMMAND] (see scripts/ensure-apt).
-SYSTEM_PACKAGES := mosquitto mosquitto-clients=mosquitto_sub
+SYSTEM_PACKAGES := mosquitto mosquitto-clients=mosquitto_sub strace
 # The Terraform AWS provider on disk (scripts/tf-plugin-dir), looked up once per .venv (delete the
 # file to look again).
 TF_PLUGIN_DIR_FILE := $(VENV)/tf-plugin-dir

@@ -133,6 +133,25 @@ async def test_desired_change_is_applied_and_reported(emulator: Emulator) -> Non
     assert state["reported"] == {"anc_enabled": False, "anc_intensity": 0.4}
 
 
+async def test_only_what_the_handler_applied_is_reported(emulator: Emulator) -> None:
+    # The DSP takes the intensity but not the algorithm: reporting the algorithm anyway would
+    # tell the cloud the device runs a filter it does not, and end the delta that asks for it.
+    async def apply_intensity_only(changes: Document) -> Document:
+        return {key: value for key, value in changes.items() if key == "anc_intensity"}
+
+    iot = device_connection(emulator.certs, emulator.port, reconnect=FAST)
+    shadow = new_shadow(iot)
+    shadow.on_delta(apply_intensity_only)
+    with anyio.fail_after(TIMEOUT):
+        async with operator(emulator) as ops, iot, shadow:
+            await shadow.update_reported({"anc_intensity": 0.5, "anc_algorithm": "nlms"})
+            await ops.set_desired({"anc_intensity": 0.9, "anc_algorithm": "fxlms"})
+            state = await ops.until(reported("anc_intensity", 0.9))
+    assert state["reported"]["anc_algorithm"] == "nlms"
+    assert stored(emulator).state["reported"]["anc_algorithm"] == "nlms"
+    assert shadow.get_state().delta == {"anc_algorithm": "fxlms"}
+
+
 async def test_offline_desired_change_is_applied_on_reconnect(emulator: Emulator) -> None:
     device = AncDevice()
     with anyio.fail_after(TIMEOUT):

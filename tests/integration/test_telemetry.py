@@ -343,3 +343,24 @@ async def test_batches_without_puback_at_stop_are_counted(
         assert anc_counts["unconfirmed"] == 20
     else:  # failed by the stopping connection: unconfirmed if it was sent, failed if requeued
         assert anc_counts["unconfirmed"] + anc_counts["failed"] == 20
+
+
+async def test_seq_keeps_counting_across_a_restart_when_only_the_counter_is_stored(
+    dev_certs: DevCerts, broker: tuple[EmbeddedBroker, PublishLog], tmp_path: Path
+) -> None:
+    # Not durable: batches live in memory, but their seq is saved, so the cloud never sees a
+    # seq again after a restart (it would take the new batch for a duplicate).
+    server, log = broker
+    with anyio.fail_after(10):
+        for run in range(2):
+            store = DurableStore.in_dir(tmp_path)
+            try:
+                async with publishing(
+                    dev_certs, server, batch_size=1, store=store, durable=False
+                ) as telemetry:
+                    telemetry.publish_anc_metrics(anc(run))
+                    await log.wait_for(lambda log, n=run + 1: len(log.on(ANC_TOPIC)) == n)
+                    await telemetry.stop()
+            finally:
+                store.close()
+    assert [batch.seq for batch in batches(log)] == [1, 2]
