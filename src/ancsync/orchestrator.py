@@ -35,6 +35,7 @@ from ancsync.connection import IoTConnection
 from ancsync.durable.store import DurableStore
 from ancsync.emergency import EmergencyReporter
 from ancsync.errors import AncSyncError, ConfigError, NotStarted
+from ancsync.lifecycle import unwrapping
 from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
 from ancsync.shadow import DeviceShadowSync
 from ancsync.status import OrchestratorStatus
@@ -167,6 +168,7 @@ class DataSyncOrchestrator:
         self._connection_flush = stop_timeout
         self._started_at: float | None = None
         self._started_iso: str | None = None
+        self._started = False  # start() returned: from then on stop() ends the shielded tasks
         self._stopped = False
 
     @classmethod
@@ -202,7 +204,9 @@ class DataSyncOrchestrator:
         """
         if self._stack is not None or self._stopped:
             raise NotStarted("this orchestrator was already started; create a new one")
+        self._release_connection = anyio.Event()
         self._stack = await start_in_background(self._run)
+        self._started = True
         self._started_at = time.monotonic()
         self._started_iso = utc_now()
         self.shadow.report(
@@ -255,6 +259,15 @@ class DataSyncOrchestrator:
         self.store.close()
         log.info("orchestrator for %s stopped", self.thing_name)
 
+    def _abort_start(self) -> None:
+        """Cancelled or failed while starting: end the shielded tasks at once, flushing nothing."""
+        self._stopped = True
+        for component in self._components:
+            component.cancel()
+        self._connection_flush = 0.1
+        assert self._release_connection is not None
+        self._release_connection.set()
+
     async def run_forever(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -282,21 +295,32 @@ class DataSyncOrchestrator:
 
     async def _run(self, *, task_status: TaskStatus[None]) -> None:
         """The one task group: the connection first (so it exists), then each component."""
-        async with anyio.create_task_group() as tasks:
-            await tasks.start(self._run_connection, name="ancsync-connection")
-            for component in self._components:
-                tasks.start_soon(component.run, name=f"ancsync-{component.name}")
-            task_status.started()
+        ready = anyio.Event()
+        async with unwrapping(), anyio.create_task_group() as tasks:
+            # start_soon, not start: start() would wait, when cancelled, for the shielded
+            # connection task to end, which it only does once released.
+            tasks.start_soon(self._run_connection, ready, name="ancsync-connection")
+            try:
+                await ready.wait()
+                for component in self._components:
+                    tasks.start_soon(component.run, name=f"ancsync-{component.name}")
+                task_status.started()
+                await anyio.sleep_forever()
+            except BaseException:
+                if not self._started:  # cancelled or failed before start() returned
+                    self._abort_start()
+                raise
 
     # The connection runs shielded from the caller's cancellation, like the components: when
     # the caller is cancelled (Ctrl-C), stop() still needs it to flush. stop() ends it itself.
 
-    async def _run_connection(self, *, task_status: TaskStatus[None]) -> None:
-        self._release_connection = release = anyio.Event()
+    async def _run_connection(self, ready: anyio.Event) -> None:
+        release = self._release_connection
+        assert release is not None  # made by start()
         with anyio.CancelScope(shield=True):
             await self.connection.start()
             try:
-                task_status.started()
+                ready.set()
                 await release.wait()
             finally:
                 await self.connection.stop(flush_timeout=self._connection_flush)

@@ -362,3 +362,17 @@ async def test_a_desired_change_reports_a_fresh_uptime(
                     documents, lambda d: d.reported.get("anc_intensity") == 0.9 and d.converged
                 )
     assert converged.reported["uptime"] == 42
+
+
+# A shielded task that never ends cannot be interrupted by fail_after: pytest-timeout is the net.
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("after", [0.0, 0.001, 0.005, 0.02])
+async def test_cancelled_while_starting_it_stops_at_once(
+    emulator: Emulator, tmp_path: Path, after: float
+) -> None:
+    device = orchestrator(emulator, tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        with anyio.move_on_after(after):
+            async with device:
+                await anyio.sleep_forever()
+    assert device.get_status()["connection"]["state"] == "stopped"
