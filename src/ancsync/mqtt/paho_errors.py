@@ -16,7 +16,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ancsync.errors import ConnectError, NotAuthorized, TLSError
 
-__all__ = ["closed_before_connack", "connack_timeout", "connect_failure", "lost", "refused"]
+__all__ = [
+    "closed_before_connack",
+    "connack_timeout",
+    "connect_failure",
+    "lost",
+    "protocol_refused",
+    "refused",
+]
 
 # CONNACK refusals (MQTT 3.1.1 return codes 5 and 4, as paho names them) that mean the
 # certificate or client id is not allowed; and those that retrying can never fix.
@@ -44,6 +51,20 @@ def refused(reason: ReasonCode, host: str) -> ConnectError:
         )
     error = ConnectError(f"the broker at {host} refused the connection: {name}")
     error.permanent = name in _PERMANENT
+    return error
+
+
+def protocol_refused(host: str, port: int) -> ConnectError:
+    """The answer to the CONNECT was not one paho accepts (paho's "Protocol error").
+
+    paho reports a CONNACK refusing MQTT 3.1.1 (return code 1) this way, not as a refusal, when it
+    must not fall back to MQTT 3.1; so does an answer that is not MQTT at all.
+    """
+    error = ConnectError(
+        f"{host}:{port} refused the connection: Unsupported protocol version (ancsync speaks "
+        "MQTT 3.1.1), or it answered with something that is not MQTT; check the endpoint and port"
+    )
+    error.permanent = True
     return error
 
 

@@ -49,6 +49,8 @@ _DISCONNECT_TIMEOUT = 1.0
 _ABORT_READS = 10_000
 # paho's name for "the keep-alive ping went unanswered" (it gives up at 2 x keep-alive).
 _KEEPALIVE_TIMEOUT = "Keep alive timeout"
+# paho's name for an answer it cannot take, such as a CONNACK refusing MQTT 3.1.1.
+_PROTOCOL_ERROR = "Protocol error"
 
 
 class _PahoLog(logging.LoggerAdapter[logging.Logger]):
@@ -288,7 +290,10 @@ class PahoTransport:
         properties: Properties | None,
     ) -> None:
         if self._connack is not None and not self._connack.done():
-            error = paho_errors.closed_before_connack(self._paho_log.last_error, *self._where())
+            if reason.getName() == _PROTOCOL_ERROR:
+                error = paho_errors.protocol_refused(*self._where())
+            else:
+                error = paho_errors.closed_before_connack(self._paho_log.last_error, *self._where())
             self._connack.set_exception(error)
         if self._dead_reason is None and reason.getName() == _KEEPALIVE_TIMEOUT:
             self._dead_reason = "no answer to the keep-alive ping: the link is half-open"
