@@ -18,10 +18,13 @@ import contextlib
 import logging
 import socket
 import ssl
+import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 from paho.mqtt.client import (
     MQTT_ERR_SUCCESS,
     Client,
@@ -51,6 +54,20 @@ _ABORT_READS = 10_000
 _KEEPALIVE_TIMEOUT = "Keep alive timeout"
 # paho's name for an answer it cannot take, such as a CONNACK refusing MQTT 3.1.1.
 _PROTOCOL_ERROR = "Protocol error"
+
+
+def _close_sockets_left_in(trace: TracebackType | None) -> None:
+    """Close the sockets a failed connect made, and clear the frames that held them.
+
+    A failed TLS handshake leaves the half-made socket referenced only by the frames of its
+    traceback, so it would stay open (the server seeing a live connection) until the error is
+    collected, and then close with a ResourceWarning.
+    """
+    for frame, _ in traceback.walk_tb(trace):
+        for value in frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                value.close()
+    traceback.clear_frames(trace)
 
 
 class _PahoLog(logging.LoggerAdapter[logging.Logger]):
@@ -118,6 +135,8 @@ class PahoTransport:
                 # Not abandoned on cancel: the thread finishes (bounded), then we clean up.
                 await anyio.to_thread.run_sync(self._open, client, options)
             except (OSError, ValueError) as exc:
+                # Cancelled while the thread ran: that, not the thread's failure, is the news.
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 raise paho_errors.connect_failure(
                     exc, options.host, options.port, options.connect_timeout
                 ) from exc
@@ -156,7 +175,11 @@ class PahoTransport:
     @staticmethod
     def _open(client: Client, options: ConnectOptions) -> None:
         """In a worker thread: resolve, connect, handshake, write the CONNECT (blocking)."""
-        client.connect(options.host, options.port, options.keep_alive)
+        try:
+            client.connect(options.host, options.port, options.keep_alive)
+        except BaseException as exc:
+            _close_sockets_left_in(exc.__traceback__)
+            raise
 
     def _attach(self, client: Client) -> None:
         """Hand the connected socket to the event loop, in the loop's thread.
