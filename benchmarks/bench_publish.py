@@ -301,16 +301,22 @@ def _paho_in_thread(port: int, messages: int, window: int, payload: bytes) -> Re
         client.loop_stop()
 
 
-def table(results: list[Result], baseline: Result) -> str:
+def table(rounds: list[list[Result]]) -> str:
+    """One row per client: its median round, and the spread of its rounds."""
+    medians = [_median_round(results) for results in rounds]
+    baseline = medians[0]
     lines = [
-        "| client | messages | msgs/s | p50 ms | p99 ms | client CPU µs/msg | vs raw paho msgs/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| client | msgs/s (median) | msgs/s (rounds) | p50 ms | p99 ms | CPU µs/msg "
+        "| CPU µs/msg (rounds) | vs raw paho msgs/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
+    for r, results in zip(medians, rounds, strict=True):
+        rates = [x.rate for x in results]
+        cpus = [x.cpu_us_per_message for x in results]
         lines.append(
-            f"| {r.client} | {r.messages} | {r.rate:,.0f} | {r.percentile(50):.2f} | "
-            f"{r.percentile(99):.2f} | {r.cpu_us_per_message:.0f} | "
-            f"{r.rate / baseline.rate:.2f}x |"
+            f"| {r.client} | {r.rate:,.0f} | {min(rates):,.0f}-{max(rates):,.0f} | "
+            f"{r.percentile(50):.2f} | {r.percentile(99):.2f} | {r.cpu_us_per_message:.0f} | "
+            f"{min(cpus):.0f}-{max(cpus):.0f} | {r.rate / baseline.rate:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -353,8 +359,7 @@ def main() -> None:
         f"{args.messages} messages per client, median round shown; {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), load average {load}\n"
     )
-    medians = [_median_round(rounds) for rounds in results.values()]
-    print(table(medians, medians[0]))
+    print(table(list(results.values())))
 
 
 def _median_round(results: list[Result]) -> Result:

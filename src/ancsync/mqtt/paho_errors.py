@@ -1,10 +1,11 @@
 """How the paho backend's failures become :mod:`ancsync.errors` (the one place they are mapped).
 
-Four moments can fail, each with its own function: the blocking TCP connect and TLS handshake
+Each moment that can fail has its own function: the blocking TCP connect and TLS handshake
 (:func:`connect_failure`, from the :mod:`socket` or :mod:`ssl` exception), a CONNACK that refuses
-(:func:`refused`, from paho's reason code), the connection ending before any CONNACK
-(:func:`closed_before_connack`, from what paho logged) and a connection lost later (:func:`lost`).
-The table in docs/transport.md lists every case with its message.
+(:func:`refused`, from paho's reason code), an answer paho cannot take (:func:`protocol_refused`),
+the connection ending before any CONNACK (:func:`closed_before_connack`, from what paho logged),
+no CONNACK in time (:func:`connack_timeout`) and a connection lost later (:func:`lost`). The table
+in docs/transport.md lists every case with its message.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ __all__ = [
 ]
 
 # CONNACK refusals (MQTT 3.1.1 return codes 5 and 4, as paho names them) that mean the
-# certificate or client id is not allowed; and those that retrying can never fix.
+# certificate or client id is not allowed; and the one (2) that retrying can never fix. Code 1
+# never arrives as a refusal: see protocol_refused.
 _NOT_AUTHORIZED = {"Not authorized", "Bad user name or password"}
-_PERMANENT = {"Client identifier not valid", "Unsupported protocol version"}
+_PERMANENT = {"Client identifier not valid"}
 # OpenSSL reasons that mean "a certificate was refused", as opposed to a broken network.
 _CERTIFICATE_REASONS = ("CERTIFICATE", "UNKNOWN_CA", "BAD_CERT", "HANDSHAKE_FAILURE")
 
