@@ -12,13 +12,11 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pytest
 from anyio.abc import SocketStream
-from helpers import HOST, AllowEverything, MosquittoBroker, client_tls_context, running_mosquitto
+from helpers import HOST, AllowEverything, MosquittoBroker, client_tls_context
 
 from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.broker import EmbeddedBroker
@@ -26,24 +24,9 @@ from ancsync.emulator.certs import DevCerts, generate_ca, issue_certificate, wri
 from ancsync.errors import ConnectError, NotAuthorized, TLSError
 from ancsync.mqtt.paho_transport import PahoTransport
 from ancsync.mqtt.transport import ConnectOptions, DropCounting
-from ancsync.testing import start_in_task
 
 DEVICE = "anc-device-001"
 TIMEOUT = 5
-
-
-@pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
-async def broker(
-    request: pytest.FixtureRequest, dev_certs: DevCerts, tmp_path: Path
-) -> AsyncIterator[EmbeddedBroker | MosquittoBroker]:
-    """The emulator's broker, then mosquitto, both TLS with client certificates required."""
-    if request.param == "amqtt":
-        started = await start_in_task(EmbeddedBroker(dev_certs))
-        yield started.part
-        await started.stop()
-    else:
-        with running_mosquitto(dev_certs, tmp_path / "mosquitto") as mosquitto:
-            yield mosquitto
 
 
 def options(certs: DevCerts, port: int, **overrides: object) -> ConnectOptions:
@@ -61,7 +44,7 @@ def options(certs: DevCerts, port: int, **overrides: object) -> ConnectOptions:
 
 
 async def test_many_publishes_in_flight_are_acknowledged_in_the_loop_thread_with_no_reader(
-    broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
 ) -> None:
     """QoS 1 PUBACKs complete in loop callbacks: no task of ours reads or waits meanwhile."""
     transport = PahoTransport(max_inflight=10)
@@ -76,7 +59,7 @@ async def test_many_publishes_in_flight_are_acknowledged_in_the_loop_thread_with
             all_acked.set()
 
     with anyio.fail_after(TIMEOUT):
-        await transport.connect(options(dev_certs, broker.port))
+        await transport.connect(options(dev_certs, any_broker.port))
         try:
             for n in range(50):  # more than max_inflight: paho holds the rest back
                 transport.publish(
@@ -91,13 +74,13 @@ async def test_many_publishes_in_flight_are_acknowledged_in_the_loop_thread_with
 
 
 async def test_qos_0_completes_once_written_and_messages_arrive(
-    broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
 ) -> None:
     topic = f"anc/devices/{DEVICE}/echo"
     transport = PahoTransport()
     written = anyio.Event()
     with anyio.fail_after(TIMEOUT):
-        await transport.connect(options(dev_certs, broker.port))
+        await transport.connect(options(dev_certs, any_broker.port))
         try:
             assert await transport.subscribe([(topic, 1)]) == [1]
             transport.publish(topic, b"qos 0", 0, False, written.set)
@@ -109,13 +92,13 @@ async def test_qos_0_completes_once_written_and_messages_arrive(
 
 
 async def test_a_reader_that_falls_behind_loses_the_oldest_and_they_are_counted(
-    broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
 ) -> None:
     topic = f"anc/devices/{DEVICE}/flood"
     transport = PahoTransport(incoming_limit=2)
     assert isinstance(transport, DropCounting)
     with anyio.fail_after(TIMEOUT):
-        await transport.connect(options(dev_certs, broker.port))
+        await transport.connect(options(dev_certs, any_broker.port))
         try:
             await transport.subscribe([(topic, 1)])
             for n in range(5):
@@ -166,12 +149,12 @@ async def test_mosquitto_refusing_a_certificate_is_a_tls_error(
 
 
 async def test_an_untrusted_server_certificate_is_a_tls_error(
-    broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
 ) -> None:
     wrong_ca = ssl.create_default_context()  # the system's CAs, not the dev CA
     wrong_ca.load_cert_chain(dev_certs.device(DEVICE).cert, dev_certs.device(DEVICE).key)
     with anyio.fail_after(TIMEOUT), pytest.raises(TLSError, match="failed verification"):
-        await PahoTransport().connect(options(dev_certs, broker.port, ssl_context=wrong_ca))
+        await PahoTransport().connect(options(dev_certs, any_broker.port, ssl_context=wrong_ca))
 
 
 class _Refuse(AllowEverything):
