@@ -16,14 +16,21 @@ import time
 import anyio
 import pytest
 from anyio.abc import SocketStream
-from helpers import HOST, AllowEverything, MosquittoBroker, client_tls_context
+from helpers import (
+    HOST,
+    AllowEverything,
+    MosquittoBroker,
+    client_tls_context,
+    next_message,
+    operator_client,
+)
 
 from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts, generate_ca, issue_certificate, write_pair
 from ancsync.errors import ConnectError, NotAuthorized, TLSError
 from ancsync.mqtt.paho_transport import PahoTransport
-from ancsync.mqtt.transport import ConnectOptions, DropCounting
+from ancsync.mqtt.transport import ConnectOptions, DropCounting, Will
 
 DEVICE = "anc-device-001"
 TIMEOUT = 5
@@ -250,3 +257,66 @@ async def test_a_cancelled_connect_leaves_no_connection_behind(dev_certs: DevCer
     assert not handshake_only.startswith(b"\x10"), "an MQTT CONNECT went out through TLS?"
     assert plain.startswith(b"\x10"), "no CONNECT was sent"
     assert plain.endswith(b"\xe0\x00"), "the cancelled connect did not end with a DISCONNECT"
+
+
+async def test_a_clean_close_sends_a_disconnect_so_no_will_is_published(
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+) -> None:
+    status = f"anc/devices/{DEVICE}/status"
+    transport = PahoTransport()
+    will = Will(status, b"offline (the will)", qos=1, retain=False)
+    async with operator_client(any_broker.port, dev_certs, "cloud") as cloud:
+        await cloud.subscribe(status, qos=1)
+        with anyio.fail_after(TIMEOUT):
+            await transport.connect(options(dev_certs, any_broker.port, will=will))
+            await transport.close()
+            # A will would be published as the broker saw the connection end, before this.
+            await cloud.publish(status, b"marker", qos=1)
+            message = await next_message(cloud)
+    assert message.payload == b"marker"
+
+
+async def test_a_dead_link_is_cut_without_a_disconnect_so_the_will_fires(
+    dev_certs: DevCerts,
+) -> None:
+    """A server that accepts the CONNECT, then never answers again (not even the PINGREQ): after
+    1.5 x keep-alive of silence messages() reports a half-open link, and the connection ends
+    with no DISCONNECT, so a broker would publish the will."""
+    keep_alive = 1
+    after_connack: list[bytes] = []
+    ended = anyio.Event()
+
+    async def accept_then_go_silent(stream: SocketStream) -> None:
+        async with stream:
+            await stream.receive()  # the CONNECT
+            await stream.send(b"\x20\x02\x00\x00")  # CONNACK, accepted
+            received = b""
+            try:
+                async for chunk in stream:
+                    received += chunk
+            except (anyio.BrokenResourceError, OSError):
+                pass
+        after_connack.append(received)
+        ended.set()
+
+    transport = PahoTransport()
+    async with (
+        await anyio.create_tcp_listener(local_host=HOST, local_port=0) as listener,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, accept_then_go_silent)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        with anyio.fail_after(TIMEOUT):
+            await transport.connect(
+                options(dev_certs, port, keep_alive=keep_alive, ssl_context=None)
+            )
+            started = anyio.current_time()
+            with pytest.raises(ConnectError, match="half-open"):
+                async for _message in transport.messages():
+                    pass
+            detected_after = anyio.current_time() - started
+            await transport.close()
+            await ended.wait()
+        tg.cancel_scope.cancel()
+    assert 1.5 * keep_alive <= detected_after < 1.5 * keep_alive + 0.5
+    assert after_connack == [b"\xc0\x00"], "expected one PINGREQ, then the end, no DISCONNECT"
