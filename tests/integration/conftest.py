@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from helpers import MosquittoBroker, running_mosquitto
 from publish_log import PublishLog
 
 from ancsync.emulator.broker import EmbeddedBroker
@@ -21,3 +23,17 @@ async def broker(dev_certs: DevCerts) -> AsyncIterator[tuple[EmbeddedBroker, Pub
     started = await start_in_task(broker)  # setup and teardown run in different tasks
     yield broker, log
     await started.stop()
+
+
+@pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+async def any_broker(
+    request: pytest.FixtureRequest, dev_certs: DevCerts, tmp_path: Path
+) -> AsyncIterator[EmbeddedBroker | MosquittoBroker]:
+    """The embedded broker, then mosquitto with the same certificates."""
+    if request.param == "amqtt":
+        started = await start_in_task(EmbeddedBroker(dev_certs, plain_port=0))
+        yield started.part
+        await started.stop()
+    else:
+        with running_mosquitto(dev_certs, tmp_path / "mosquitto") as mosquitto:
+            yield mosquitto

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +26,16 @@ from helpers import (
     next_message,
     operator_client,
     plain_mqtt_client,
-    running_mosquitto,
 )
 
 from ancsync.emulator.amqtt_broker import AwsLikeBroker
 from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker
 from ancsync.emulator.certs import CertPair, DevCerts, generate_ca, issue_certificate, write_pair
 from ancsync.errors import ConfigError, NotStarted
-from ancsync.testing import start_in_task
 
 DEVICE = "anc-device-001"
 OTHER_DEVICE = "anc-device-002"
 TIMEOUT = 5
-
-
-@pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
-async def any_broker(
-    request: pytest.FixtureRequest, dev_certs: DevCerts, tmp_path: Path
-) -> AsyncIterator[EmbeddedBroker | MosquittoBroker]:
-    """The embedded broker, then mosquitto with the same certificates."""
-    if request.param == "amqtt":
-        started = await start_in_task(EmbeddedBroker(dev_certs, plain_port=0))
-        yield started.part
-        await started.stop()
-    else:
-        with running_mosquitto(dev_certs, tmp_path / "mosquitto") as mosquitto:
-            yield mosquitto
 
 
 class Recorder:

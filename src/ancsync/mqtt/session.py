@@ -49,11 +49,11 @@ from ancsync.errors import (
 from ancsync.models import DeviceStatus, new_id, utc_now
 from ancsync.mqtt.backoff import Backoff
 from ancsync.mqtt.outbox import Outbox, OutgoingMessage
+from ancsync.mqtt.paho_transport import PahoTransport
 from ancsync.mqtt.ratelimit import RateLimiter
 from ancsync.mqtt.router import TopicRouter
 from ancsync.mqtt.transport import (
     SUBSCRIBE_FAILURE,
-    AiomqttTransport,
     ConnectOptions,
     Transport,
     Will,
@@ -140,7 +140,7 @@ class MqttSession:
         self._firmware_version = firmware_version
         self._announce_status = announce_status
         self._transport_factory = transport_factory or (
-            lambda: AiomqttTransport(max_inflight=in_flight)
+            lambda: PahoTransport(max_inflight=in_flight)
         )
         self._backoff = backoff or Backoff()
         self._in_flight_limit = in_flight
