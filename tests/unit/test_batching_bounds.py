@@ -76,10 +76,10 @@ def test_the_smallest_settings_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"batch_size": 0}, "batch_size and max_records must be at least 1"),
-        ({"max_records": 0}, "batch_size and max_records must be at least 1"),
-        ({"batch_interval": 0}, "batch_interval must be greater than 0 seconds"),
-        ({"batch_interval": -1}, "batch_interval must be greater than 0 seconds"),
+        ({"batch_size": 0}, "^batch_size and max_records must be at least 1$"),
+        ({"max_records": 0}, "^batch_size and max_records must be at least 1$"),
+        ({"batch_interval": 0}, "^batch_interval must be greater than 0 seconds$"),
+        ({"batch_interval": -1}, "^batch_interval must be greater than 0 seconds$"),
     ],
 )
 def test_an_impossible_setting_is_refused_naming_it(
@@ -157,6 +157,19 @@ def test_readmitted_records_count_as_accepted_and_push_out_waiting_ones() -> Non
     assert buffer.in_flight == 3
     assert len(buffer) == 0  # the bound counts in-flight records: all four waiting ones went
     assert buffer.dropped["system"] == 4
+
+
+def test_records_readmitted_past_the_bound_leave_no_room_and_each_new_one_is_dropped() -> None:
+    # A previous run stored more undelivered batches than the bound: they are re-sent anyway.
+    buffer = RecordBuffer(batch_size=10, max_records=3)
+    buffer.readmit("anc", 5)
+
+    buffer.add("anc", record(1, 10))
+    buffer.add("anc", record(2, 10))
+
+    assert len(buffer) == 0
+    assert buffer.dropped["anc"] == 2
+    assert buffer.accepted["anc"] == 7
 
 
 # --- which kind, and when -----------------------------------------------------------------------
