@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
+from fake_time import FakeClock
+
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_short_connection_late_in_the_clock_keeps_backing_off() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from fake_time import FakeClock
 
 from ancsync.batching import RecordBuffer, encode_record, kind_of_topic
 from ancsync.config import TelemetrySettings
@@ -11,14 +12,6 @@ from ancsync.errors import InvalidPayload, PayloadTooLarge
 from ancsync.topics import TELEMETRY_KINDS
 
 SYSTEM = {"timestamp": "2026-01-02T03:04:05Z", "battery_level": 80, "cpu_usage": 12}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def record(n: int, size: int) -> bytes:
