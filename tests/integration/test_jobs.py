@@ -22,6 +22,7 @@ from ancsync import BackoffPolicy, IoTConnection
 from ancsync.emulator.server import Emulator
 from ancsync.errors import InvalidPayload, TerminalStateReached, VersionMismatch
 from ancsync.jobs import DeviceJobs, Job
+from ancsync.jobs.journal import PendingUpdate, UpdateJournal
 from ancsync.testing import start_in_task
 from ancsync.topics import JobsTopics
 
@@ -282,3 +283,36 @@ async def test_update_on_canceled_job_raises_terminal_state(
             emulator.jobs.store.cancel_execution("fw-1", THING, force=True)  # no notification
             with pytest.raises(TerminalStateReached):
                 await job.succeed()
+
+
+async def test_journaled_updates_are_delivered_once_in_order_after_a_restart(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """As if a process died after persisting an update, and another after sending it again."""
+    iot, jobs = device(emulator, tmp_path)
+    with anyio.fail_after(TIMEOUT):
+        async with iot, jobs:
+            await emulator.jobs.create_job("fw-1", [THING], {"operation": "calibrate"})
+            await (await anext(aiter(jobs))).start()
+        request = {"status": "IN_PROGRESS", "statusDetails": {"step": "download"}}
+        journal = UpdateJournal(tmp_path / "device")
+        for token in ("first-try", "sent-again"):
+            body = {**request, "expectedVersion": 2, "clientToken": token}
+            await journal.put(PendingUpdate(token, TOPICS.update("fw-1"), orjson.dumps(body)))
+        journal.close()
+
+        iot, jobs = device(emulator, tmp_path)
+        async with iot, jobs:
+            job = await anext(aiter(jobs))
+            assert job.resumed
+            assert job.version == 3
+            await job.succeed()
+        journal = UpdateJournal(tmp_path / "device")
+        assert await journal.pending() == []
+        journal.close()
+    history = emulator.jobs.store.execution("fw-1", THING).history
+    assert [(h["status"], h["statusDetails"]) for h in history] == [
+        ("IN_PROGRESS", {}),
+        ("IN_PROGRESS", {"step": "download"}),
+        ("SUCCEEDED", {}),
+    ]

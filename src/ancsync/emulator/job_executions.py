@@ -97,6 +97,9 @@ class Execution:
     step_deadline: float | None = None
     in_progress_deadline: float | None = None
     force_canceled: bool = False
+    #: Every state the execution went through after QUEUED, oldest first (for tests and the
+    #: console: what the device reported, in which order).
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def pending(self) -> bool:
@@ -251,6 +254,7 @@ class JobStore:
         self._set_status(execution, status, self._now())
         if details is not None:
             execution.status_details = details
+        execution.history.append(execution.state())
         self._complete_job(execution.job_id)
         return self._notifications(execution.thing_name, head, changed)
 
