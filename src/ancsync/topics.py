@@ -19,6 +19,7 @@ __all__ = [
     "MAX_SUBSCRIPTIONS",
     "MAX_TOPIC_BYTES",
     "MAX_TOPIC_SLASHES",
+    "OPERATOR_JOBS_PREFIX",
     "TELEMETRY_KINDS",
     "JobsTopics",
     "ShadowOperation",
@@ -340,6 +341,9 @@ def is_shadow_request_topic(topic: str) -> bool:
     parsed = parse_shadow_topic(topic)
     return parsed is not None and parsed.suffix is None
 
+
+#: The emulator's operator Jobs API: requests on ``{prefix}/create|list|describe|cancel``.
+OPERATOR_JOBS_PREFIX = "ancsync/emulator/jobs"
 
 # Every publish under a thing's jobs namespace: the service answers even the ones that map to
 # no API (with InvalidTopic), so the matcher takes the whole namespace.

@@ -30,14 +30,12 @@ from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.job_executions import JobsError, JobsMessage, JobStore
 from ancsync.emulator.service import EmulatorService
 from ancsync.errors import AncSyncError, NotStarted
-from ancsync.topics import split_jobs_topic
+from ancsync.topics import OPERATOR_JOBS_PREFIX, split_jobs_topic
 
-__all__ = ["OPERATOR_JOBS_PREFIX", "JobsService"]
+__all__ = ["JobsService"]
 
 log = logging.getLogger("ancsync.emulator.jobs")
 
-#: The operator API's request topics: ``{prefix}/create|list|describe|cancel``.
-OPERATOR_JOBS_PREFIX = "ancsync/emulator/jobs"
 _OPERATIONS = ("create", "list", "describe", "cancel")
 
 
