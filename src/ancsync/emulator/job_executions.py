@@ -187,18 +187,10 @@ class JobStore:
         return pending[0] if pending else None
 
     def _execution_payload(self, execution: Execution, *, document: bool) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "jobId": execution.job_id,
-            "thingName": execution.thing_name,
-            "status": execution.status,
-            "statusDetails": dict(execution.status_details),
-            "queuedAt": execution.queued_at,
-            "lastUpdatedAt": execution.last_updated_at,
-            "versionNumber": execution.version_number,
-            "executionNumber": execution.execution_number,
-        }
-        if execution.started_at is not None:
-            payload["startedAt"] = execution.started_at
+        # A JobExecution is its summary plus the thing, status and details.
+        payload = execution.summary()
+        payload["thingName"] = execution.thing_name
+        payload.update(execution.state())
         deadlines = [d for d in (execution.step_deadline, execution.in_progress_deadline) if d]
         if deadlines and execution.pending:
             payload["approximateSecondsBeforeTimedOut"] = max(
