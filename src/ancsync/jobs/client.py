@@ -163,7 +163,7 @@ class Job(Generic[DocumentT]):
         if status in _TERMINAL_BY_DEVICE:
             self.finished = True
         try:
-            await self._client.submit(self.job_id, request)
+            await self._client._submit(self.job_id, request)
         except JobRejected:
             self.finished = True
             raise
@@ -380,7 +380,7 @@ class DeviceJobs(Component):
 
     # -- status updates --------------------------------------------------------------------
 
-    async def submit(self, job_id: str, request: dict[str, Any]) -> None:
+    async def _submit(self, job_id: str, request: dict[str, Any]) -> None:
         """Persist an UpdateJobExecution request of ``job_id``, deliver it, await the answer.
 
         Raises the typed rejection (see the module docstring); returns once accepted. While
