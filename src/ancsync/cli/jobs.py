@@ -56,7 +56,8 @@ RegionOption = Annotated[
     str | None,
     typer.Option("--region", envvar="AWS_REGION", metavar="REGION", help="AWS region (--aws)."),
 ]
-JobIdArgument = Annotated[str, typer.Argument(metavar="JOB_ID", help="The job id.")]
+# Explained in each docstring: an argument's help line would show its type, <str>.
+JobIdArgument = Annotated[str, typer.Argument(metavar="JOB_ID", hidden=True, show_default=False)]
 
 
 def _run(
@@ -230,7 +231,7 @@ def describe(
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Print the job's status and each thing's execution status and details."""
+    """Print job JOB_ID's status and each thing's execution status and details."""
 
     async def work(operator: JobsOperator) -> None:
         _show_job(await operator.describe(job_id), json_output)
@@ -260,7 +261,7 @@ def cancel(
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Cancel the job's QUEUED executions, and with --force its IN_PROGRESS ones; print it."""
+    """Cancel job JOB_ID's QUEUED executions (--force: its IN_PROGRESS ones too); print it."""
 
     async def work(operator: JobsOperator) -> None:
         _show_job(await operator.cancel(job_id, force=force), json_output)
