@@ -5,11 +5,12 @@ The broker must not share the benchmarked event loop: its work would show up as 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,12 @@ class EmulatorProcess:
 
     port: int
     certs_dir: Path
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the emulator process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def device_files(self, thing: str = THING) -> dict[str, Path]:
         """``cert_path``, ``key_path`` and ``root_ca_path`` for :class:`ancsync.IoTConnection`."""
@@ -38,8 +45,10 @@ class EmulatorProcess:
 
 
 @asynccontextmanager
-async def running_emulator(workdir: Path) -> AsyncIterator[EmulatorProcess]:
-    """Start ``ancsync emulator`` on a free 127.0.0.1 port under ``workdir``; stop it on exit."""
+async def running_emulator(
+    workdir: Path, things: Sequence[str] = (THING,)
+) -> AsyncIterator[EmulatorProcess]:
+    """Start ``ancsync emulator`` for ``things`` on a free 127.0.0.1 port under ``workdir``."""
     certs_dir = workdir / "certs"
     command = [
         str(Path(sys.executable).with_name("ancsync")),
@@ -50,8 +59,7 @@ async def running_emulator(workdir: Path) -> AsyncIterator[EmulatorProcess]:
         str(certs_dir),
         "--db",
         str(workdir / "emulator.db"),
-        "--thing",
-        THING,
+        *(argument for thing in things for argument in ("--thing", thing)),
     ]
     process = await anyio.open_process(command, stderr=subprocess.STDOUT)
     try:
@@ -68,7 +76,7 @@ async def running_emulator(workdir: Path) -> AsyncIterator[EmulatorProcess]:
             raise RuntimeError("the emulator did not start:\n" + b"\n".join(seen).decode())
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, output)  # so the emulator never blocks on a full pipe
-            yield EmulatorProcess(int(match.group(1)), certs_dir)
+            yield EmulatorProcess(int(match.group(1)), certs_dir, process.pid)
             tg.cancel_scope.cancel()
     finally:
         process.terminate()

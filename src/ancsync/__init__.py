@@ -28,6 +28,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ConnectTimeout",
         "InvalidPayload",
         "InvalidTopic",
+        "JobRejected",
         "NotAuthorized",
         "NotStarted",
         "PayloadTooLarge",
@@ -35,7 +36,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ShadowRejected",
         "ShadowTimeout",
         "StorageError",
+        "TerminalStateReached",
         "TLSError",
+        "VersionMismatch",
+    ),
+    "ancsync.jobs": (
+        "DeviceJobs",
+        "Job",
+        "JobStatus",
     ),
     "ancsync.lifecycle": (
         "Component",
@@ -144,6 +152,9 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
         InvalidTopic as InvalidTopic,
     )
     from ancsync.errors import (
+        JobRejected as JobRejected,
+    )
+    from ancsync.errors import (
         NotAuthorized as NotAuthorized,
     )
     from ancsync.errors import (
@@ -164,8 +175,19 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
     from ancsync.errors import (
         StorageError as StorageError,
     )
+    from ancsync.errors import TerminalStateReached as TerminalStateReached
     from ancsync.errors import (
         TLSError as TLSError,
+    )
+    from ancsync.errors import VersionMismatch as VersionMismatch
+    from ancsync.jobs import (
+        DeviceJobs as DeviceJobs,
+    )
+    from ancsync.jobs import (
+        Job as Job,
+    )
+    from ancsync.jobs import (
+        JobStatus as JobStatus,
     )
     from ancsync.lifecycle import (
         Component as Component,

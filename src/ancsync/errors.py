@@ -15,6 +15,7 @@ __all__ = [
     "ConnectTimeout",
     "InvalidPayload",
     "InvalidTopic",
+    "JobRejected",
     "NotAuthorized",
     "NotStarted",
     "PayloadTooLarge",
@@ -24,6 +25,8 @@ __all__ = [
     "ShadowTimeout",
     "StorageError",
     "TLSError",
+    "TerminalStateReached",
+    "VersionMismatch",
 ]
 
 
@@ -122,3 +125,32 @@ class ProvisionError(AncSyncError):
 
 class StorageError(AncSyncError, OSError):
     """The durable outbox could not write (disk full, read-only or corrupt store)."""
+
+
+class JobRejected(AncSyncError):
+    """The Jobs service rejected a request: ``code`` is AWS's error code (e.g. InvalidRequest).
+
+    ``execution_state`` is the execution's status, statusDetails and versionNumber when the
+    service sent them (InvalidStateTransition, VersionMismatch).
+    """
+
+    def __init__(
+        self, code: str, message: str, execution_state: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.execution_state = execution_state
+
+
+class VersionMismatch(JobRejected):
+    """The execution changed since this device last saw it (someone else updated it).
+
+    Describe the execution again before deciding what to do; nothing is retried for you.
+    """
+
+
+class TerminalStateReached(JobRejected):
+    """The execution is already terminal: canceled or removed by an operator, or timed out.
+
+    The device can no longer update it; stop working on the job.
+    """

@@ -19,7 +19,9 @@ __all__ = [
     "MAX_SUBSCRIPTIONS",
     "MAX_TOPIC_BYTES",
     "MAX_TOPIC_SLASHES",
+    "OPERATOR_JOBS_PREFIX",
     "TELEMETRY_KINDS",
+    "JobsTopics",
     "ShadowOperation",
     "ShadowSuffix",
     "ShadowTopic",
@@ -27,9 +29,11 @@ __all__ = [
     "TelemetryKind",
     "commands_topic",
     "emergency_topic",
+    "is_jobs_request_topic",
     "is_shadow_request_topic",
     "matches",
     "parse_shadow_topic",
+    "split_jobs_topic",
     "status_topic",
     "telemetry_topic",
     "validate_filter",
@@ -128,7 +132,7 @@ def validate_topic(topic: str) -> str:
     Checks: non-empty, no ``+``/``#`` wildcards, no NUL, at most 256 UTF-8 bytes and 7 slashes.
     Topics starting with ``$`` are reserved by AWS IoT (publishing there can end the connection),
     so the only ones allowed are the Device Shadow request topics (``.../get``, ``/update``,
-    ``/delete``).
+    ``/delete``) and the Jobs request topics (see :func:`is_jobs_request_topic`).
     """
     _check_common(topic, "topic")
     for wildcard in ("+", "#"):
@@ -137,11 +141,16 @@ def validate_topic(topic: str) -> str:
                 f"topic {_show(topic)} contains the wildcard {wildcard!r}: wildcards are only "
                 "allowed in subscription filters; publish to a concrete topic"
             )
-    if topic.startswith("$") and not is_shadow_request_topic(topic):
+    if (
+        topic.startswith("$")
+        and not is_shadow_request_topic(topic)
+        and not is_jobs_request_topic(topic)
+    ):
         raise InvalidTopic(
             f"topic {_show(topic)} starts with '$', which AWS IoT reserves; the only '$' topics "
             "a device may publish to are the shadow requests "
-            "$aws/things/{thing}/shadow[/name/{shadow}]/get|update|delete"
+            "$aws/things/{thing}/shadow[/name/{shadow}]/get|update|delete and the jobs requests "
+            "$aws/things/{thing}/jobs/get|start-next|{jobId}/get|{jobId}/update"
         )
     return topic
 
@@ -331,3 +340,81 @@ def is_shadow_request_topic(topic: str) -> bool:
     """
     parsed = parse_shadow_topic(topic)
     return parsed is not None and parsed.suffix is None
+
+
+#: The emulator's operator Jobs API: requests on ``{prefix}/create|list|describe|cancel``.
+OPERATOR_JOBS_PREFIX = "ancsync/emulator/jobs"
+
+# Every publish under a thing's jobs namespace: the service answers even the ones that map to
+# no API (with InvalidTopic), so the matcher takes the whole namespace.
+_JOBS_NAMESPACE = re.compile(rf"\$aws/things/(?P<thing>{_NAME_CHARS}{{1,128}})/jobs/(?P<rest>.+)")
+_JOBS_REQUEST = re.compile(r"get|start-next|[a-zA-Z0-9_$-]{1,64}/(?:get|update)")
+
+
+@dataclass(frozen=True)
+class JobsTopics:
+    """The AWS IoT Jobs MQTT topics of one thing (``$aws/things/{thing}/jobs/...``)."""
+
+    thing_name: str
+
+    def __post_init__(self) -> None:
+        validate_thing_name(self.thing_name)
+
+    @property
+    def prefix(self) -> str:
+        """``$aws/things/{thing}/jobs``."""
+        return f"$aws/things/{self.thing_name}/jobs"
+
+    @property
+    def notify(self) -> str:
+        """The ListNotification topic."""
+        return f"{self.prefix}/notify"
+
+    @property
+    def notify_next(self) -> str:
+        """The NextNotification topic."""
+        return f"{self.prefix}/notify-next"
+
+    @property
+    def get(self) -> str:
+        """GetPendingJobExecutions."""
+        return f"{self.prefix}/get"
+
+    @property
+    def start_next(self) -> str:
+        """StartNextPendingJobExecution."""
+        return f"{self.prefix}/start-next"
+
+    def describe(self, job_id: str) -> str:
+        """DescribeJobExecution of ``job_id`` (or ``$next``)."""
+        return f"{self.prefix}/{job_id}/get"
+
+    def update(self, job_id: str) -> str:
+        """UpdateJobExecution of ``job_id``."""
+        return f"{self.prefix}/{job_id}/update"
+
+    @property
+    def reply_filters(self) -> tuple[str, ...]:
+        """The filters of every accepted/rejected reply, each one the device policy allows."""
+        return (
+            f"{self.prefix}/get/+",
+            f"{self.prefix}/start-next/+",
+            f"{self.prefix}/+/get/+",
+            f"{self.prefix}/+/update/+",
+        )
+
+
+def split_jobs_topic(topic: str) -> tuple[str, str] | None:
+    """``(thing, rest)`` for a topic under ``$aws/things/{thing}/jobs/``; ``None`` otherwise."""
+    found = _JOBS_NAMESPACE.fullmatch(topic)
+    return None if found is None else (found["thing"], found["rest"])
+
+
+def is_jobs_request_topic(topic: str) -> bool:
+    """Whether ``topic`` is a Jobs request a device may publish to.
+
+    ``$aws/things/{thing}/jobs/`` then ``get``, ``start-next``, ``{jobId}/get`` or
+    ``{jobId}/update``.
+    """
+    split = split_jobs_topic(topic)
+    return split is not None and _JOBS_REQUEST.fullmatch(split[1]) is not None

@@ -283,6 +283,11 @@ def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
         ["shadow", "get"],
         ["shadow", "update"],
         ["shadow", "watch"],
+        ["jobs"],
+        ["jobs", "create"],
+        ["jobs", "list"],
+        ["jobs", "describe"],
+        ["jobs", "cancel"],
     ],
 )
 def test_every_command_explains_itself(

@@ -20,6 +20,7 @@ from ancsync.emulator.policy import DevicePolicy, PolicyStatement, render_policy
 from ancsync.errors import ConfigError
 from ancsync.topics import (
     TELEMETRY_KINDS,
+    JobsTopics,
     ShadowTopics,
     commands_topic,
     emergency_topic,
@@ -60,6 +61,26 @@ def shadow_responses(thing: str) -> list[str]:
     return topics
 
 
+def jobs_requests(thing: str) -> list[str]:
+    jobs = JobsTopics(thing)
+    return [
+        jobs.get,
+        jobs.start_next,
+        jobs.describe("fw-1"),
+        jobs.describe("$next"),
+        jobs.update("fw-1"),
+    ]
+
+
+def jobs_receives(thing: str) -> list[str]:
+    replies = [
+        f"{topic}/{outcome}"
+        for topic in jobs_requests(thing)
+        for outcome in ("accepted", "rejected")
+    ]
+    return [JobsTopics(thing).notify, JobsTopics(thing).notify_next, *replies]
+
+
 def device_publishes(thing: str) -> list[str]:
     """Every topic the SDK publishes to for ``thing``."""
     return [
@@ -67,6 +88,7 @@ def device_publishes(thing: str) -> list[str]:
         emergency_topic(thing),
         *(telemetry_topic(thing, kind) for kind in TELEMETRY_KINDS),
         *shadow_requests(thing),
+        *jobs_requests(thing),
     ]
 
 
@@ -76,11 +98,13 @@ def device_subscriptions(thing: str) -> list[str]:
         commands_topic(thing),
         *(ShadowTopics(thing, name).all_responses for name in SHADOW_NAMES),
         *shadow_responses(thing),
+        *JobsTopics(thing).reply_filters,
+        *jobs_receives(thing),
     ]
 
 
 def device_receives(thing: str) -> list[str]:
-    return [commands_topic(thing), *shadow_responses(thing)]
+    return [commands_topic(thing), *shadow_responses(thing), *jobs_receives(thing)]
 
 
 def test_template_renders_to_policy_json_with_the_policy_variable() -> None:

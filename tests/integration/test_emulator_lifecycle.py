@@ -54,7 +54,7 @@ async def test_cancelling_the_owner_stops_the_broker_and_every_service(tmp_path:
                     await next_message(device)  # the stop disconnected it
     assert emulator.state is ComponentState.STOPPED
     assert broker.state is ComponentState.STOPPED
-    assert [service.state for service in emulator.services] == [ComponentState.STOPPED] * 2
+    assert [service.state for service in emulator.services] == [ComponentState.STOPPED] * 3
     assert port_is_free(port)
     with pytest.raises(NotStarted):
         emulator.rules.emergencies()
@@ -98,13 +98,13 @@ async def test_a_part_that_cannot_start_fails_the_emulator_with_its_own_error(
                 with pytest.raises(ConfigError, match=f"port {port}"):
                     await owner.start(emulator.run)
     # the services it had started were stopped again (the rules database is closed)
-    assert [service.state for service in emulator.services] == [ComponentState.STOPPED] * 2
+    assert [service.state for service in emulator.services] == [ComponentState.STOPPED] * 3
 
 
-class JobsLikeService(EmulatorService):
-    """A service of the test's own: answers ``$aws/things/{thing}/jobs/get`` with its payload."""
+class DefenderLikeService(EmulatorService):
+    """A service of the test's own: answers Device Defender's metrics topic with its payload."""
 
-    name = "jobs"
+    name = "defender"
 
     def __init__(self) -> None:
         super().__init__()
@@ -113,7 +113,9 @@ class JobsLikeService(EmulatorService):
 
     def attach(self, broker: EmbeddedBroker) -> None:
         self.broker = broker
-        broker.add_reserved_route(lambda topic: topic.endswith("/jobs/get"), self.handle)
+        broker.add_reserved_route(
+            lambda topic: topic.endswith("/defender/metrics/json"), self.handle
+        )
 
     async def handle(self, identity: ClientIdentity, topic: str, payload: bytes) -> None:
         assert self.broker is not None
@@ -127,14 +129,14 @@ class JobsLikeService(EmulatorService):
 
 
 async def test_a_service_of_your_own_plugs_in_beside_the_others(tmp_path: Path) -> None:
-    jobs = JobsLikeService()
-    request = f"$aws/things/{DEVICE}/jobs/get"
+    defender = DefenderLikeService()
+    request = f"$aws/things/{DEVICE}/defender/metrics/json"
     with anyio.fail_after(TIMEOUT):
         async with (
-            Emulator(tmp_path / "certs", [DEVICE], services=[jobs]) as emulator,
+            Emulator(tmp_path / "certs", [DEVICE], services=[defender]) as emulator,
             operator_client(emulator.port, emulator.certs, "console") as console,
         ):
-            assert jobs.running
+            assert defender.running
             await console.subscribe(f"{request}/accepted", qos=1)
             await console.publish(request, b'{"clientToken":"j-1"}', qos=1)
             reply = await next_message(console)
@@ -142,11 +144,11 @@ async def test_a_service_of_your_own_plugs_in_beside_the_others(tmp_path: Path) 
                 f"{request}/accepted",
                 b'{"clientToken":"j-1"}',
             )
-    assert jobs.served == 1
-    assert jobs.state is ComponentState.STOPPED
+    assert defender.served == 1
+    assert defender.state is ComponentState.STOPPED
 
 
-class StuckService(JobsLikeService):
+class StuckService(DefenderLikeService):
     """A service whose shutdown never ends by itself."""
 
     async def _shutdown(self) -> None:
@@ -166,4 +168,4 @@ async def test_a_stuck_shutdown_is_cut_at_its_deadline(
             await emulator.stop()
     assert emulator.state is ComponentState.STOPPED
     assert port_is_free(port)  # the broker stopped beside it, not after it
-    assert "the jobs component did not finish stopping within 0.2 s" in caplog.text
+    assert "the defender component did not finish stopping within 0.2 s" in caplog.text

@@ -1,5 +1,8 @@
 """Crash safety: a device process killed with SIGKILL loses no emergency it reported.
 
+And a job it was running when killed, between progress() and succeed(), is resumed by the next
+process and ends SUCCEEDED, the service having seen every status update once, in order.
+
 A child process reports emergencies while the broker is down and is killed mid-stream. A new
 process on the same data directory (and the emulator, back up) must deliver every event whose
 ``report_emergency`` had returned: the rules sink shows each ``event_id`` (stored once).
@@ -104,3 +107,48 @@ async def test_every_reported_emergency_survives_a_sigkill(tmp_path: Path) -> No
             # Every seq from the first to the last arrived (a killed, unreturned call may add
             # one more event at the end, never a hole).
             assert emulator.rules.gaps(THING) == []
+
+
+JOBS_DEVICE_SCRIPT = Path(__file__).with_name("crash_jobs_device.py")
+
+
+async def start_jobs_device(environment: dict[str, str]) -> Process:
+    return await anyio.open_process([sys.executable, str(JOBS_DEVICE_SCRIPT)], env=environment)
+
+
+async def test_a_job_killed_mid_way_resumes_and_succeeds(tmp_path: Path) -> None:
+    certs_dir, data_dir = tmp_path / "certs", tmp_path / "data"
+    with anyio.fail_after(60):
+        async with Emulator(certs_dir, things=(THING,)) as emulator:
+            environment = device_environment(certs_dir, emulator.port, data_dir)
+            await emulator.jobs.create_job(
+                "nm-1", [THING], {"operation": "update_noise_model", "model": "office-v2"}
+            )
+            first = await anyio.open_process(
+                [sys.executable, str(JOBS_DEVICE_SCRIPT)], env=environment
+            )
+            try:
+                assert await read_lines(first, until=2) == ["ready", "progressed"]
+            finally:
+                first.send_signal(signal.SIGKILL)
+                await first.wait()
+            assert first.returncode == -signal.SIGKILL
+
+            second = await anyio.open_process(
+                [sys.executable, str(JOBS_DEVICE_SCRIPT)], env=environment
+            )
+            try:
+                assert await read_lines(second, until=3) == ["ready", "resumed", "succeeded"]
+                await emulator.jobs.wait_for_status("nm-1", THING, "SUCCEEDED")
+            finally:
+                second.terminate()
+                await second.wait()
+
+            history = emulator.jobs.store.execution("nm-1", THING).history
+            assert [(h["status"], h["statusDetails"].get("step")) for h in history] == [
+                ("IN_PROGRESS", None),
+                ("IN_PROGRESS", "download"),
+                ("IN_PROGRESS", "apply"),
+                ("SUCCEEDED", None),
+            ]
+            assert [h["versionNumber"] for h in history] == [2, 3, 4, 5]

@@ -16,6 +16,7 @@ from ancsync.topics import (
     ShadowTopics,
     commands_topic,
     emergency_topic,
+    is_jobs_request_topic,
     is_shadow_request_topic,
     matches,
     parse_shadow_topic,
@@ -113,7 +114,8 @@ def test_builders_refuse_bad_things_and_kinds() -> None:
             "$SYS/broker",
             "topic '$SYS/broker' starts with '$', which AWS IoT reserves; the only '$' topics a "
             "device may publish to are the shadow requests "
-            "$aws/things/{thing}/shadow[/name/{shadow}]/get|update|delete",
+            "$aws/things/{thing}/shadow[/name/{shadow}]/get|update|delete and the jobs requests "
+            "$aws/things/{thing}/jobs/get|start-next|{jobId}/get|{jobId}/update",
         ),
     ],
 )
@@ -420,3 +422,20 @@ def test_every_shadow_topic_parses_back(thing: str, shadow_name: str | None) -> 
         assert parse_shadow_topic(topic) == ShadowTopic(thing, shadow_name, operation, suffix)
         assert is_shadow_request_topic(topic) is (suffix is None)
         assert matches(shadow.all_responses, topic) is (suffix is not None)
+
+
+@pytest.mark.parametrize(
+    ("topic", "is_request"),
+    [
+        ("$aws/things/t1/jobs/get", True),
+        ("$aws/things/t1/jobs/start-next", True),
+        ("$aws/things/t1/jobs/fw-1/get", True),
+        ("$aws/things/t1/jobs/$next/get", True),
+        ("$aws/things/t1/jobs/fw-1/update", True),
+        ("$aws/things/t1/jobs/notify", False),
+        ("$aws/things/t1/jobs/fw-1/update/accepted", False),
+        ("$aws/things/t1/jobs/a/b/update", False),
+    ],
+)
+def test_jobs_request_topics(topic: str, is_request: bool) -> None:
+    assert is_jobs_request_topic(topic) is is_request

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ancsync.cli import demo, emulator, provision, shadow, simulate
+from ancsync.cli import demo, emulator, jobs, provision, shadow, simulate
 from ancsync.cli.output import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -98,6 +98,7 @@ app.command(short_help="Create development certificates for the emulator.")(
     reports_errors(emulator.certs)
 )
 app.add_typer(shadow.app, name="shadow", short_help="Read, change and watch a Device Shadow.")
+app.add_typer(jobs.app, name="jobs", short_help="Create, list, describe and cancel IoT Jobs.")
 app.command(short_help="Run everything on this machine and check both sides.")(
     reports_errors(demo.demo)
 )

@@ -137,4 +137,5 @@ def _summary_table(summary: DemoSummary) -> Table:
         f"{summary.emergencies_stored} stored, "
         f"{summary.emergencies_cloud_acknowledged} acknowledged",
     )
+    table.add_row("noise-model job", f"applied {summary.job_applied_model}", summary.job_status)
     return table

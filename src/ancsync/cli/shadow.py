@@ -143,7 +143,7 @@ TimeoutOption = Annotated[
 ]
 
 
-def _credentials(
+def credentials_from_options(
     endpoint: str,
     port: int,
     certs_dir: Path,
@@ -289,7 +289,9 @@ def get(
     verbose: VerboseOption = False,
 ) -> None:
     """Print the shadow: its version, desired, reported and delta (--json: one JSON object)."""
-    credentials = _credentials(endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
+    credentials = credentials_from_options(
+        endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls
+    )
 
     async def work(operator: ShadowOperator) -> None:
         _show(await operator.get(), json_output)
@@ -386,7 +388,9 @@ def update(
             as_patch(desired, AncDesiredState, "desired state")
         except InvalidPayload as exc:
             raise fail(f"{exc} (--no-validate sends it anyway)", EXIT_USAGE) from None
-    credentials = _credentials(endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
+    credentials = credentials_from_options(
+        endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls
+    )
 
     async def work(operator: ShadowOperator) -> None:
         _show(await operator.update_desired(desired), json_output)
@@ -425,7 +429,9 @@ def watch(
 
     With --json, each is one JSON line. Ctrl-C ends it with exit code 0.
     """
-    credentials = _credentials(endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
+    credentials = credentials_from_options(
+        endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls
+    )
 
     async def work(operator: ShadowOperator) -> None:
         with operator.watch() as documents:

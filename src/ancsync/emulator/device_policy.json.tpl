@@ -23,7 +23,11 @@
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/delete",
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/name/*/get",
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/name/*/update",
-        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/name/*/delete"
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/name/*/delete",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/get",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/start-next",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/*/get",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/*/update"
       ]
     },
     {
@@ -38,7 +42,13 @@
       "Action": "iot:Subscribe",
       "Resource": [
         "arn:aws:iot:${region}:${account_id}:topicfilter/anc/devices/$${iot:Connection.Thing.ThingName}/commands",
-        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/*"
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/*",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/notify",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/notify-next",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/get/*",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/start-next/*",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/*/get/*",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/*/update/*"
       ]
     },
     {
@@ -47,7 +57,13 @@
       "Action": "iot:Receive",
       "Resource": [
         "arn:aws:iot:${region}:${account_id}:topic/anc/devices/$${iot:Connection.Thing.ThingName}/commands",
-        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/*"
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/shadow/*",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/notify",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/notify-next",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/get/*",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/start-next/*",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/*/get/*",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/*/update/*"
       ]
     }
   ]

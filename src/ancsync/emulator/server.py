@@ -26,6 +26,7 @@ from anyio.abc import TaskStatus
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts, ensure_dev_certs
 from ancsync.emulator.component import EmulatorComponent
+from ancsync.emulator.jobs import JobsService
 from ancsync.emulator.policy import DevicePolicy
 from ancsync.emulator.rules import RulesSink
 from ancsync.emulator.service import EmulatorService
@@ -43,14 +44,15 @@ DEFAULT_THING = "anc-device-001"
 
 
 class Emulator(EmulatorComponent):
-    """Broker + Device Shadow service + device policy + rules sink, on ``host:port``.
+    """Broker + Device Shadow and Jobs services + device policy + rules sink, on ``host:port``.
 
     ``certs_dir`` receives the dev CA, server, operator and one certificate per thing (reused
     when still valid). ``tls=False`` serves plain MQTT instead (loopback hosts only; clients are
     then identified by client id alone). ``port`` 0 picks a free port: read :attr:`port`.
     ``db_path`` None keeps the rules sink in memory. ``limits``, ``clock`` (epoch seconds for
     every shadow timestamp) and ``shadow_latency`` (seconds added to each shadow request)
-    configure the shadow service. ``services`` adds services of your own
+    configure the shadow service; ``jobs_seconds_per_minute`` shortens the Jobs timeouts' minutes
+    (tests). ``services`` adds services of your own
     (:class:`~ancsync.emulator.service.EmulatorService`) beside the shadow service and the rules
     sink. Each part stops within its own ``stop_timeout`` (5 s), all at the same time.
     """
@@ -69,6 +71,7 @@ class Emulator(EmulatorComponent):
         limits: ShadowLimits | None = None,
         clock: Callable[[], float] = time.time,
         shadow_latency: float = 0.0,
+        jobs_seconds_per_minute: float = 60.0,
         services: Sequence[EmulatorService] = (),
     ) -> None:
         super().__init__()
@@ -82,9 +85,16 @@ class Emulator(EmulatorComponent):
         self._requested_port = port
         self.policy = DevicePolicy(self.things)
         self.shadows = ShadowService(limits=limits, clock=clock, latency=shadow_latency)
+        #: The Jobs service: ``emulator.jobs.create_job(...)``, describe, cancel.
+        self.jobs = JobsService(clock=clock, seconds_per_minute=jobs_seconds_per_minute)
         self._rules = RulesSink(db_path)
-        #: Every service, run beside the broker: the shadow service, the rules sink, then yours.
-        self.services: tuple[EmulatorService, ...] = (self.shadows, self._rules, *services)
+        #: Every service, run beside the broker: shadow, jobs, the rules sink, then yours.
+        self.services: tuple[EmulatorService, ...] = (
+            self.shadows,
+            self.jobs,
+            self._rules,
+            *services,
+        )
         self._certs: DevCerts | None = None
         self._broker: EmbeddedBroker | None = None
 

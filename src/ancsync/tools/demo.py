@@ -7,7 +7,9 @@ runs a :class:`~ancsync.tools.simulator.SimulatedAncDevice` through a
 - the operator changes the desired ANC intensity and algorithm (the device applies and reports);
 - the emergency rule: every emergency the broker accepts is acknowledged with an
   ``emergency_ack`` command, as the emergency Lambda in ``infra/`` does;
-- the rules sink stores telemetry batches and emergencies.
+- the rules sink stores telemetry batches and emergencies;
+- at the end, a noise-model update is rolled out as an AWS IoT Job
+  (:mod:`ancsync.tools.demo_jobs`) and must end SUCCEEDED.
 
 At the end it compares both sides and returns a :class:`DemoSummary`: its ``ok`` is true only when
 every telemetry record published was stored, nothing was dropped and no ``seq`` is missing, the
@@ -31,6 +33,7 @@ from ancsync.emulator.server import DEFAULT_THING, Emulator
 from ancsync.models import Command, new_id, utc_now
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.orchestrator import DataSyncOrchestrator
+from ancsync.tools.demo_jobs import run_jobs_step
 from ancsync.tools.operator import OperatorCredentials, ShadowOperator
 from ancsync.tools.simulator import SimulatedAncDevice
 from ancsync.topics import commands_topic, emergency_topic
@@ -85,6 +88,8 @@ class DemoSummary:
     emergencies_acknowledged: int = 0
     emergencies_cloud_acknowledged: int = 0
     emergencies_stored: int = 0
+    job_status: str = ""
+    job_applied_model: str | None = None
     reconnects: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -124,6 +129,8 @@ class DemoSummary:
                 f"{self.emergencies_cloud_acknowledged} by the cloud, "
                 f"{self.emergencies_stored} stored"
             )
+        if self.job_status != "SUCCEEDED":
+            problems.append(f"the noise-model job ended {self.job_status or 'never'}")
         self.problems = problems
 
     def as_dict(self) -> dict[str, Any]:
@@ -231,6 +238,16 @@ async def run_demo(
                 on_event("device loop stopped; waiting for the last acknowledgements")
                 with anyio.move_on_after(SETTLE_TIMEOUT):
                     await _settled(operator, device)
+                phase = "noise-model job"
+                on_event("operator rolls out a noise-model update (AWS IoT Jobs)")
+                job = await run_jobs_step(
+                    emulator,
+                    orchestrator.connection,
+                    workdir / "device",
+                    lambda name, _data: orchestrator.update_anc_state(noise_type=name, wait=True),
+                )
+                summary.job_status, summary.job_applied_model = job.status, job.applied_model
+                on_event(f"job {job.job_id} ended {job.status}")
                 phase = "stopping"
             status = orchestrator.get_status()  # after stop(): everything flushed
             delivered = status["telemetry"]["records"]
