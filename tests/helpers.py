@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import importlib.util
 import shutil
 import socket
 import ssl
@@ -252,3 +253,14 @@ def assert_typed(value: Any, shape: Any, where: str = "status") -> None:
     elif typing.get_origin(shape) is list:
         for index, item in enumerate(value):
             assert_typed(item, typing.get_args(shape)[0], f"{where}[{index}]")
+
+
+def load_docs_script(name: str) -> Any:
+    """Import ``docs/<name>.py`` (a page generator, not a package module) for a test."""
+    path = Path(__file__).parent.parent / "docs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

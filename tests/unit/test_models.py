@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from helpers import load_docs_script
 from pydantic import BaseModel, ValidationError
 
 from ancsync.models import (
@@ -385,12 +384,7 @@ def test_schema_and_model_agree_on_invalid_payloads(name: str, payload: dict[str
 
 
 def test_payload_reference_page_is_up_to_date() -> None:
-    generator_path = Path(__file__).parents[2] / "docs" / "gen_schemas.py"
-    spec = importlib.util.spec_from_file_location("gen_schemas", generator_path)
-    assert spec is not None
-    assert spec.loader is not None
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
+    generator = load_docs_script("gen_schemas")
     page = generator.PAGE.read_text(encoding="utf-8")
     assert generator.updated(page) == page, "run: .venv/bin/python docs/gen_schemas.py"
     for model in WIRE_MODELS:

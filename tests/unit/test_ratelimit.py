@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import json
 
-import anyio
 import pytest
+from fake_time import FakeClock
 
 from ancsync.errors import ConfigError
 from ancsync.mqtt.ratelimit import RateLimiter, TokenBucket
-
-
-class FakeClock:
-    """A clock that only moves when the code under test sleeps (or the test moves it)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await anyio.lowlevel.checkpoint()
 
 
 def test_bucket_starts_full_and_refills_at_its_rate_up_to_capacity() -> None:

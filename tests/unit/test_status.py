@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import orjson
 import pytest
-from helpers import assert_typed
+from helpers import assert_typed, load_docs_script
 
 from ancsync import DataSyncOrchestrator
 from ancsync.status import OrchestratorStatus, SessionStatus
@@ -39,12 +38,7 @@ def test_the_shape_check_fails_on_a_missing_or_extra_key() -> None:
 
 
 def test_the_status_page_lists_every_field() -> None:
-    generator_path = Path(__file__).parents[2] / "docs" / "gen_status.py"
-    spec = importlib.util.spec_from_file_location("gen_status", generator_path)
-    assert spec is not None
-    assert spec.loader is not None
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
+    generator = load_docs_script("gen_status")
     assert generator.PAGE.read_text() == generator.render(), (
         "run: .venv/bin/python docs/gen_status.py"
     )
