@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 # What the tests need from apt, as PACKAGE[=COMMAND] (see scripts/ensure-apt).
-SYSTEM_PACKAGES := mosquitto mosquitto-clients=mosquitto_sub
+# chromium: the console test's browser, driven by playwright through its path (no download).
+SYSTEM_PACKAGES := mosquitto mosquitto-clients=mosquitto_sub chromium
 # The Terraform AWS provider on disk (scripts/tf-plugin-dir), looked up once per .venv (delete the
 # file to look again).
 TF_PLUGIN_DIR_FILE := $(VENV)/tf-plugin-dir
@@ -41,6 +42,7 @@ typecheck: $(DEV)
 
 # TF_PLUGIN_DIR from the environment wins over the one found on disk.
 pytest: system-packages $(DEV) $(TF_PLUGIN_DIR_FILE)
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
 	TF_PLUGIN_DIR="$${TF_PLUGIN_DIR-$$(cat $(TF_PLUGIN_DIR_FILE))}" $(BIN)/pytest -q
 
 docs: $(DEV)
@@ -50,7 +52,7 @@ docs: $(DEV)
 test: system-packages lint typecheck pytest docs
 
 demo: $(RUNTIME)
-	$(BIN)/ancsync demo
+	$(BIN)/ancsync demo --console
 
 bench: $(RUNTIME)
 	$(BIN)/python benchmarks/bench_publish.py
