@@ -54,7 +54,14 @@ test: system-packages lint typecheck pytest docs
 demo: $(RUNTIME)
 	$(BIN)/ancsync demo --console
 
-bench: $(RUNTIME)
+BENCH := $(VENV)/.bench-installed
+$(BENCH): $(RUNTIME)
+	$(BIN)/pip install -q -e ".[bench]"
+	touch $@
+
+bench: $(BENCH) system-packages
+	cd benchmarks && ../$(BIN)/python bench_sdks.py
+	$(BIN)/python benchmarks/bench_hot_path.py --profile
 	$(BIN)/python benchmarks/bench_publish.py
 	$(BIN)/python benchmarks/bench_emergency.py
 	$(BIN)/python benchmarks/bench_control_loop.py

@@ -72,11 +72,13 @@ def main() -> None:
         cases: dict[str, Callable[[], object]] = {
             "orjson.dumps (baseline)": lambda: orjson.dumps({**METRICS, "timestamp": utc_now()}),
         }
-        room = orchestrator(Path(workdir) / "room", buffer=args.calls * args.reps * 2)
+        # Room for every record of every rep and of the profile: nothing is dropped.
+        room = orchestrator(Path(workdir) / "room", buffer=args.calls * (args.reps + 1))
         cases["publish_metrics(anc), buffer has room"] = lambda: room.publish_metrics(METRICS)
         full = orchestrator(Path(workdir) / "full", buffer=1000)
         cases["publish_metrics(anc), buffer full"] = lambda: full.publish_metrics(METRICS)
-        cases["publish_metrics(anc + system)"] = lambda: room.publish_metrics(METRICS, None, SYSTEM)
+        both = orchestrator(Path(workdir) / "both", buffer=2 * args.calls * args.reps)
+        cases["publish_metrics(anc + system)"] = lambda: both.publish_metrics(METRICS, None, SYSTEM)
         for _ in range(args.reps):  # interleaved: each case sees the same machine load
             for name, call in cases.items():
                 rows.setdefault(name, []).append(timings(call, args.calls))
