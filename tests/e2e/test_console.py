@@ -18,8 +18,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from playwright.async_api import Page, async_playwright, expect
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute
+from starlette.routing import Route as StarletteRoute
 
 from ancsync.emulator.console.service import Console
 from ancsync.emulator.server import Emulator
@@ -161,3 +166,38 @@ async def test_console_with_a_token_refuses_requests_without_it(tmp_path: Path) 
         assert await anyio.to_thread.run_sync(_status, wrong) == 401
         right = f"{base}/api/snapshot?token=s3cret"
         assert await anyio.to_thread.run_sync(_status, right) == 200
+
+
+class JobsLikeSection:
+    """A panel as the Jobs service will add one: rows in the snapshot, a route of its own."""
+
+    key = "jobs"
+    title = "Jobs"
+
+    def routes(self) -> list[BaseRoute]:
+        async def count(request: Request) -> Response:
+            return PlainTextResponse("1")
+
+        return [StarletteRoute("/count", count)]
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [{"job_id": "update-firmware", "status": "IN_PROGRESS"}]
+
+
+async def test_a_section_adds_rows_and_routes_to_the_console(tmp_path: Path) -> None:
+    async with (
+        Emulator(tmp_path / "certs", [THING]) as emulator,
+        Console(emulator, sections=[JobsLikeSection()]) as console,
+    ):
+        base = f"http://127.0.0.1:{console.port}"
+        snapshot = orjson.loads(await anyio.to_thread.run_sync(_read, f"{base}/api/snapshot"))
+        assert snapshot["sections"]["jobs"] == {
+            "title": "Jobs",
+            "rows": [{"job_id": "update-firmware", "status": "IN_PROGRESS"}],
+        }
+        assert await anyio.to_thread.run_sync(_read, f"{base}/api/sections/jobs/count") == "1"
+
+
+def _read(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())

@@ -55,14 +55,29 @@ class ConsoleBackend(Protocol):
     closing: bool
     sections: tuple[ConsoleSection, ...]
 
-    def authorized(self, presented: str | None) -> bool: ...
-    def snapshot(self) -> dict[str, Any]: ...
-    async def changed(self, timeout: float) -> None: ...  # noqa: ASYNC109
-    async def update_desired(self, thing: str, desired: Any) -> dict[str, Any]: ...
-    async def subscribe(self, topic_filter: str) -> None: ...
-    def unsubscribe(self, topic_filter: str) -> None: ...
-    async def publish(self, topic: str, payload: str, *, qos: int, retain: bool) -> None: ...
-    async def acknowledge(self, event_id: str) -> None: ...
+    def authorized(self, presented: str | None) -> bool:
+        """Whether a request presenting this token (or None) may use the console."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the page shows."""
+
+    async def changed(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until something shown changed, or ``timeout`` seconds."""
+
+    async def update_desired(self, thing: str, desired: Any) -> dict[str, Any]:
+        """Set desired state through the shadow service; its accepted answer."""
+
+    async def subscribe(self, topic_filter: str) -> None:
+        """Show the messages of ``topic_filter`` in the MQTT test client."""
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop showing ``topic_filter``."""
+
+    async def publish(self, topic: str, payload: str, *, qos: int, retain: bool) -> None:
+        """Publish as the operator."""
+
+    async def acknowledge(self, event_id: str) -> None:
+        """Send the ``emergency_ack`` command of an emergency."""
 
 
 def build_app(console: ConsoleBackend) -> Starlette:
