@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := mosquitto mosquitto-clients=mosquitto_sub chromium
 # file to look again).
 TF_PLUGIN_DIR_FILE := $(VENV)/tf-plugin-dir
 
-.PHONY: install system-packages test lint typecheck pytest docs demo bench clean
+.PHONY: install system-packages test lint typecheck pytest docs demo bench bench-fleet clean
 
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench: $(BENCH) system-packages
 	$(BIN)/python benchmarks/bench_publish.py
 	$(BIN)/python benchmarks/bench_emergency.py
 	$(BIN)/python benchmarks/bench_control_loop.py
+
+# Not in `make bench`: minutes of load on every core.
+bench-fleet: $(BENCH) system-packages
+	cd benchmarks && ../$(BIN)/python bench_fleet.py
 
 clean:
 	rm -rf $(VENV) .site .pytest_cache .mypy_cache .ruff_cache
