@@ -7,12 +7,14 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 # What the tests need from apt, as PACKAGE[=COMMAND] (see scripts/ensure-apt).
-SYSTEM_PACKAGES := mosquitto mosquitto-clients=mosquitto_sub strace
+# chromium: the console test's browser, driven by playwright through its path (no download).
+# strace: the fsync test watches a real process's system calls.
+SYSTEM_PACKAGES := mosquitto mosquitto-clients=mosquitto_sub chromium strace
 # The Terraform AWS provider on disk (scripts/tf-plugin-dir), looked up once per .venv (delete the
 # file to look again).
 TF_PLUGIN_DIR_FILE := $(VENV)/tf-plugin-dir
 
-.PHONY: install system-packages test lint typecheck pytest docs demo bench mutation clean
+.PHONY: install system-packages test lint typecheck pytest docs demo bench bench-fleet mutation clean
 
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,7 @@ typecheck: $(DEV)
 
 # TF_PLUGIN_DIR from the environment wins over the one found on disk.
 pytest: system-packages $(DEV) $(TF_PLUGIN_DIR_FILE)
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
 	TF_PLUGIN_DIR="$${TF_PLUGIN_DIR-$$(cat $(TF_PLUGIN_DIR_FILE))}" $(BIN)/pytest -q
 
 docs: $(DEV)
@@ -50,9 +53,16 @@ docs: $(DEV)
 test: system-packages lint typecheck pytest docs
 
 demo: $(RUNTIME)
-	$(BIN)/ancsync demo
+	$(BIN)/ancsync demo --console
 
-bench: $(RUNTIME)
+BENCH := $(VENV)/.bench-installed
+$(BENCH): $(RUNTIME)
+	$(BIN)/pip install -q -e ".[bench]"
+	touch $@
+
+bench: $(BENCH) system-packages
+	cd benchmarks && ../$(BIN)/python bench_sdks.py
+	$(BIN)/python benchmarks/bench_hot_path.py --profile
 	$(BIN)/python benchmarks/bench_publish.py
 	$(BIN)/python benchmarks/bench_emergency.py
 	$(BIN)/python benchmarks/bench_control_loop.py
@@ -65,6 +75,10 @@ mutation: $(DEV)
 	rm -rf mutants && mkdir -p mutants/src
 	PYTHONPATH="$(CURDIR)/mutants/src" $(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results --all true | scripts/mutation-report
+
+# Not in `make bench`: minutes of load on every core.
+bench-fleet: $(BENCH) system-packages
+	cd benchmarks && ../$(BIN)/python bench_fleet.py
 
 clean:
 	rm -rf $(VENV) .site .pytest_cache .mypy_cache .ruff_cache mutants

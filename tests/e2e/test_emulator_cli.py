@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -162,3 +163,54 @@ def test_an_unwritable_rules_database_is_refused_in_one_line(tmp_path: Path) -> 
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: cannot open the rules database")
     assert "choose a writable --db path" in error
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+async def test_console_serves_the_page_and_stops_with_the_emulator(tmp_path: Path) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running_emulator(tmp_path, "--console", "--console-port", "0") as (
+            process,
+            lines,
+        ):
+            [url] = [line.split()[1] for line in lines if line.startswith("console ")]
+            assert url.startswith("http://127.0.0.1:")
+            page = await anyio.to_thread.run_sync(http_get, url)
+            assert "ancsync emulator console" in page
+            snapshot = orjson.loads(await anyio.to_thread.run_sync(http_get, url + "api/snapshot"))
+            assert [thing["name"] for thing in snapshot["things"]] == ["anc-device-001"]
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0
+            assert process.stderr is not None
+            assert "Traceback" not in await read_all(process.stderr)
+
+
+def test_console_on_a_public_address_needs_the_flag_and_a_token(tmp_path: Path) -> None:
+    certs = ["--certs-dir", str(tmp_path / "dev")]
+    result = run_to_the_end("--console", "--console-host", "0.0.0.0", *certs)
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert "not a loopback address" in error
+    assert "--console-allow-remote" in error
+    flagged = ["--console", "--console-host", "0.0.0.0", "--console-allow-remote", *certs]
+    result = run_to_the_end(*flagged)
+    assert result.returncode == 2
+    assert "needs a token" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_taken_console_port_is_refused_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_to_the_end(
+            "--port", "0", "--console", "--console-port", str(port), "--certs-dir", str(tmp_path)
+        )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}" in error
+    assert "--console-port" in error

@@ -76,6 +76,9 @@ def test_timestamps_accepted(stamp: str) -> None:
         "2025-11-16 14:30:00Z",
         "2025-02-30T14:30:00Z",  # no such day
         "2025-11-16T24:30:00Z",
+        "2025-11-16T14:60:00Z",
+        "2025-11-16T14:30:60Z",  # no leap seconds, as datetime
+        "2023-02-29T00:00:00Z",  # not a leap year
         "1700000000",
         "",
     ],

@@ -37,6 +37,10 @@ def demo(
             "--rate", min=0.5, max=100, metavar="PER_SECOND", help="ANC metrics records per second."
         ),
     ] = 10.0,
+    with_console: Annotated[
+        bool,
+        typer.Option("--console", help="Also serve the emulator's web console (a free port)."),
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Run everything on this machine: emulator, a simulated ANC device, the cloud operator.
@@ -85,7 +89,12 @@ def demo(
         with live if show_progress() else contextlib.nullcontext():
             summary = anyio.run(
                 lambda: run_demo(
-                    workdir, duration, rate=rate, on_progress=on_progress, on_event=on_event
+                    workdir,
+                    duration,
+                    rate=rate,
+                    on_progress=on_progress,
+                    on_event=on_event,
+                    console=with_console,
                 )
             )
     except OSError as exc:  # e.g. a workdir that cannot be written

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -46,27 +47,67 @@ def emulator(
     no_tls: Annotated[
         bool, typer.Option("--no-tls", help="Plain MQTT without certificates (loopback only).")
     ] = False,
+    console: Annotated[
+        bool,
+        typer.Option(
+            "--console", help="Serve the web console (things, shadows, MQTT client, charts)."
+        ),
+    ] = False,
+    console_host: Annotated[
+        str,
+        typer.Option(
+            "--console-host",
+            metavar="ADDRESS",
+            help="Console address; not loopback needs --console-allow-remote and a token.",
+        ),
+    ] = "127.0.0.1",
+    console_port: Annotated[
+        int,
+        typer.Option(
+            "--console-port", min=0, max=65535, metavar="PORT", help="Console HTTP port; 0: free."
+        ),
+    ] = 8080,
+    console_token: Annotated[
+        str | None,
+        typer.Option(
+            "--console-token",
+            metavar="TOKEN",
+            envvar="ANCSYNC_CONSOLE_TOKEN",
+            help="Require this token on every console request.",
+        ),
+    ] = None,
+    console_allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--console-allow-remote",
+            help="Allow a non-loopback --console-host (the console acts as the operator).",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Run the local AWS IoT emulator: broker, Device Shadow, device policy, rules sink.
 
     Once it listens it prints where it is and the settings of each device, then a line starting
-    with "ready:"; with --json, one JSON object instead. It runs until SIGINT or SIGTERM.
+    with "ready:"; with --json, one JSON object instead. It runs until SIGINT or SIGTERM. With
+    --console it also serves the web console (its address is printed before "ready:").
     """
     import anyio
 
+    from ancsync.emulator.console.service import Console
     from ancsync.emulator.server import DEFAULT_THING, Emulator, serve_until_signalled
     from ancsync.errors import ConfigError
 
     setup_logging(verbose)
     db_path = db if db is not None else certs_dir.parent / "emulator.db"
+    web: Console | None = None
 
     def print_ready(local: Emulator) -> None:
+        console_url = web.url if web is not None else None
         if json_output:
-            print_json(_emulator_as_dict(local, db_path))
+            print_json({**_emulator_as_dict(local, db_path), "console": console_url})
         else:
-            _print_emulator(local, db_path)
+            _print_emulator(local, db_path, console_url)
 
     local = Emulator(
         certs_dir,
@@ -77,7 +118,17 @@ def emulator(
         db_path=db_path,
     )
     try:
-        anyio.run(serve_until_signalled, local, print_ready)
+        if console:
+            web = Console(
+                local,
+                host=console_host,
+                port=console_port,
+                token=console_token,
+                allow_remote=console_allow_remote,
+            )
+        anyio.run(
+            functools.partial(serve_until_signalled, local, print_ready, parts=[web] if web else [])
+        )
     except ConfigError as exc:
         if _address_in_use(exc):
             raise fail(
@@ -111,7 +162,7 @@ def _emulator_as_dict(local: Emulator, db_path: Path) -> dict[str, Any]:
     }
 
 
-def _print_emulator(local: Emulator, db_path: Path) -> None:
+def _print_emulator(local: Emulator, db_path: Path, console_url: str | None) -> None:
     security = "TLS, client certificate required" if local.tls else "plain MQTT, no TLS"
     print_line(f"{'endpoint':<12} {local.host}:{local.port} ({security})")
     if local.tls:
@@ -123,6 +174,8 @@ def _print_emulator(local: Emulator, db_path: Path) -> None:
         print_line(f"\nDevice settings for {thing} (environment):")
         for name, value in local.device_settings(thing).items():
             print_line(f"{name}={value}")
+    if console_url is not None:
+        print_line(f"\n{'console':<12} {console_url}")
     print_line(f"\nready: emulator listening on {local.host}:{local.port} (Ctrl-C to stop)")
 
 

@@ -129,6 +129,12 @@ def _open(db_path: Path | str | None) -> sqlite3.Connection:
             check_same_thread=False,
             isolation_level=None,
         )
+        # Every stored message is its own transaction: with the default rollback journal each
+        # one waited for several fsyncs, which capped the whole emulator at a few hundred
+        # messages per second (benchmarks/bench_fleet.py). A write-ahead log synced at
+        # checkpoints keeps what was stored across a crash of the emulator's process.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
     except (sqlite3.Error, OSError) as exc:
         raise StorageError(

@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -33,7 +34,7 @@ from ancsync.emulator.service import EmulatorService
 from ancsync.emulator.shadow_documents import ShadowLimits
 from ancsync.emulator.shadows import ShadowService
 from ancsync.errors import ConfigError, NotStarted
-from ancsync.lifecycle import unwrapping
+from ancsync.lifecycle import Component, unwrapping
 from ancsync.topics import validate_thing_name
 
 __all__ = ["DEFAULT_THING", "Emulator", "serve_until_signalled"]
@@ -176,10 +177,18 @@ class Emulator(EmulatorComponent):
         return settings
 
 
-async def serve_until_signalled(emulator: Emulator, on_ready: Callable[[Emulator], None]) -> None:
-    """Run ``emulator``, call ``on_ready(emulator)`` once it listens, stop on SIGINT/SIGTERM."""
+async def serve_until_signalled(
+    emulator: Emulator,
+    on_ready: Callable[[Emulator], None],
+    *,
+    parts: Sequence[Component] = (),
+) -> None:
+    """Run ``emulator``, then ``parts`` beside it (e.g. its console); call ``on_ready(emulator)``
+    once all are ready; stop them all on SIGINT/SIGTERM."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with emulator:
+        async with emulator, AsyncExitStack() as running:
+            for part in parts:
+                await running.enter_async_context(part)
             on_ready(emulator)
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)

@@ -23,12 +23,14 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from ancsync.emulator.console.service import Console
 from ancsync.emulator.server import DEFAULT_THING, Emulator
 from ancsync.models import Command, new_id, utc_now
 from ancsync.mqtt.backoff import BackoffPolicy
@@ -145,8 +147,12 @@ async def run_demo(
     rate: float = 10.0,
     on_progress: Callable[[DemoProgress], None] = lambda progress: None,
     on_event: Callable[[str], None] = lambda text: None,
+    console: bool = False,
 ) -> DemoSummary:
     """Run the demo for ``duration`` seconds with its files under ``workdir``; see the module.
+
+    ``console`` also serves the emulator's web console on a free loopback port (its address is
+    told through ``on_event``).
 
     Certificates in ``workdir/certs`` are reused between runs; the device's data directory
     (``workdir/device``) starts empty each time so the counts are this run's.
@@ -156,7 +162,10 @@ async def run_demo(
     thing = DEFAULT_THING
     shutil.rmtree(workdir / "device", ignore_errors=True)
     fast = BackoffPolicy(base=0.1, cap=2.0)  # loopback: reconnect quickly
-    async with Emulator(workdir / "certs", [thing]) as emulator:
+    async with Emulator(workdir / "certs", [thing]) as emulator, AsyncExitStack() as extras:
+        if console:
+            web = await extras.enter_async_context(Console(emulator))
+            on_event(f"console on {web.url}")
         summary = DemoSummary(duration, thing, f"{emulator.host}:{emulator.port}")
         on_event(f"emulator listening on {summary.endpoint} (TLS, client certificates)")
         settings = emulator.device_settings(thing)
