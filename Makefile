@@ -46,8 +46,10 @@ pytest: system-packages $(DEV) $(TF_PLUGIN_DIR_FILE)
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
 	TF_PLUGIN_DIR="$${TF_PLUGIN_DIR-$$(cat $(TF_PLUGIN_DIR_FILE))}" $(BIN)/pytest -q
 
+# The site must build without a warning and hold no broken internal link (scripts/check-site).
 docs: $(DEV)
 	$(BIN)/mkdocs build --strict --site-dir .site
+	$(BIN)/python scripts/check-site .site
 
 # system-packages first: a machine where apt is not allowed stops before anything else runs.
 test: system-packages lint typecheck pytest docs

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import ancsync.status
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from griffe_roles import markdown_roles
+
 PAGE = Path(__file__).with_name("status.md")
 
 INTRO = """# Status fields
@@ -31,7 +34,8 @@ def render() -> str:
     for node in ast.parse(inspect.getsource(ancsync.status)).body:
         if not isinstance(node, ast.ClassDef):
             continue
-        lines += ["", f"## {node.name}", "", inspect.cleandoc(ast.get_docstring(node) or "")]
+        doc = markdown_roles(inspect.cleandoc(ast.get_docstring(node) or ""))
+        lines += ["", f"## {node.name}", "", doc]
         bases = [ast.unparse(base) for base in node.bases if ast.unparse(base) != "TypedDict"]
         if bases:
             lines += ["", f"All the fields of {', '.join(bases)}, and:"]
@@ -40,7 +44,8 @@ def render() -> str:
             if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name):
                 meaning = ast.literal_eval(doc.value) if isinstance(doc, ast.Expr) else ""
                 kind = ast.unparse(field.annotation).replace("|", "\\|")
-                lines.append(f"| `{field.target.id}` | `{kind}` | {' '.join(meaning.split())} |")
+                text = markdown_roles(" ".join(meaning.split()))
+                lines.append(f"| `{field.target.id}` | `{kind}` | {text} |")
     return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,9 @@ MAX_SUBSCRIPTIONS = 50
 MAX_FILTERS_PER_SUBSCRIBE = 8
 
 TelemetryKind = Literal["anc", "audio", "system", "errors"]
+"""A telemetry record's kind: its topic is ``anc/telemetry/{thing}/{kind}``."""
 TELEMETRY_KINDS: tuple[TelemetryKind, ...] = get_args(TelemetryKind)
+"""Every :data:`TelemetryKind`, in the order status and batches list them."""
 
 ShadowOperation = Literal["get", "update", "delete"]
 ShadowSuffix = Literal["accepted", "rejected", "delta", "documents"]
