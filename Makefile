@@ -68,6 +68,7 @@ bench: $(BENCH) system-packages
 	$(BIN)/python benchmarks/bench_publish.py
 	$(BIN)/python benchmarks/bench_emergency.py
 	$(BIN)/python benchmarks/bench_control_loop.py
+	$(BIN)/python benchmarks/bench_blocking.py
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml), not part of `make test`:
 # about 15 minutes on 2 cores. mutmut copies the tree into mutants/; that directory must exist

@@ -44,9 +44,11 @@ def device_environment(certs_dir: Path, port: int, data_dir: Path) -> dict[str, 
     }
 
 
-async def start_device(environment: dict[str, str], count: int) -> Process:
+async def start_device(
+    environment: dict[str, str], count: int, script: Path = DEVICE_SCRIPT
+) -> Process:
     return await anyio.open_process(
-        [sys.executable, str(DEVICE_SCRIPT), str(count)],
+        [sys.executable, str(script), str(count)],
         env=environment,
         stderr=None,  # the device's log goes to the test output
     )
@@ -70,14 +72,20 @@ def delivered(rules: RulesSink) -> set[str]:
     return {event.event_id for event in rules.emergencies(THING)}
 
 
-async def test_every_reported_emergency_survives_a_sigkill(tmp_path: Path) -> None:
+# The same device written with the blocking API (ancsync.blocking) keeps the same promise.
+@pytest.mark.parametrize(
+    "script",
+    [DEVICE_SCRIPT, DEVICE_SCRIPT.with_name("blocking_crash_device.py")],
+    ids=["async", "blocking"],
+)
+async def test_every_reported_emergency_survives_a_sigkill(tmp_path: Path, script: Path) -> None:
     certs_dir, data_dir = tmp_path / "certs", tmp_path / "data"
     with anyio.fail_after(60):
         async with Emulator(certs_dir, things=(THING,)) as probe:
             port = probe.port  # the emulator comes back on this port later; down until then
         environment = device_environment(certs_dir, port, data_dir)
 
-        first = await start_device(environment, count=-1)
+        first = await start_device(environment, count=-1, script=script)
         killed = False
         try:
             assert await read_lines(first, until=1) == ["ready"]
@@ -95,7 +103,7 @@ async def test_every_reported_emergency_survives_a_sigkill(tmp_path: Path) -> No
         assert len(reported) >= KILL_AFTER
 
         async with Emulator(certs_dir, things=(THING,), port=port) as emulator:
-            second = await start_device(environment, count=0)
+            second = await start_device(environment, count=0, script=script)
             try:
                 await emulator.rules.wait_for(lambda rules: set(reported) <= delivered(rules))
             finally:
