@@ -234,9 +234,13 @@ class IoTConnection:
             return
         stack, self._stack = self._stack, None
         self._closed = True
-        with anyio.move_on_after(flush_timeout + self._connect_timeout, shield=True):
-            await self._session.stop(flush_timeout)
-        await stack.aclose()
+        try:
+            with anyio.move_on_after(flush_timeout + self._connect_timeout, shield=True):
+                await self._session.stop(flush_timeout)
+        finally:
+            # Even when the flush is cut short: asyncio.run's Ctrl-C cancels the task natively,
+            # through the shield. An unclosed task group would break its caller's cancel scopes.
+            await stack.aclose()
 
     async def connect(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Start (if needed) and wait until connected: the old SDK's ``connect()``."""

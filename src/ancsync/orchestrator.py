@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +35,7 @@ from ancsync.connection import IoTConnection
 from ancsync.durable.store import DurableStore
 from ancsync.emergency import EmergencyReporter
 from ancsync.errors import AncSyncError, ConfigError, NotStarted
+from ancsync.jobs import DeviceJobs, Job, JobHandler
 from ancsync.lifecycle import unwrapping
 from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
 from ancsync.shadow import DeviceShadowSync
@@ -152,6 +153,7 @@ class DataSyncOrchestrator:
             durable=settings.data_dir is not None,
         )
         self.emergencies = EmergencyReporter(self.connection, store=self.store)
+        self.device_jobs = DeviceJobs(self.connection, data_dir=settings.data_dir)
         self.commands = CommandDispatcher()
         self.commands.register(EMERGENCY_ACK, self._on_emergency_ack)
         self.connection.subscribe(commands_topic(self.thing_name), self._on_command, Command)
@@ -162,6 +164,7 @@ class DataSyncOrchestrator:
             Supervised("shadow", self.shadow.start_sync),
             Supervised("telemetry", self.telemetry.start_publishing),
             Supervised("emergency", self.emergencies.run),
+            Supervised("jobs", self.device_jobs.run),
         ]
         self._stack: AsyncExitStack | None = None
         self._release_connection: anyio.Event | None = None
@@ -237,25 +240,33 @@ class DataSyncOrchestrator:
         def left() -> float:
             return max(0.1, deadline - anyio.current_time())
 
-        with anyio.CancelScope(shield=True):
-            await self.telemetry.stop(timeout=left())
-            with anyio.move_on_after(left()):
-                await self.emergencies.wait_acknowledged()
-            if self.connection.connected:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.telemetry.stop(timeout=left())
                 with anyio.move_on_after(left()):
-                    try:
-                        await self.shadow.update_reported(
-                            {"status": "offline", "uptime": self._uptime(), "timestamp": utc_now()}
-                        )
-                    except AncSyncError as exc:
-                        log.warning("could not report status offline in the shadow: %s", exc)
+                    await self.emergencies.wait_acknowledged()
+                if self.connection.connected:
+                    with anyio.move_on_after(left()):
+                        try:
+                            await self.shadow.update_reported(
+                                {
+                                    "status": "offline",
+                                    "uptime": self._uptime(),
+                                    "timestamp": utc_now(),
+                                }
+                            )
+                        except AncSyncError as exc:
+                            log.warning("could not report status offline in the shadow: %s", exc)
+                self._connection_flush = left()
+        finally:
+            # Also when the flush was cut short (asyncio.run's Ctrl-C cancels the task natively,
+            # through shields): an unclosed task group would break the caller's cancel scopes.
             for component in self._components:
                 component.cancel()
-            self._connection_flush = left()
             assert self._release_connection is not None
             self._release_connection.set()  # flushes the rest, says "offline", disconnects
-        # Outside the shield: a task group is exited in the scope it was entered in.
-        await stack.aclose()
+            # Outside the shield: a task group is exited in the scope it was entered in.
+            await stack.aclose()
         self.store.close()
         log.info("orchestrator for %s stopped", self.thing_name)
 
@@ -437,6 +448,22 @@ class DataSyncOrchestrator:
         """
         self._desired_handler = handler
         return handler
+
+    def on_job(
+        self, operation: str, model: type[BaseModel] | None = None
+    ) -> Callable[[JobHandler], JobHandler]:
+        """Handle the AWS IoT jobs whose document's ``operation`` is this one (a decorator).
+
+        ``handler(job)`` gets a :class:`~ancsync.jobs.Job` (``job.document`` validated into
+        ``model`` when given) and reports its progress with ``await job.progress(...)`` and
+        ``await job.succeed(...)``; a handler that raises fails the job. Status updates are
+        durable: they reach AWS IoT after a reconnect or a restart (see :mod:`ancsync.jobs`).
+        """
+        return self.device_jobs.on(operation, model)
+
+    def jobs(self) -> AsyncIterator[Job[Any]]:
+        """The jobs no :meth:`on_job` handler takes, one at a time: ``async for job in ...``."""
+        return aiter(self.device_jobs)
 
     def on_command(self, name: str, handler: CommandHandler) -> CommandHandler:
         """Handle the command ``name`` from ``anc/devices/{id}/commands`` with ``handler``.

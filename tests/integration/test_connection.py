@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -333,3 +334,24 @@ def _load_ca(certs: DevCerts) -> tuple[x509.Certificate, PrivateKey]:
     key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
     assert isinstance(key, PrivateKey)
     return cert, key
+
+
+async def test_a_native_cancel_during_stop_still_closes_the_connection(
+    dev_certs: DevCerts, tls_broker: EmbeddedBroker
+) -> None:
+    # asyncio.run turns Ctrl-C into task.cancel(), which reaches through anyio's shields: stop()
+    # is cut short then, but must still close its task group, or every cancel scope its caller
+    # leaves afterwards fails ("exit a cancel scope that isn't the current task's").
+    iot = device_connection(dev_certs, tls_broker.port)
+    task = asyncio.current_task()
+    assert task is not None
+    with anyio.fail_after(10):
+        await iot.start()
+        await iot.wait_connected()
+        asyncio.get_running_loop().call_soon(task.cancel)  # lands in stop()'s shielded flush
+        with pytest.raises(asyncio.CancelledError):
+            await iot.stop()
+        task.uncancel()
+        async with anyio.create_task_group():  # this task's cancel scopes are in order
+            pass
+    assert iot.get_status()["state"] == "stopped"

@@ -376,3 +376,22 @@ async def test_cancelled_while_starting_it_stops_at_once(
             async with device:
                 await anyio.sleep_forever()
     assert device.get_status()["connection"]["state"] == "stopped"
+
+
+async def test_a_job_runs_through_the_orchestrator(emulator: Emulator, tmp_path: Path) -> None:
+    device = orchestrator(emulator, tmp_path)
+    seen: list[dict[str, Any]] = []
+
+    @device.on_job("recalibrate")
+    async def recalibrate(job: Any) -> None:
+        seen.append(job.document)
+        await job.progress(step="measure", percent=50)
+        await job.succeed({"offset_db": "0.4"})
+
+    with anyio.fail_after(TIMEOUT):
+        async with device:
+            await device.wait_connected()
+            await emulator.jobs.create_job("cal-1", [THING], {"operation": "recalibrate"})
+            status = await emulator.jobs.wait_for_status("cal-1", THING, "SUCCEEDED", "FAILED")
+    assert status == "SUCCEEDED"
+    assert seen == [{"operation": "recalibrate"}]
