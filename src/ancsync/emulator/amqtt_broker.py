@@ -31,6 +31,7 @@ import ssl
 import weakref
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.errors import MQTTError
@@ -42,7 +43,7 @@ from amqtt.session import OUTGOING, Session
 from ancsync.emulator.auth import identity_of, remember_identity
 from ancsync.emulator.decisions import BrokerDecisions
 
-__all__ = ["SUBACK_FAILURE", "AwsLikeBroker", "PubackFirstHandler"]
+__all__ = ["MQTT5_UNSUPPORTED_CONNACK", "SUBACK_FAILURE", "AwsLikeBroker", "PubackFirstHandler"]
 
 log = logging.getLogger("ancsync.emulator.amqtt_broker")
 
@@ -55,6 +56,54 @@ async def _refuse_connection(writer: Any) -> None:
     with contextlib.suppress(ConnectionError):
         await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
         await writer.close()
+
+
+# An MQTT 5 CONNACK: no session present, reason 0x84 "unsupported protocol version", no
+# properties. amqtt speaks 3.1.1 only and would answer a 3.1.1 CONNACK an MQTT 5 client cannot
+# read, or nothing at all (when the CONNECT carries properties), leaving the client to time out.
+MQTT5_UNSUPPORTED_CONNACK = bytes([0x20, 0x03, 0x00, 0x84, 0x00])
+_MQTT5_LEVEL = 5
+# In a CONNECT's variable header: the protocol name "MQTT" (length-prefixed), then the level.
+_LEVEL_OFFSET = 6
+
+
+async def _read_fixed_header(reader: asyncio.StreamReader) -> bytes:
+    """The first byte and the remaining-length bytes of the next MQTT packet."""
+    header = await reader.readexactly(1)
+    for _ in range(4):  # the remaining length takes at most four bytes
+        byte = await reader.readexactly(1)
+        header += byte
+        if not byte[0] & 0x80:
+            break
+    return header
+
+
+def _remaining_length(header: bytes) -> int:
+    length = 0
+    for shift, byte in enumerate(header[1:]):
+        length |= (byte & 0x7F) << (7 * shift)
+    return length
+
+
+class _ReplayingReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
+    """Gives amqtt the bytes of the CONNECT we read first, then the rest of the stream."""
+
+    def __init__(self, first: bytes, reader: asyncio.StreamReader) -> None:
+        self._first = first
+        self._rest = StreamReaderAdapter(reader)
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._first:
+            return bytes(await self._rest.read(n))
+        if n == -1:
+            n = len(self._first)
+        taken, self._first = self._first[:n], self._first[n:]
+        if len(taken) < n:
+            taken += await self._rest.read(n - len(taken))
+        return taken
+
+    def feed_eof(self) -> None:
+        self._rest.feed_eof()
 
 
 # The TLS object of the connection whose CONNECT amqtt is processing in this task.
@@ -170,10 +219,35 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
         try:
-            await super().stream_connected(reader, writer, listener_name)
-        except ConnectionError as exc:
+            first = await self._read_connect(reader, writer)
+            if first is None:
+                return
+            await self.external_connected(
+                _ReplayingReader(first, reader), StreamWriterAdapter(writer), listener_name
+            )
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
             # amqtt lets a reset while closing a refused client escape as an asyncio error
             log.debug("client connection ended abruptly: %s", exc)
+
+    async def _read_connect(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | None:
+        """The first packet's bytes, or None after refusing an MQTT 5 CONNECT (socket closed).
+
+        Anything that is not an MQTT 5 CONNECT goes on to amqtt unchanged, which refuses what
+        is not a valid 3.1.1 CONNECT itself.
+        """
+        header = await _read_fixed_header(reader)
+        body = await reader.readexactly(_remaining_length(header))
+        is_connect = header[0] >> 4 == 1
+        if is_connect and len(body) > _LEVEL_OFFSET and body[_LEVEL_OFFSET] == _MQTT5_LEVEL:
+            self._decisions.count_refused_protocol(writer.get_extra_info("peername"))
+            writer.write(MQTT5_UNSUPPORTED_CONNACK)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+            return None
+        return header + body
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int

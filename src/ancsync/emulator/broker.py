@@ -229,5 +229,6 @@ class EmbeddedBroker(EmulatorComponent):
         self._decisions.add_reserved_route(matches, handler)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``connects_denied``, ``publishes_denied``, ``subscribes_denied``."""
+        """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
+        ``subscribes_denied``."""
         return self._decisions.stats()

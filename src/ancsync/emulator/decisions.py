@@ -52,7 +52,9 @@ class BrokerDecisions:
         self.authorizer = authorizer
         self._routes: list[tuple[TopicMatcher, ReservedTopicHandler]] = []
         self._listeners: list[PublishListener] = []
-        self._stats = {"connects_denied": 0, "publishes_denied": 0, "subscribes_denied": 0}
+        self._stats = dict.fromkeys(
+            ("mqtt5_refused", "connects_denied", "publishes_denied", "subscribes_denied"), 0
+        )
 
     def add_reserved_route(self, matches: TopicMatcher, handler: ReservedTopicHandler) -> None:
         """Hand client publishes on the ``$`` topics ``matches`` accepts to ``handler``."""
@@ -63,7 +65,8 @@ class BrokerDecisions:
         self._listeners.append(listener)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``connects_denied``, ``publishes_denied``, ``subscribes_denied``."""
+        """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
+        ``subscribes_denied``."""
         return dict(self._stats)
 
     # -- connect ---------------------------------------------------------------------------
@@ -89,6 +92,15 @@ class BrokerDecisions:
                 reason,
             )
         return identity, reason
+
+    def count_refused_protocol(self, peer: object) -> None:
+        """Count an MQTT 5 CONNECT, refused with reason 0x84 (the emulator speaks 3.1.1 only)."""
+        self._stats["mqtt5_refused"] += 1
+        log.warning(
+            "refused an MQTT 5 connection from %s: the emulator speaks MQTT 3.1.1 only "
+            "(AWS IoT Core also speaks MQTT 5); connect with MQTT 3.1.1",
+            peer,
+        )
 
     def would_refuse(self, client_id: str, tls: Any) -> bool:
         """Whether a connection would be refused, without counting or logging it."""
