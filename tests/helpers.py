@@ -255,12 +255,16 @@ def assert_typed(value: Any, shape: Any, where: str = "status") -> None:
             assert_typed(item, typing.get_args(shape)[0], f"{where}[{index}]")
 
 
-def load_docs_script(name: str) -> Any:
-    """Import ``docs/<name>.py`` (a page generator, not a package module) for a test."""
-    path = Path(__file__).parent.parent / "docs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+def load_script(path: Path, name: str | None = None) -> Any:
+    """Import the Python file at ``path`` (a script, not a package module) for a test."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_docs_script(name: str) -> Any:
+    """Import ``docs/<name>.py`` (a page generator) for a test."""
+    return load_script(Path(__file__).parent.parent / "docs" / f"{name}.py")

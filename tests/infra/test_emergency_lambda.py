@@ -3,17 +3,16 @@ iot-data, in process: record once, notify, acknowledge, and survive redelivery a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from helpers import load_script
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.iotdata.models import iotdata_backends
@@ -26,16 +25,7 @@ REGION = "eu-west-1"
 LAMBDA_DIR = REPO / "infra" / "lambda"
 
 
-def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-handler = load(LAMBDA_DIR / "emergency_handler" / "handler.py", "emergency_handler")
+handler = load_script(LAMBDA_DIR / "emergency_handler" / "handler.py", "emergency_handler")
 
 
 class Cloud:
@@ -214,7 +204,7 @@ def test_entry_point_reads_its_configuration_from_the_environment(
 
 
 def test_package_is_deterministic_and_holds_the_handler(tmp_path: Path) -> None:
-    package = load(LAMBDA_DIR / "package.py", "lambda_package")
+    package = load_script(LAMBDA_DIR / "package.py", "lambda_package")
     first = package.build(tmp_path / "one.zip")
     second = package.build(tmp_path / "two.zip")
     assert first.read_bytes() == second.read_bytes()

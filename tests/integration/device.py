@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ancsync import IoTConnection
 from ancsync.emulator.certs import DevCerts
+from ancsync.emulator.server import Emulator
+from ancsync.mqtt.backoff import BackoffPolicy
 
 HOST = "127.0.0.1"
 THING = "anc-device-001"
@@ -29,3 +32,23 @@ def device_connection(
         port=port,
         **options,
     )
+
+
+def orchestrator_options(emulator: Emulator, tmp_path: Path, **options: Any) -> dict[str, Any]:
+    """Arguments for a DataSyncOrchestrator (async or blocking) of ``THING`` on ``emulator``,
+    with short batches, fast reconnects and its data in ``tmp_path``; ``options`` win."""
+    pair = emulator.certs.device(THING)
+    return {
+        "thing_name": THING,
+        "endpoint": HOST,
+        "port": emulator.port,
+        "cert_path": pair.cert,
+        "key_path": pair.key,
+        "root_ca_path": emulator.certs.ca,
+        "batch_size": 5,
+        "batch_interval": 0.2,
+        "data_dir": tmp_path / "device-data",
+        "firmware_version": "1.2.3",
+        "connection_options": {"reconnect": BackoffPolicy(base=0.02, cap=0.1)},
+        **options,
+    }

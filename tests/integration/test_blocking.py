@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from device import THING
+from device import THING, orchestrator_options
 
 from ancsync import Command, InvalidPayload, NotStarted, OperatorCredentials, ShadowOperator
 from ancsync.blocking import DataSyncOrchestrator
@@ -24,19 +24,7 @@ THREADS, RECORDS = 4, 25
 
 
 def blocking_device(emulator: Emulator, tmp_path: Path) -> DataSyncOrchestrator:
-    pair = emulator.certs.device(THING)
-    return DataSyncOrchestrator(
-        thing_name=THING,
-        endpoint="127.0.0.1",
-        port=emulator.port,
-        cert_path=pair.cert,
-        key_path=pair.key,
-        root_ca_path=emulator.certs.ca,
-        batch_size=10,
-        batch_interval=0.2,
-        data_dir=tmp_path / "device-data",
-        connection_options={"reconnect": FAST},
-    )
+    return DataSyncOrchestrator(**orchestrator_options(emulator, tmp_path, batch_size=10))
 
 
 def anc(n: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from device import THING
+from device import THING, orchestrator_options
 from helpers import assert_typed
 
 import ancsync.orchestrator
@@ -43,21 +43,7 @@ FAST = BackoffPolicy(base=0.02, cap=0.1)
 
 
 def orchestrator(emulator: Emulator, tmp_path: Path, **options: Any) -> DataSyncOrchestrator:
-    pair = emulator.certs.device(THING)
-    options.setdefault("batch_interval", 0.2)
-    options.setdefault("data_dir", tmp_path / "device-data")
-    return DataSyncOrchestrator(
-        thing_name=THING,
-        endpoint="127.0.0.1",
-        port=emulator.port,
-        cert_path=pair.cert,
-        key_path=pair.key,
-        root_ca_path=emulator.certs.ca,
-        batch_size=5,
-        firmware_version="1.2.3",
-        connection_options={"reconnect": FAST},
-        **options,
-    )
+    return DataSyncOrchestrator(**orchestrator_options(emulator, tmp_path, **options))
 
 
 @asynccontextmanager
