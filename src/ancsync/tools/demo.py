@@ -251,7 +251,7 @@ async def run_demo(
                 on_event("operator rolls out a noise-model update (AWS IoT Jobs)")
                 job = await run_jobs_step(
                     emulator,
-                    orchestrator.connection,
+                    orchestrator,
                     workdir / "device",
                     lambda name, _data: orchestrator.update_anc_state(noise_type=name, wait=True),
                 )

@@ -7,7 +7,8 @@ application's ``apply`` callback (the demo reports it in the shadow, as after a 
 change) and succeeds with the model's name and checksum.
 
 :func:`run_jobs_step` plays both sides on a running emulator: it writes a model file, creates the
-job, runs :class:`~ancsync.jobs.DeviceJobs` on the device's connection and waits for SUCCEEDED.
+job, handles it through the orchestrator's jobs (:meth:`~ancsync.DataSyncOrchestrator.on_job`) and
+waits for SUCCEEDED.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Literal
 import anyio
 from pydantic import BaseModel
 
-from ancsync.connection import IoTConnection
 from ancsync.emulator.server import Emulator
-from ancsync.jobs import DeviceJobs, Job
+from ancsync.jobs import Job
 from ancsync.models import new_id
+from ancsync.orchestrator import DataSyncOrchestrator
 
 __all__ = [
     "JobsStepResult",
@@ -81,14 +82,14 @@ class JobsStepResult:
 
 async def run_jobs_step(
     emulator: Emulator,
-    connection: IoTConnection,
+    orchestrator: DataSyncOrchestrator,
     workdir: Path,
     apply: ApplyModel,
     *,
     give_up_after: float = 20.0,
 ) -> JobsStepResult:
-    """Roll a noise-model update out to the connection's thing and wait for it to finish."""
-    thing = connection.thing_name
+    """Roll a noise-model update out to the orchestrator's thing and wait for it to finish."""
+    thing = orchestrator.thing_name
     model = workdir / "office-v2.nm"
     model.write_bytes(bytes(range(256)) * 64)  # a stand-in for a trained model
     applied: list[str] = []
@@ -97,18 +98,15 @@ async def run_jobs_step(
         await apply(name, data)
         applied.append(name)
 
-    jobs = DeviceJobs(connection, data_dir=workdir / "jobs")
-
-    @jobs.on("update_noise_model", model=NoiseModelJob)
+    @orchestrator.on_job("update_noise_model", model=NoiseModelJob)
     async def handle(job: Job[NoiseModelJob]) -> None:
         await update_noise_model(job, apply_and_remember)
 
     job_id = f"noise-model-{new_id()[:8]}"
     status = f"not finished after {give_up_after:g} s"
-    async with jobs:
-        await emulator.jobs.create_job(job_id, [thing], noise_model_document(model, "office-v2"))
-        with anyio.move_on_after(give_up_after):
-            status = await emulator.jobs.wait_for_status(
-                job_id, thing, "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED"
-            )
+    await emulator.jobs.create_job(job_id, [thing], noise_model_document(model, "office-v2"))
+    with anyio.move_on_after(give_up_after):
+        status = await emulator.jobs.wait_for_status(
+            job_id, thing, "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED"
+        )
     return JobsStepResult(job_id, status, applied[-1] if applied else None)
