@@ -20,7 +20,7 @@ from helpers import device_client
 
 from ancsync import BackoffPolicy, IoTConnection
 from ancsync.emulator.server import Emulator
-from ancsync.errors import InvalidPayload, TerminalStateReached, VersionMismatch
+from ancsync.errors import ConfigError, InvalidPayload, TerminalStateReached, VersionMismatch
 from ancsync.jobs import DeviceJobs, Job
 from ancsync.jobs.journal import PendingUpdate, UpdateJournal
 from ancsync.testing import start_in_task
@@ -316,3 +316,10 @@ async def test_journaled_updates_are_delivered_once_in_order_after_a_restart(
         ("IN_PROGRESS", {"step": "download"}),
         ("SUCCEEDED", {}),
     ]
+
+
+def test_a_second_device_jobs_on_one_connection_is_refused(emulator: Emulator) -> None:
+    iot = device_connection(emulator.certs, emulator.port)
+    DeviceJobs(iot)
+    with pytest.raises(ConfigError, match=r"already has a DeviceJobs.*orchestrator\.on_job"):
+        DeviceJobs(iot)

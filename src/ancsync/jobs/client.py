@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -175,6 +176,10 @@ def _one_line(details: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.splitlines()[0] if isinstance(v, str) and v else v for k, v in details.items()}
 
 
+# One DeviceJobs per connection: each would be offered, and start, every job of the thing.
+_CONNECTIONS_WITH_JOBS: weakref.WeakSet[IoTConnection] = weakref.WeakSet()
+
+
 class DeviceJobs(Component):
     """The jobs of this device's thing (see the module docstring for the workflow).
 
@@ -194,6 +199,13 @@ class DeviceJobs(Component):
         stop_timeout: float = 5.0,
     ) -> None:
         super().__init__(stop_timeout=stop_timeout)
+        if iot in _CONNECTIONS_WITH_JOBS:
+            raise ConfigError(
+                f"the connection of {iot.thing_name} already has a DeviceJobs (a "
+                "DataSyncOrchestrator makes one: register with orchestrator.on_job()); two "
+                "would both take every job"
+            )
+        _CONNECTIONS_WITH_JOBS.add(iot)
         self._iot = iot
         self.thing_name = iot.thing_name
         self.topics = JobsTopics(self.thing_name)
