@@ -258,8 +258,8 @@ def assert_typed(value: Any, shape: Any, where: str = "status") -> None:
 def load_script(path: Path, name: str | None = None) -> Any:
     """Import the Python file at ``path`` (a script, not a package module) for a test."""
     spec = importlib.util.spec_from_file_location(name or path.stem, path)
-    assert spec is not None
-    assert spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not a Python file that can be imported")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -261,10 +261,7 @@ class DataSyncOrchestrator:
         finally:
             # Also when the flush was cut short (asyncio.run's Ctrl-C cancels the task natively,
             # through shields): an unclosed task group would break the caller's cancel scopes.
-            for component in self._components:
-                component.cancel()
-            assert self._release_connection is not None
-            self._release_connection.set()  # flushes the rest, says "offline", disconnects
+            self._release_parts()  # the connection flushes the rest, says "offline", disconnects
             # Outside the shield: a task group is exited in the scope it was entered in.
             await stack.aclose()
         self.store.close()
@@ -273,10 +270,14 @@ class DataSyncOrchestrator:
     def _abort_start(self) -> None:
         """Cancelled or failed while starting: end the shielded tasks at once, flushing nothing."""
         self._stopped = True
+        self._connection_flush = 0.1
+        self._release_parts()
+
+    def _release_parts(self) -> None:
+        """End the shielded tasks: cancel the components, let the connection stop."""
         for component in self._components:
             component.cancel()
-        self._connection_flush = 0.1
-        assert self._release_connection is not None
+        assert self._release_connection is not None  # made by start()
         self._release_connection.set()
 
     async def run_forever(

@@ -5,11 +5,8 @@ targets need which."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).parents[2]
 ENSURE_APT = ROOT / "scripts" / "ensure-apt"
@@ -37,15 +34,26 @@ def test_ensure_apt_names_the_package_and_the_command_when_it_may_not_install() 
     ]
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("su") is None, reason="needs root to become another user"
-)
-def test_ensure_apt_as_a_user_who_may_not_run_apt_stops_at_once() -> None:
-    # The script on stdin: the user nobody may not read this checkout.
-    command = ["su", "nobody", "-s", "/bin/bash", "-c", f"bash -s -- {MISSING}"]
-    result = subprocess.run(
-        command, input=ENSURE_APT.read_text(), capture_output=True, text=True, timeout=30
+def fake_commands(directory: Path, **scripts: str) -> str:
+    """A PATH whose first directory holds the given shell commands (name: body)."""
+    directory.mkdir()
+    for name, body in scripts.items():
+        command = directory / name
+        command.write_text(f"#!/bin/sh\n{body}\n")
+        command.chmod(0o755)
+    return f"{directory}:/usr/bin:/bin"
+
+
+def test_ensure_apt_as_a_user_who_may_not_run_apt_stops_at_once(tmp_path: Path) -> None:
+    # A user who is not root and whose sudo asks for a password (sudo -n fails); apt-get is
+    # there but must not be run.
+    path = fake_commands(
+        tmp_path / "bin",
+        id="echo 1000",
+        sudo="exit 1",
+        **{"apt-get": "echo apt-get ran >&2; exit 3"},
     )
+    result = run(["bash", str(ENSURE_APT), MISSING], PATH=path)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "error: missing system packages: ancsync-test-no-such-package (this user may not run "
@@ -96,7 +104,6 @@ def test_tf_plugin_dir_skips_a_directory_without_the_provider(tmp_path: Path) ->
     assert result.stdout == f"{plugins}\n"
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_the_demo_installs_only_what_it_needs_and_the_tests_the_rest() -> None:
     demo = run(["make", "-n", "-C", str(ROOT), "demo"])
     assert demo.returncode == 0, demo.stderr

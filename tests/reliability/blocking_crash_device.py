@@ -6,8 +6,8 @@ killed), printing each ``event_id`` once ``report_emergency`` has returned, then
 
 from __future__ import annotations
 
+import signal
 import sys
-import time
 
 from ancsync import BackoffPolicy
 from ancsync.blocking import DataSyncOrchestrator
@@ -31,8 +31,7 @@ def main(count: int) -> None:
             sys.stdout.write(event.event_id + "\n")
             sys.stdout.flush()
             reported += 1
-        while True:  # ok: a plain control loop idling; the test ends it with a signal
-            time.sleep(1)
+        signal.pause()  # idle until the test's signal ends the process
 
 
 if __name__ == "__main__":

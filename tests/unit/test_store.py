@@ -280,7 +280,7 @@ def test_a_damaged_store_keeps_the_emergencies_and_counters_it_can_still_read(
 def as_user_nobody() -> Iterator[None]:
     """Run the block as user nobody (real and effective ids), keeping root as the saved id."""
     if os.geteuid() != 0:
-        pytest.skip("needs root, to create a file that another user then cannot open")
+        pytest.fail("needs root, to create a file that another user then cannot open: run as root")
     os.setresgid(65534, 65534, 0)
     os.setresuid(65534, 65534, 0)
     try:
@@ -348,7 +348,10 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
+        pytest.fail(
+            f"cannot mount a tmpfs here ({result.stderr.decode().strip()}): the full-disk tests "
+            "need root with mount allowed"
+        )
     try:
         yield mount_point
     finally:
