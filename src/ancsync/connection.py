@@ -6,6 +6,9 @@ It wires the pieces of :mod:`ancsync.mqtt` together: an :class:`~ancsync.mqtt.ou
 task that owns the connection. Every call a control loop makes returns without waiting for the
 network; ``async with`` starts the session and returns at once, because a device must be able to
 start offline.
+
+It is a :class:`~ancsync.lifecycle.Component`: ``async with``, ``await tg.start(iot.run)``, and
+cancel or ``await iot.aclose(timeout=...)`` to stop (flush, "offline", disconnect).
 """
 
 from __future__ import annotations
@@ -14,19 +17,19 @@ import functools
 import itertools
 import logging
 import ssl
-from collections.abc import Callable, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel
 
 from ancsync.codec import encode
 from ancsync.config import Settings
 from ancsync.errors import ConfigError, InvalidTopic, NotStarted
+from ancsync.lifecycle import Component
 from ancsync.models import new_id
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
 from ancsync.mqtt.outbox import (
@@ -35,6 +38,7 @@ from ancsync.mqtt.outbox import (
     LaneLimits,
     Outbox,
     OutgoingMessage,
+    Producer,
     PublishHandle,
 )
 from ancsync.mqtt.ratelimit import RateLimiter
@@ -55,7 +59,7 @@ Payload = BaseModel | Mapping[str, Any] | list[Any] | str | bytes
 _validate_topic = functools.lru_cache(maxsize=1024)(validate_topic)
 
 
-class IoTConnection:
+class IoTConnection(Component):
     """An MQTT connection to AWS IoT Core (or the local emulator) that keeps itself up.
 
     Build it from the arguments users of the old SDK know, or from :class:`~ancsync.config.
@@ -82,6 +86,8 @@ class IoTConnection:
       device; turn it off for a client that is not a device (an operator tool, a test client),
       which would otherwise leave a retained status behind and need iot:Publish on it.
     - ``transport_factory``: a different :class:`~ancsync.mqtt.transport.Transport` (tests).
+    - ``stop_timeout``: seconds the shutdown may take (flush, "offline", disconnect); an owner
+      may shorten it with ``aclose(timeout=...)``.
 
     Raises:
         ConfigError: a setting is missing or invalid, e.g. plaintext to a non-loopback host.
@@ -110,7 +116,9 @@ class IoTConnection:
         queue_size: int = 100,
         on_invalid: InvalidHook | None = None,
         transport_factory: Callable[[], Transport] | None = None,
+        stop_timeout: float = 5.0,
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         given: dict[str, Any] = {
             "thing_name": thing_name,
             "endpoint": endpoint,
@@ -147,7 +155,6 @@ class IoTConnection:
         self._router = TopicRouter(queue_size=queue_size, on_invalid=on_invalid)
         self._hooks: list[ConnectHook] = []
         self._session: MqttSession | None = None
-        self._stack: AsyncExitStack | None = None
         self._closed = False
         # Default msg_ids: a random prefix per connection object and a counter, 32 hex digits
         # like new_id(), unique without a system call per message (os.urandom is ~5 µs).
@@ -161,25 +168,31 @@ class IoTConnection:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
+    name = "connection"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Run the router and the session; ready at once, without waiting for the network."""
+        if self._closed:
+            raise NotStarted("this IoTConnection was already stopped; create a new one")
+        session = self._new_session()
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._router.run)
+            await tg.start(session.run)
+            self._session = session
+            task_status.started()
 
-    async def start(self) -> None:
-        """Start the session task and return at once, without waiting for the network.
+    async def _shutdown(self) -> None:
+        # The session and the router shut down on their own (they ran in _serve's task group);
+        # what is left is to refuse new messages.
+        self._closed = True
 
-        Pair it with :meth:`stop` in the same task (``async with`` does both).
-        """
-        if self._stack is not None or self._closed:
-            raise NotStarted("this IoTConnection was already started; create a new one")
+    def _limit_stop(self, deadline: float) -> None:
+        super()._limit_stop(deadline)
+        self._router._limit_stop(deadline)
+        if self._session is not None:
+            self._session._limit_stop(deadline)
+
+    def _new_session(self) -> MqttSession:
         iot = self.settings.iot
         context_factory: Callable[[], ssl.SSLContext] | None = None
         if iot.tls:
@@ -211,40 +224,49 @@ class IoTConnection:
             else Backoff(self._reconnect),
             in_flight=self._in_flight,
             connect_timeout=self._connect_timeout,
+            stop_timeout=self.stop_timeout,
         )
         for hook in self._hooks:
             session.add_connect_hook(hook)
-        stack = AsyncExitStack()
-        task_group = await stack.enter_async_context(anyio.create_task_group())
-        task_group.start_soon(self._router.run)
-        task_group.start_soon(session.run)
-        stack.callback(task_group.cancel_scope.cancel)  # runs before the group is exited
-        self._stack, self._session = stack, session
+        return session
 
-    async def stop(self, flush_timeout: float = 5.0) -> None:
-        """Flush queued messages (up to ``flush_timeout`` s), publish status "offline",
-        disconnect and stop the tasks.
+    def producing(self, name: str) -> Producer:
+        """Register ``name`` as a part that may still publish while the connection stops.
 
-        Messages not acknowledged by then are not sent, and their handles fail so no
-        ``delivered()`` waits forever: :class:`~ancsync.errors.PublishTimeout` if the message was
-        sent (the broker may have it), :class:`~ancsync.errors.ConnectError` if it never was.
-        Durable messages (emergencies, durable telemetry) stay in their store for the next start.
+        A stopping connection keeps sending until every such part has called
+        ``producer.finish()``, within its deadline. Telemetry and the shadow sync use it for
+        their last messages.
         """
-        if self._stack is None or self._session is None:
-            return
-        stack, self._stack = self._stack, None
-        self._closed = True
-        try:
-            with anyio.move_on_after(flush_timeout + self._connect_timeout, shield=True):
-                await self._session.stop(flush_timeout)
-        finally:
-            # Even when the flush is cut short: asyncio.run's Ctrl-C cancels the task natively,
-            # through the shield. An unclosed task group would break its caller's cancel scopes.
-            await stack.aclose()
+        return self._outbox.producing(name)
+
+    async def while_connected(self, work: Awaitable[None]) -> bool:
+        """Await ``work`` unless the connection is lost or stops first; whether it finished.
+
+        For a part's shutdown that waits for PUBACKs: no point waiting once nothing can come.
+        """
+        session = self._session
+        if session is None or session.link_state is not SessionState.CONNECTED:
+            close = getattr(work, "close", None)
+            if close is not None:
+                close()  # a coroutine never awaited would warn
+            return False
+        finished = False
+        async with anyio.create_task_group() as tg:
+
+            async def run_work() -> None:
+                nonlocal finished
+                await work
+                finished = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run_work)
+            await session.wait_not_connected()
+            tg.cancel_scope.cancel()
+        return finished
 
     async def connect(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Start (if needed) and wait until connected: the old SDK's ``connect()``."""
-        if self._stack is None:
+        if not self.running:
             await self.start()
         await self.wait_connected(timeout)
 
@@ -260,7 +282,7 @@ class IoTConnection:
         await self._running().wait_connected(timeout)
 
     def _running(self) -> MqttSession:
-        if self._session is None or self._stack is None:
+        if self._session is None or not self.running:
             raise NotStarted(
                 "the IoTConnection is not running; use `async with IoTConnection(...) as iot:` "
                 "or `await iot.start()`"
@@ -295,7 +317,23 @@ class IoTConnection:
             BufferFull: the emergency lane is at its hard limit.
             NotStarted: the connection was stopped.
         """
-        if self._closed:
+        return self.publish_nowait(
+            topic, payload, qos, retain=retain, lane=lane, msg_id=msg_id, coalesce_key=coalesce_key
+        )
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: Payload,
+        qos: int = 1,
+        *,
+        retain: bool = False,
+        lane: Lane = Lane.TELEMETRY,
+        msg_id: str | None = None,
+        coalesce_key: str | None = None,
+    ) -> PublishHandle:
+        """:meth:`publish` for code that cannot await (a callback): the same, synchronously."""
+        if self._closed or (self._session is not None and self._session.ended):
             raise NotStarted("the IoTConnection was stopped; messages can no longer be queued")
         if qos not in (0, 1):
             raise ConfigError(f"qos must be 0 or 1 (AWS IoT Core has no QoS 2), got {qos!r}")
@@ -382,7 +420,7 @@ class IoTConnection:
     @property
     def connected(self) -> bool:
         """Whether the session is connected right now."""
-        return self._session is not None and self._session.state is SessionState.CONNECTED
+        return self._session is not None and self._session.link_state is SessionState.CONNECTED
 
     def get_status(self) -> ConnectionStatus:
         """Connection, queues and counters, JSON-serialisable (for logs, the CLI, health checks).

@@ -6,7 +6,12 @@ the connection's emergency lane at QoS 1, ahead of shadow and telemetry traffic.
 the event is on disk and queued: it does not wait for the network unless asked
 (``wait_for_ack=True``). The store entry is deleted only when the broker acknowledges the event;
 an event whose publish fails is queued again (same ``event_id``), and events a previous process
-left in the store are re-sent when :meth:`EmergencyReporter.run` starts.
+left in the store are re-sent when the reporter starts.
+
+The reporter is a :class:`~ancsync.lifecycle.Component`. Stopping it (cancellation, Ctrl-C,
+``aclose()``) lets a report being written finish and be queued, waits (within its deadline, while
+connected) for the outcome of every queued event, and deletes the acknowledged ones from the
+store, so they are not sent again on the next start.
 
 The trade-off: ``report_emergency`` is the one call of the control loop that waits for a disk
 write (about a millisecond on flash, far less on tmpfs). The write runs in a worker thread, so the
@@ -21,20 +26,18 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from pydantic import ValidationError
 
-from ancsync.background import start_in_background
 from ancsync.codec import describe_errors, encode
 from ancsync.durable.store import DurableStore, StoredMessage
 from ancsync.errors import AncSyncError, InvalidPayload, PublishTimeout, StorageError
+from ancsync.lifecycle import Component
 from ancsync.models import EmergencyEvent, EmergencyInput, new_id
-from ancsync.mqtt.outbox import Lane, PublishHandle
+from ancsync.mqtt.outbox import Lane, Producer, PublishHandle
 from ancsync.status import EmergencyStatus
 from ancsync.topics import emergency_topic, validate_thing_name
 
@@ -48,7 +51,7 @@ logger = logging.getLogger("ancsync.emergency")
 _SEQ_STREAM = "emergency"
 
 
-class EmergencyReporter:
+class EmergencyReporter(Component):
     """Report emergency events durably, at QoS 1, on the emergency lane.
 
     Run it for the life of the connection, so acknowledged events leave the store and stored
@@ -61,8 +64,10 @@ class EmergencyReporter:
             )
 
     (or ``await task_group.start(reporter.run)``). ``retry_interval`` is the pause before an
-    event whose publish failed is queued again.
+    event whose publish failed is queued again; ``stop_timeout`` bounds the shutdown.
     """
+
+    name = "emergency"
 
     def __init__(
         self,
@@ -71,14 +76,16 @@ class EmergencyReporter:
         *,
         store: DurableStore,
         retry_interval: float = 5.0,
+        stop_timeout: float = 5.0,
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self._iot = connection
         self.device_id = validate_thing_name(device_id or connection.thing_name)
         self._store = store
         self._topic = emergency_topic(self.device_id)
         self._retry_interval = retry_interval
         self._tasks: TaskGroup | None = None
-        self._stack: AsyncExitStack | None = None
+        self._producer: Producer | None = None
         # Events stored and not yet acknowledged (event_id -> wall-clock time stored), oldest
         # first, and the handle of each one queued by this process.
         self._pending: dict[str, float] = {}
@@ -93,11 +100,10 @@ class EmergencyReporter:
 
     # -- running -------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
         """Re-send the events stored by a previous run, then follow acknowledgements until
-        cancelled. Use ``await task_group.start(reporter.run)``."""
-        if self._tasks is not None:
-            raise RuntimeError("EmergencyReporter.run() is already running")
+        cancelled."""
+        self._producer = self._iot.producing(self.name)
         try:
             async with anyio.create_task_group() as tasks:
                 # Under the lock no report_emergency is between its commit and its queueing:
@@ -119,19 +125,36 @@ class EmergencyReporter:
         finally:
             self._tasks = None
 
-    async def __aenter__(self) -> Self:
-        self._stack = await start_in_background(self.run)
-        return self
+    async def _shutdown(self) -> None:
+        """Let a report being written be queued, wait for the outcomes, forget the delivered."""
+        try:
+            async with self._commit_lock:
+                if self._producer is not None:
+                    self._producer.finish()
+            with anyio.move_on_after(self._time_left() - min(1.0, self._time_left() / 4)):
+                await self._iot.while_connected(self._all_decided())
+        finally:
+            if self._producer is not None:
+                self._producer.finish()
+            await self._forget_delivered()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
+    async def _all_decided(self) -> None:
+        """Return once the connection has delivered or given up every queued event."""
+        for handle in list(self._handles.values()):
+            if not handle.done:
+                decided = anyio.Event()
+                handle.add_done_callback(lambda _error: decided.set())  # noqa: B023 (awaited)
+                await decided.wait()
+
+    async def _forget_delivered(self) -> None:
+        """Delete from the store the events acknowledged since the followers stopped."""
+        for event_id, handle in list(self._handles.items()):
+            if handle.done:
+                try:
+                    await handle.delivered()
+                except AncSyncError:
+                    continue  # not delivered: it stays stored for the next start
+                await self._acknowledge(event_id)
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -169,7 +192,7 @@ class EmergencyReporter:
                 payload=encode(numbered[-1], what="emergency event"),
             )
 
-        # The lock queues events in commit (= seq) order, and keeps run() from re-sending an
+        # The lock queues events in commit (= seq) order, and keeps _serve from re-sending an
         # event committed here but not yet queued. Once the write starts, finish it and queue
         # the event even if the caller is cancelled: a stored event must also be on its way.
         async with self._commit_lock:
@@ -284,21 +307,6 @@ class EmergencyReporter:
             self._all_acknowledged.set()
             self._all_acknowledged = None
 
-    async def acknowledge_delivered(self) -> None:
-        """Delete from the store the events the broker acknowledged after :meth:`run` ended.
-
-        Call it once the connection has stopped: :meth:`run` is stopped before the connection's
-        final flush (so nothing is queued again), and an event acknowledged during that flush
-        must not be sent again on the next start.
-        """
-        for event_id, handle in list(self._handles.items()):
-            if handle.done:
-                try:
-                    await handle.delivered()
-                except AncSyncError:
-                    continue  # not delivered: it stays stored for the next start
-                await self._acknowledge(event_id)
-
     async def wait_acknowledged(self) -> None:
         """Wait until every reported (and re-sent) event has been acknowledged.
 
@@ -315,7 +323,7 @@ class EmergencyReporter:
         """Counters and the age of the oldest unacknowledged event, JSON-serialisable."""
         oldest = next(iter(self._pending.values()), None)
         return {
-            "running": self._tasks is not None,
+            "running": self.running,
             "reported": self._reported,
             "acknowledged": self._acknowledged,
             "pending": len(self._pending),

@@ -90,9 +90,12 @@ class Component:
             raise ValueError(f"stop_timeout must be above 0 seconds, got {stop_timeout!r}")
         self.stop_timeout = stop_timeout
         self._state = ComponentState.NEW
-        self._scope: anyio.CancelScope | None = None
-        self._stopped: anyio.Event | None = None
-        self._background: AsyncExitStack | None = None
+        self._run_scope: anyio.CancelScope | None = None
+        self._run_done: anyio.Event | None = None
+        self._block: AsyncExitStack | None = None
+        # The end of the current shutdown: now + stop_timeout, or sooner if the owner asks.
+        self._shutdown_deadline = float("inf")
+        self._asked_deadline = float("inf")
 
     # --- what subclasses implement ---------------------------------------------------------
 
@@ -106,9 +109,22 @@ class Component:
     async def _shutdown(self) -> None:
         """Stop cleanly: runs once after :meth:`_serve` ends, however it ended.
 
-        Shielded from cancellation, within :attr:`stop_timeout` seconds: when the time is up
-        it is cancelled, so do the most important work first.
+        Shielded from cancellation, within :attr:`stop_timeout` seconds (or the shorter time an
+        owner's ``aclose(timeout=...)`` gives): when the time is up it is cancelled, so do the
+        most important work first. :meth:`_time_left` says how long remains.
         """
+
+    def _limit_stop(self, deadline: float) -> None:
+        """Finish the next (or current) shutdown by ``deadline`` (anyio's clock) at the latest.
+
+        Owners override it to pass the deadline on to their parts.
+        """
+        self._asked_deadline = min(self._asked_deadline, deadline)
+        self._shutdown_deadline = min(self._shutdown_deadline, deadline)
+
+    def _time_left(self) -> float:
+        """Seconds left of the current shutdown (0 when it is over or not running)."""
+        return max(0.0, self._shutdown_deadline - anyio.current_time())
 
     # --- the protocol ------------------------------------------------------------------------
 
@@ -134,43 +150,49 @@ class Component:
         if self._state is ComponentState.STOPPING:
             raise RuntimeError(f"the {self.name} component is still stopping")
         self._state = ComponentState.STARTING
-        self._stopped = stopped = anyio.Event()
+        self._asked_deadline = float("inf")
+        self._run_done = done = anyio.Event()
         try:
-            with anyio.CancelScope() as self._scope:
+            with anyio.CancelScope() as self._run_scope:
                 await self._serve(_Started(self, task_status))
         finally:
             self._state = ComponentState.STOPPING
-            with anyio.CancelScope(
-                shield=True, deadline=anyio.current_time() + self.stop_timeout
-            ) as shutdown:
+            self._shutdown_deadline = min(
+                anyio.current_time() + self.stop_timeout, self._asked_deadline
+            )
+            with anyio.CancelScope(shield=True, deadline=self._shutdown_deadline) as shutdown:
                 await self._shutdown()
             if shutdown.cancelled_caught:
                 log.warning(
-                    "the %s component did not finish stopping within %g s; it was cut short",
+                    "the %s component did not finish stopping in time; it was cut short",
                     self.name,
-                    self.stop_timeout,
                 )
-            self._scope = None
+            self._run_scope = None
+            self._shutdown_deadline = float("inf")
             self._state = ComponentState.STOPPED
-            stopped.set()
+            done.set()
 
-    async def aclose(self) -> None:
-        """Stop the part and return once it has shut down (within :attr:`stop_timeout`).
+    # A timeout argument, not the caller's cancel scope: the shutdown itself is shielded.
+    async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Stop the part and return once it has shut down.
 
-        The same shutdown as on cancellation. Safe to call when the part is not running.
+        The same shutdown as on cancellation, within :attr:`stop_timeout` seconds, or within
+        ``timeout`` seconds when that is shorter. Safe to call when the part is not running.
         """
-        if self._background is not None:
-            background, self._background = self._background, None
-            await background.aclose()
+        if timeout is not None:
+            self._limit_stop(anyio.current_time() + timeout)
+        if self._block is not None:
+            block, self._block = self._block, None
+            await block.aclose()
             return
-        if self._scope is not None:
-            self._scope.cancel()
-        if self._stopped is not None:
-            await self._stopped.wait()
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+        if self._run_done is not None:
+            await self._run_done.wait()
 
     async def __aenter__(self) -> Self:
         """Run the part in the background of the ``async with`` block; return once ready."""
-        if self._background is not None:
+        if self._block is not None:
             raise RuntimeError(f"the {self.name} component is already running in a block")
         stack = AsyncExitStack()
         tasks = await stack.enter_async_context(anyio.create_task_group())
@@ -180,7 +202,7 @@ class Component:
         except BaseException:
             await stack.aclose()
             raise
-        self._background = stack
+        self._block = stack
         return self
 
     async def __aexit__(
@@ -202,6 +224,8 @@ class Component:
         """
         await self.__aenter__()
 
-    async def stop(self) -> None:
-        """Stop the part (the same as :meth:`aclose`)."""
+    async def stop(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Stop the part (the same as :meth:`aclose`); raise its error if it failed meanwhile."""
+        if timeout is not None:
+            self._limit_stop(anyio.current_time() + timeout)
         await self.__aexit__(None, None, None)

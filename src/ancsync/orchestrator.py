@@ -4,9 +4,15 @@ It builds and runs the parts: an :class:`~ancsync.connection.IoTConnection`, a
 :class:`~ancsync.shadow.DeviceShadowSync` for the ANC state, a
 :class:`~ancsync.telemetry.TelemetryPublisher`, an :class:`~ancsync.emergency.EmergencyReporter`
 with its durable store, and a :class:`~ancsync.commands.CommandDispatcher` for the commands topic.
-The components' tasks run in the orchestrator's one task group, each supervised
-(:mod:`ancsync.supervisor`): a component that fails is logged, shown in
+The orchestrator is a :class:`~ancsync.lifecycle.Component`, and so is each part: the
+connection and a :class:`~ancsync.supervisor.Supervisor` over the others run in the
+orchestrator's one task group. A part that fails is logged, shown in
 :meth:`DataSyncOrchestrator.get_status` and restarted after a pause, while the others carry on.
+Stopping (cancellation, Ctrl-C, ``aclose()``, leaving ``async with``) stops every part at once,
+each through its own shutdown, within ``stop_timeout``: telemetry's waiting records and the
+shadow's last report (``status: offline``) are queued, the connection sends what it can while
+it waits for them, publishes status "offline" and disconnects, and what could not be sent stays
+in the durable store for the next start.
 
 The library installs no signal handlers: the application decides what SIGINT and SIGTERM mean
 and cancels (``asyncio.run`` turns Ctrl-C into a cancellation), and the orchestrator stops cleanly
@@ -19,28 +25,25 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, TypeAlias
 
 import anyio
 from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
-from ancsync.background import start_in_background
 from ancsync.commands import CommandDispatcher, CommandHandler
 from ancsync.config import Settings, default_data_dir
 from ancsync.connection import IoTConnection
 from ancsync.durable.store import DurableStore
 from ancsync.emergency import EmergencyReporter
-from ancsync.errors import AncSyncError, ConfigError, NotStarted
+from ancsync.errors import ConfigError, NotStarted
 from ancsync.jobs import DeviceJobs, Job, JobHandler
-from ancsync.lifecycle import unwrapping
+from ancsync.lifecycle import Component
 from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
 from ancsync.shadow import DeviceShadowSync
 from ancsync.status import OrchestratorStatus
-from ancsync.supervisor import Supervised
+from ancsync.supervisor import Supervisor
 from ancsync.telemetry import TelemetryPublisher
 from ancsync.topics import commands_topic
 
@@ -57,7 +60,7 @@ EMERGENCY_ACK = "emergency_ack"
 """The command the cloud's emergency handler sends back for each event it recorded."""
 
 
-class DataSyncOrchestrator:
+class DataSyncOrchestrator(Component):
     """Keep one ANC device in sync: shadow state, telemetry, emergencies and commands.
 
     ::
@@ -78,7 +81,7 @@ class DataSyncOrchestrator:
     ``data_dir`` holds the durable outbox: emergencies and telemetry batches survive restarts.
     Without it, emergencies are still durable, in ``~/.local/state/ancsync/<thing>`` (or under
     ``$XDG_STATE_HOME``), and telemetry is kept in memory only.
-    ``stop_timeout`` bounds :meth:`stop`; ``connection_options`` go to
+    ``stop_timeout`` bounds the shutdown; ``connection_options`` go to
     :class:`~ancsync.connection.IoTConnection` (``keep_alive``, ``reconnect``, ``rate_limit``...).
 
     Raises:
@@ -132,18 +135,21 @@ class DataSyncOrchestrator:
             )
         if stop_timeout <= 0:
             raise ConfigError(f"stop_timeout must be above 0 seconds, got {stop_timeout!r}")
+        super().__init__(stop_timeout=stop_timeout)
         self.settings = settings
         self.thing_name = settings.iot.thing_name
         self.firmware_version = firmware_version
-        self._stop_timeout = stop_timeout
         self.connection = IoTConnection(
-            settings=settings, firmware_version=firmware_version, **(connection_options or {})
+            settings=settings,
+            firmware_version=firmware_version,
+            **{"stop_timeout": stop_timeout, **(connection_options or {})},
         )
         # Emergencies are always durable: without a data_dir they go to the user's state
         # directory. Telemetry is durable only in a data_dir the user chose.
         self.store = DurableStore.in_dir(settings.data_dir or default_data_dir(self.thing_name))
-        self.shadow = DeviceShadowSync(self.connection)
+        self.shadow = DeviceShadowSync(self.connection, stop_timeout=stop_timeout)
         self.shadow.on_delta(self._apply_desired)
+        self.shadow.report_when_stopping(self._offline_report)
         self.telemetry = TelemetryPublisher(
             self.connection,
             batch_size=settings.telemetry.batch_size,
@@ -151,8 +157,11 @@ class DataSyncOrchestrator:
             max_buffer_size=settings.telemetry.max_buffer_size,
             store=self.store,
             durable=settings.data_dir is not None,
+            stop_timeout=stop_timeout,
         )
-        self.emergencies = EmergencyReporter(self.connection, store=self.store)
+        self.emergencies = EmergencyReporter(
+            self.connection, store=self.store, stop_timeout=stop_timeout
+        )
         self.device_jobs = DeviceJobs(self.connection, data_dir=settings.data_dir)
         self.commands = CommandDispatcher()
         self.commands.register(EMERGENCY_ACK, self._on_emergency_ack)
@@ -160,19 +169,13 @@ class DataSyncOrchestrator:
         self._desired_handler: DesiredStateHandler | None = None
         self._ack_handler: CommandHandler | None = None
         self._cloud_acknowledged: set[str] = set()
-        self._components = [
-            Supervised("shadow", self.shadow.start_sync),
-            Supervised("telemetry", self.telemetry.start_publishing),
-            Supervised("emergency", self.emergencies.run),
-            Supervised("jobs", self.device_jobs.run),
-        ]
-        self._stack: AsyncExitStack | None = None
-        self._release_connection: anyio.Event | None = None
-        self._connection_flush = stop_timeout
+        self.supervisor = Supervisor(
+            [self.shadow, self.telemetry, self.emergencies, self.device_jobs],
+            stop_timeout=stop_timeout,
+        )
         self._started_at: float | None = None
         self._started_iso: str | None = None
-        self._started = False  # start() returned: from then on stop() ends the shielded tasks
-        self._stopped = False
+        self._ended = False
 
     @classmethod
     def from_env(cls, **options: Any) -> DataSyncOrchestrator:
@@ -188,97 +191,43 @@ class DataSyncOrchestrator:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
+    name = "orchestrator"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Run the connection and the supervised parts; ready at once (offline is fine)."""
+        if self._ended:
+            raise NotStarted("this orchestrator was already stopped; create a new one")
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.connection.run)
+            await tg.start(self.supervisor.run)
+            self._started_at = time.monotonic()
+            self._started_iso = utc_now()
+            self.shadow.report(
+                {
+                    "status": "online",
+                    "device_id": self.thing_name,
+                    "firmware_version": self.firmware_version,
+                    "uptime": 0,
+                    "timestamp": self._started_iso,
+                }
+            )
+            log.info("orchestrator for %s started", self.thing_name)
+            task_status.started()
 
-    async def start(self) -> None:
-        """Start the connection and the components and return at once (offline is fine).
-
-        Pair it with :meth:`stop` in the same task; ``async with`` does both.
-        """
-        if self._stack is not None or self._stopped:
-            raise NotStarted("this orchestrator was already started; create a new one")
-        self._release_connection = anyio.Event()
-        self._stack = await start_in_background(self._run)
-        self._started = True
-        self._started_at = time.monotonic()
-        self._started_iso = utc_now()
-        self.shadow.report(
-            {
-                "status": "online",
-                "device_id": self.thing_name,
-                "firmware_version": self.firmware_version,
-                "uptime": 0,
-                "timestamp": self._started_iso,
-            }
-        )
-        log.info("orchestrator for %s started", self.thing_name)
-
-    async def stop(self) -> None:
-        """Flush and stop, within ``stop_timeout`` seconds, even when cancelled.
-
-        In order: telemetry waiting is sent, emergencies are awaited until acknowledged, the
-        shadow is told ``status: offline`` and pending reports are sent, the components stop,
-        and the connection publishes status "offline" and disconnects. What could not be sent
-        stays in the durable store (with ``data_dir``) for the next start.
-        """
-        if self._stack is None:
-            return
-        stack, self._stack = self._stack, None
-        self._stopped = True
-        deadline = anyio.current_time() + self._stop_timeout
-
-        def left() -> float:
-            return max(0.1, deadline - anyio.current_time())
-
-        try:
-            with anyio.CancelScope(shield=True):
-                await self.telemetry.stop(timeout=left())
-                with anyio.move_on_after(left()):
-                    await self.emergencies.wait_acknowledged()
-                if self.connection.connected:
-                    with anyio.move_on_after(left()):
-                        try:
-                            await self.shadow.update_reported(
-                                {
-                                    "status": "offline",
-                                    "uptime": self._uptime(),
-                                    "timestamp": utc_now(),
-                                }
-                            )
-                        except AncSyncError as exc:
-                            log.warning("could not report status offline in the shadow: %s", exc)
-                self._connection_flush = left()
-        finally:
-            # Also when the flush was cut short (asyncio.run's Ctrl-C cancels the task natively,
-            # through shields): an unclosed task group would break the caller's cancel scopes.
-            self._release_parts()  # the connection flushes the rest, says "offline", disconnects
-            # Outside the shield: a task group is exited in the scope it was entered in.
-            await stack.aclose()
+    async def _shutdown(self) -> None:
+        # The parts have shut down (they ran in _serve's task group); the store is free.
+        self._ended = True
         self.store.close()
         log.info("orchestrator for %s stopped", self.thing_name)
 
-    def _abort_start(self) -> None:
-        """Cancelled or failed while starting: end the shielded tasks at once, flushing nothing."""
-        self._stopped = True
-        self._connection_flush = 0.1
-        self._release_parts()
+    def _limit_stop(self, deadline: float) -> None:
+        super()._limit_stop(deadline)
+        self.connection._limit_stop(deadline)
+        self.supervisor._limit_stop(deadline)
 
-    def _release_parts(self) -> None:
-        """End the shielded tasks: cancel the components, let the connection stop."""
-        for component in self._components:
-            component.cancel()
-        assert self._release_connection is not None  # made by start()
-        self._release_connection.set()
+    def _offline_report(self) -> dict[str, Any]:
+        """The shadow's last report when stopping."""
+        return {"status": "offline", "uptime": self._uptime(), "timestamp": utc_now()}
 
     async def run_forever(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -287,12 +236,11 @@ class DataSyncOrchestrator:
 
         Starts the orchestrator if it is not running (``await task_group.start(orchestrator.
         run_forever)`` returns once it has). Cancel it from the application, e.g. on SIGTERM;
-        ``asyncio.run`` cancels it on Ctrl-C.
+        ``asyncio.run`` cancels it on Ctrl-C. Already running (``async with``): it waits.
         """
-        if self._stack is None:
-            async with self:
-                task_status.started()
-                await anyio.sleep_forever()
+        if not self.running:
+            await self.run(task_status=task_status)
+            return
         task_status.started()
         await anyio.sleep_forever()
 
@@ -304,41 +252,6 @@ class DataSyncOrchestrator:
             TLSError, NotAuthorized: retrying cannot help until the cloud side is fixed.
         """
         await self.connection.wait_connected(timeout)
-
-    async def _run(self, *, task_status: TaskStatus[None]) -> None:
-        """The one task group: the connection first (so it exists), then each component."""
-        ready = anyio.Event()
-        async with unwrapping(), anyio.create_task_group() as tasks:
-            # start_soon, not start: start() would wait, when cancelled, for the shielded
-            # connection task to end, which it only does once released.
-            tasks.start_soon(self._run_connection, ready, name="ancsync-connection")
-            try:
-                await ready.wait()
-                for component in self._components:
-                    tasks.start_soon(component.run, name=f"ancsync-{component.name}")
-                task_status.started()
-                await anyio.sleep_forever()
-            except BaseException:
-                if not self._started:  # cancelled or failed before start() returned
-                    self._abort_start()
-                raise
-
-    # The connection runs shielded from the caller's cancellation, like the components: when
-    # the caller is cancelled (Ctrl-C), stop() still needs it to flush. stop() ends it itself.
-
-    async def _run_connection(self, ready: anyio.Event) -> None:
-        release = self._release_connection
-        assert release is not None  # made by start()
-        with anyio.CancelScope(shield=True):
-            await self.connection.start()
-            try:
-                ready.set()
-                await release.wait()
-            finally:
-                await self.connection.stop(flush_timeout=self._connection_flush)
-                # The reporter stopped before this flush; what it acknowledged leaves the store
-                # now, or the next start would send it again.
-                await self.emergencies.acknowledge_delivered()
 
     # --- what the control loop calls --------------------------------------------------------------
 
@@ -429,9 +342,9 @@ class DataSyncOrchestrator:
         )
 
     def _check_not_stopped(self) -> None:
-        # Before start() is fine (a device queues while it boots); after stop() nothing would
+        # Before it runs is fine (a device queues while it boots); once stopped nothing would
         # ever send it.
-        if self._stopped:
+        if self._ended:
             raise NotStarted(
                 "this orchestrator was stopped; nothing queued now would be sent. Create a new "
                 "one (its durable store re-sends what this one left)"
@@ -528,7 +441,7 @@ class DataSyncOrchestrator:
         state = self.shadow.get_state()
         return {
             "thing_name": self.thing_name,
-            "running": self._stack is not None,
+            "running": self.running,
             "started_at": self._started_iso,
             "uptime_s": self._uptime(),
             "connection": self.connection.get_status(),
@@ -544,5 +457,5 @@ class DataSyncOrchestrator:
                 "cloud_acknowledged": len(self._cloud_acknowledged),
             },
             "commands": self.commands.status(),
-            "components": {c.name: c.status() for c in self._components},
+            "components": self.supervisor.status(),
         }

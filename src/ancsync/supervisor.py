@@ -1,81 +1,109 @@
-"""Supervised tasks: a component that fails is logged, recorded and restarted; the others go on.
+"""The supervisor: runs parts, restarts one that fails, and stops them all together.
 
-The orchestrator runs each component (shadow sync, telemetry, emergencies) as a
-:class:`Supervised` task in its task group. A task that raises is logged with its traceback, its
-error is kept for ``get_status()``, and it is started again after a backoff (1 s, 2 s, 4 s... up
-to 30 s, with jitter). A task that returns has stopped on purpose and is not restarted.
+The orchestrator runs its parts (shadow sync, telemetry, emergencies, jobs) under one
+:class:`Supervisor`, itself a :class:`~ancsync.lifecycle.Component`. A part that raises is
+logged with its traceback, its error is kept for ``get_status()``, and it is run again through
+the same protocol (``part.run``) after a backoff (1 s, 2 s, 4 s... up to 30 s, with jitter),
+while the others carry on. A part that returns has stopped on purpose and is not restarted.
 
-The task runs in a shielded cancel scope: cancelling the caller (Ctrl-C) does not reach it, so a
-shutdown can still use it to flush; :meth:`Supervised.cancel` ends it.
+Stopping the supervisor (cancellation, ``aclose()``) stops every part at once, each through its
+own shutdown, within the deadline the supervisor was given.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 
 import anyio
+from anyio.abc import TaskStatus
 
+from ancsync.lifecycle import Component
 from ancsync.models import utc_now
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
 from ancsync.status import ComponentStatus, ErrorInfo
 
-__all__ = ["RESTART_BACKOFF", "Supervised"]
+__all__ = ["RESTART_BACKOFF", "Supervisor"]
 
 log = logging.getLogger("ancsync.supervisor")
 
 RESTART_BACKOFF = BackoffPolicy(base=1.0, cap=30.0)
-"""The pause before a failed task is started again."""
+"""The pause before a failed part is run again."""
 
 
-class Supervised:
-    """Runs ``run()`` until it returns or :meth:`cancel` is called, restarting it on errors."""
+class _FirstStart:
+    """The ``task_status`` a part gets: its first start (or failure) tells the supervisor."""
+
+    def __init__(self, owner: TaskStatus[None]) -> None:
+        self._owner: TaskStatus[None] | None = owner
+
+    def started(self, value: None = None) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.started()
+
+
+class Supervisor(Component):
+    """Run ``parts`` in one task group, restarting a part that fails.
+
+    Ready once every part is ready, or has failed its first start (it is then restarted in
+    the background, so one broken part never keeps the others from starting).
+    """
+
+    name = "supervisor"
 
     def __init__(
         self,
-        name: str,
-        run: Callable[[], Awaitable[None]],
+        parts: Sequence[Component],
         *,
         backoff: BackoffPolicy = RESTART_BACKOFF,
+        stop_timeout: float = 5.0,
     ) -> None:
-        self.name = name
-        self._run = run
+        super().__init__(stop_timeout=stop_timeout)
+        self.parts = list(parts)
         self._backoff = backoff
-        self._scope: anyio.CancelScope | None = None
-        self._cancelled = False  # a cancel() before the task runs still counts
-        self.running = False
-        self.restarts = 0
-        self.last_error: ErrorInfo | None = None
+        self._restarts = dict.fromkeys((part.name for part in self.parts), 0)
+        self._errors: dict[str, ErrorInfo | None] = dict.fromkeys(self._restarts)
 
-    async def run(self) -> None:
-        """Run the task under supervision; start it in a task group."""
-        if self._cancelled:
-            return
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            for part in self.parts:
+                await tg.start(self._keep_running, part, name=f"ancsync-{part.name}")
+            task_status.started()
+
+    def _limit_stop(self, deadline: float) -> None:
+        super()._limit_stop(deadline)
+        for part in self.parts:
+            part._limit_stop(deadline)
+
+    async def _keep_running(
+        self, part: Component, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        first = _FirstStart(task_status)
         backoff = Backoff(self._backoff)
-        with anyio.CancelScope(shield=True) as self._scope:
-            while True:
-                self.running = True
-                try:
-                    await self._run()
-                    return  # stopped on purpose
-                except Exception as exc:
-                    self.last_error = {
-                        "type": type(exc).__name__,
-                        "message": str(exc),
-                        "at": utc_now(),
-                    }
-                    log.exception("the %s component failed; restarting it", self.name)
-                finally:
-                    self.running = False
-                await anyio.sleep(backoff.next_delay())
-                self.restarts += 1
+        while True:
+            try:
+                await part.run(task_status=first)
+                first.started()
+                return  # stopped on purpose
+            except Exception as exc:
+                self._errors[part.name] = {
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "at": utc_now(),
+                }
+                log.exception("the %s component failed; restarting it", part.name)
+                first.started()
+            await anyio.sleep(backoff.next_delay())
+            self._restarts[part.name] += 1
 
-    def cancel(self) -> None:
-        """End the task (and any pause before a restart)."""
-        self._cancelled = True
-        if self._scope is not None:
-            self._scope.cancel()
-
-    def status(self) -> ComponentStatus:
-        """``running``, ``restarts`` and ``last_error`` (type, message, time), for get_status()."""
-        return {"running": self.running, "restarts": self.restarts, "last_error": self.last_error}
+    def status(self) -> dict[str, ComponentStatus]:
+        """Per part: ``running``, ``restarts`` and ``last_error`` (type, message, time)."""
+        return {
+            part.name: {
+                "running": part.running,
+                "restarts": self._restarts[part.name],
+                "last_error": self._errors[part.name],
+            }
+            for part in self.parts
+        }

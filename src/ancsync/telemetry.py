@@ -2,10 +2,12 @@
 
 The control loop calls ``publish_anc_metrics`` (and the audio, system and error variants). Each
 call validates the record, encodes it and appends it to an in-memory buffer: no ``await``, no
-I/O, a few microseconds, connected or not. A background task (:meth:`start_publishing`) turns
-waiting records into batches on ``anc/telemetry/{id}/{kind}`` when ``batch_size``
+I/O, a few microseconds, connected or not. While the publisher runs (it is a
+:class:`~ancsync.lifecycle.Component`: ``async with``, or ``await tg.start(telemetry.run)``), it
+turns waiting records into batches on ``anc/telemetry/{id}/{kind}`` when ``batch_size``
 records of a kind wait or the oldest has waited ``batch_interval`` seconds, and hands them to the
-connection's telemetry lane at QoS 1.
+connection's telemetry lane at QoS 1. Stopping (cancellation, Ctrl-C, ``aclose()``) sends the
+records still waiting while connected and waits for their PUBACKs, within its deadline.
 
 Bounds and honesty: at most ``max_buffer_size`` records are held, counting those in
 batches that are sent but not yet acknowledged. While the broker is unreachable no new batches
@@ -14,7 +16,7 @@ counted per kind in :meth:`get_status`.
 
 Durability: with a :class:`~ancsync.durable.store.DurableStore` (the default when a data directory
 is configured) every batch is written to the store before it is sent and deleted on PUBACK, and
-:meth:`stop` stores what it could not send; the next start re-sends them with their original
+stopping stores what it could not send; the next start re-sends them with their original
 ``msg_id``. Records still waiting in memory when the process dies are lost: that is the price of
 a ``publish_*`` call that never touches the disk.
 """
@@ -23,20 +25,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
 from ancsync.batching import RecordBuffer, batch_payload, encode_record, kind_of_topic
 from ancsync.codec import MAX_PAYLOAD_BYTES
 from ancsync.durable.store import DurableStore, StoredMessage
 from ancsync.errors import AncSyncError, BufferFull, PublishTimeout, StorageError
+from ancsync.lifecycle import Component
 from ancsync.models import AncMetrics, AudioMetrics, ErrorRecord, SystemMetrics, new_id
-from ancsync.mqtt.outbox import Lane, PublishHandle
+from ancsync.mqtt.outbox import Lane, Producer
 from ancsync.status import TelemetryStatus
 from ancsync.topics import TELEMETRY_KINDS, TelemetryKind, telemetry_topic, validate_thing_name
 
@@ -53,22 +56,24 @@ logger = logging.getLogger("ancsync.telemetry")
 MAX_BATCHES_IN_FLIGHT = 4
 
 
-class TelemetryPublisher:
+class TelemetryPublisher(Component):
     """Batch telemetry records per kind and publish them on the telemetry lane.
 
-    Use it inside the device's task group::
+    Run it for the length of a block, or in the device's task group::
 
-        telemetry = TelemetryPublisher(iot, batch_size=10, batch_interval=30.0)
-        tg.start_soon(telemetry.start_publishing)
-        telemetry.publish_anc_metrics({"latency_ms": 35.2, "cancellation_db": 42.5,
-                                       "snr_improvement_db": 38.2})
-        ...
-        await telemetry.stop()  # flush within the deadline
+        async with TelemetryPublisher(iot, batch_size=10, batch_interval=30.0) as telemetry:
+            telemetry.publish_anc_metrics({"latency_ms": 35.2, "cancellation_db": 42.5,
+                                           "snr_improvement_db": 38.2})
+            ...
+        # leaving the block sent what was waiting, within stop_timeout seconds
 
     ``device_id`` defaults to the connection's thing name. ``store`` makes batches durable
     (``durable=False`` keeps only the ``seq`` counters in it). ``max_in_flight`` bounds the
     batches sent and not yet acknowledged: raise it (or ``batch_size``) for long round trips.
+    ``stop_timeout`` bounds the shutdown (last batches, their PUBACKs, storing the rest).
     """
+
+    name = "telemetry"
 
     def __init__(
         self,
@@ -82,7 +87,9 @@ class TelemetryPublisher:
         durable: bool | None = None,
         max_in_flight: int = MAX_BATCHES_IN_FLIGHT,
         clock: Callable[[], float] = time.monotonic,
+        stop_timeout: float = 5.0,
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self._iot = connection
         self.device_id = validate_thing_name(device_id or connection.thing_name)
         self._buffer = RecordBuffer(
@@ -101,17 +108,15 @@ class TelemetryPublisher:
         self._durable = store is not None if durable is None else durable
         self._topics = {kind: telemetry_topic(self.device_id, kind) for kind in TELEMETRY_KINDS}
         self._seqs = dict.fromkeys(TELEMETRY_KINDS, 0)  # used when there is no store
-        self._running = False
-        self._stopping = False
-        # anyio primitives need a running event loop: made in start_publishing().
+        # anyio primitives need a running event loop: made when it runs.
         self._wakeup: anyio.Event | None = None
         self._window: anyio.Semaphore | None = None
-        self._scope: anyio.CancelScope | None = None
-        self._watchers: TaskGroup | None = None
+        self._producer: Producer | None = None
+        # Batches handed to the connection whose outcome is not known yet, by msg_id.
+        self._pending: dict[str, tuple[StoredMessage, TelemetryKind, bool]] = {}
+        self._settled_now: anyio.Event | None = None  # set when a pending batch settles
         self._acknowledged_ids: list[str] = []
-        self._forgetting = False
-        self._offline_wait: anyio.CancelScope | None = None
-        self._stopped: anyio.Event | None = None
+        self._to_forget: anyio.Event | None = None
         self._delivered = dict.fromkeys(TELEMETRY_KINDS, 0)
         self._failed = dict.fromkeys(TELEMETRY_KINDS, 0)
         self._unsent = dict.fromkeys(TELEMETRY_KINDS, 0)
@@ -147,109 +152,91 @@ class TelemetryPublisher:
         if self._buffer.add(kind, encoded) and self._wakeup is not None:
             self._wakeup.set()
 
-    # -- the background task ---------------------------------------------------------------------
+    # -- the lifecycle -------------------------------------------------------------------------
 
-    async def start_publishing(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Batch and publish until :meth:`stop` (or cancellation). Run it in a task group;
-        ``await task_group.start(telemetry.start_publishing)`` returns once it runs.
-
-        First re-sends the batches a previous run left in the durable store, in order. A
-        publisher runs once: after :meth:`stop` this returns at once.
-        """
-        if self._running:
-            raise RuntimeError("start_publishing() is already running")
-        if self._stopping:
-            logger.debug("start_publishing() after stop(): not started")
-            task_status.started()
-            return
-        self._running = True
-        self._wakeup, self._stopped = anyio.Event(), anyio.Event()
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Re-send what a previous run stored, then batch and publish until cancelled."""
+        self._wakeup, self._to_forget = anyio.Event(), anyio.Event()
         self._window = anyio.Semaphore(self._max_in_flight)
+        self._producer = self._iot.producing(self.name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._forget_forever)
+            task_status.started()
+            await self._resend_stored()
+            await self._batch_forever()
+
+    async def _shutdown(self) -> None:
+        """Send what waits (when connected), wait for the PUBACKs, store or count the rest."""
         try:
-            with anyio.CancelScope() as self._scope:
-                async with anyio.create_task_group() as watchers:
-                    self._watchers = watchers
-                    task_status.started()
-                    await self._resend_stored(watchers)
-                    await self._batch_until_stopped(watchers)
-                    await self._wait_until_delivered()
-                    watchers.cancel_scope.cancel()
+            if self._iot.connected:
+                await self._send_last_batches()
+            if self._producer is not None:
+                self._producer.finish()
+            # Keep time to store what is left: the last quarter, at most a second.
+            with anyio.move_on_after(self._time_left() - min(1.0, self._time_left() / 4)):
+                await self._iot.while_connected(self._all_settled())
         finally:
-            self._watchers = None
-            if self._acknowledged_ids:  # a cancelled flusher may have left some
-                with anyio.CancelScope(shield=True):
-                    await self._forget_acknowledged()
-            self._running = False
-            self._stopped.set()
+            if self._producer is not None:
+                self._producer.finish()
+            self._count_unsettled()
+            await self._keep_leftovers()
+            await self._forget_acknowledged()
 
-    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (a deadline, by design)
-        """Send what is waiting and wait for acknowledgements, for at most ``timeout`` seconds.
+    def start_publishing(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> Coroutine[Any, Any, None]:
+        """The original SDK's name for :meth:`run` (``tg.start(telemetry.start_publishing)``)."""
+        return self.run(task_status=task_status)
 
-        Then :meth:`start_publishing` returns. What could not be sent is stored durably when
-        there is a durable store (and re-sent on the next start; counted as ``stored``);
-        otherwise it is counted as ``unsent`` in :meth:`get_status` and logged. Batches sent
-        but not acknowledged in time are counted as ``unconfirmed`` (or ``stored``).
-        """
-        self._stopping = True
-        if self._offline_wait is not None:
-            self._offline_wait.cancel()
-        if self._running and self._stopped is not None:
-            assert self._wakeup is not None
-            self._wakeup.set()
-            with anyio.move_on_after(timeout):
-                await self._stopped.wait()
-            if not self._stopped.is_set():
-                assert self._scope is not None
-                self._scope.cancel()
-                await self._stopped.wait()
-        await self._keep_leftovers()
-
-    async def _batch_until_stopped(self, watchers: TaskGroup) -> None:
+    async def _batch_forever(self) -> None:
         assert self._wakeup is not None
         assert self._window is not None
         while True:
-            kind = self._buffer.due(flush=self._stopping)
+            kind = self._buffer.due()
             if kind is None:
-                if self._stopping:
-                    return
                 self._wakeup = anyio.Event()  # no await since due(): no wake-up can be missed
                 with anyio.move_on_after(self._buffer.seconds_until_due()):
                     await self._wakeup.wait()
                 continue
             await self._window.acquire()
-            if not await self._until_connected():
-                self._window.release()
-                return  # stopping while offline: what waits is stored or counted by stop()
+            await self._until_connected()
             records = self._buffer.take(kind)
             if not records:  # dropped while we waited
                 self._window.release()
                 continue
-            message, seq = self._make_batch(kind, records)
-            stored = await self._persist(message, kind, seq)
-            if stored is False:
-                self._window.release()
-                continue
-            await self._send(message, kind, watchers, stored=bool(stored))
+            # Shielded for a moment: a batch taken from the buffer is stored and queued, or
+            # not taken at all (a cancellation here would lose its records).
+            with anyio.CancelScope(shield=True):
+                await self._store_and_send(kind, records)
 
-    async def _until_connected(self) -> bool:
-        """Wait for the connection (offline, records wait in the buffer, newest kept).
+    async def _send_last_batches(self) -> None:
+        """At stop: batch everything still waiting and queue it, outside the in-flight window."""
+        while (kind := self._buffer.due(flush=True)) is not None:
+            await self._store_and_send(kind, self._buffer.take(kind), windowed=False)
 
-        Returns ``False`` when :meth:`stop` is called while offline.
-        """
-        if self._iot.connected:
-            return True
-        with anyio.CancelScope() as self._offline_wait:
-            while not self._stopping:
-                try:
-                    await self._iot.wait_connected()
-                except AncSyncError:
-                    # A permanent error (bad certificate...): the session retries by itself.
-                    await anyio.sleep(1.0)
-                else:
-                    return True
-        return False
+    async def _store_and_send(
+        self, kind: TelemetryKind, records: list[bytes], *, windowed: bool = True
+    ) -> None:
+        message, seq = self._make_batch(kind, records)
+        stored = await self._persist(message, kind, seq)
+        if stored is False:
+            if windowed:
+                self._release()
+            return
+        self._send(message, kind, stored=bool(stored), windowed=windowed)
+
+    def _release(self) -> None:
+        assert self._window is not None
+        self._window.release()
+
+    async def _until_connected(self) -> None:
+        """Wait for the connection (offline, records wait in the buffer, newest kept)."""
+        while not self._iot.connected:
+            try:
+                await self._iot.wait_connected()
+            except AncSyncError:
+                # A permanent error (bad certificate...): the session retries by itself.
+                await anyio.sleep(1.0)
 
     def _make_batch(self, kind: TelemetryKind, records: list[bytes]) -> tuple[StoredMessage, int]:
         """Number and encode a batch of ``records``; returns the message and its ``seq``."""
@@ -294,78 +281,89 @@ class TelemetryPublisher:
             return None
         return True
 
-    async def _send(
-        self, message: StoredMessage, kind: TelemetryKind, watchers: TaskGroup, *, stored: bool
+    def _send(
+        self, message: StoredMessage, kind: TelemetryKind, *, stored: bool, windowed: bool = True
     ) -> None:
-        assert self._window is not None
         try:
-            handle = await self._iot.publish(
+            handle = self._iot.publish_nowait(
                 message.topic, message.payload, qos=1, lane=Lane.TELEMETRY, msg_id=message.msg_id
             )
         except AncSyncError as exc:
             logger.warning("telemetry batch %s was not queued: %s", message.msg_id, exc)
             (self._stored if stored else self._failed)[kind] += message.records
             self._buffer.settle(message.records)
-            self._window.release()
+            if windowed:
+                self._release()
             return
         self._batches_sent += 1
-        watchers.start_soon(self._watch, message, kind, handle, stored)
+        self._pending[message.msg_id] = (message, kind, stored)
+        handle.add_done_callback(partial(self._settled, message.msg_id, windowed))
 
-    async def _watch(
-        self, message: StoredMessage, kind: TelemetryKind, handle: PublishHandle, stored: bool
-    ) -> None:
-        """Wait for the batch's PUBACK and count its records in exactly one outcome."""
-        assert self._window is not None
+    def _settled(self, msg_id: str, windowed: bool, error: BaseException | None) -> None:
+        """A batch's outcome: count its records in exactly one outcome."""
+        if windowed:
+            self._release()
+        entry = self._pending.pop(msg_id, None)
+        if entry is None:
+            return  # counted already, by a shutdown that gave up waiting
+        message, kind, stored = entry
         # A batch in the durable store stays there until its PUBACK: re-sent on the next start.
-        outcome: dict[TelemetryKind, int] | None = None
-        try:
-            await handle.delivered()
-        except PublishTimeout as exc:
-            # The connection stopped after sending it: the broker may or may not have it.
-            logger.warning("telemetry batch %s was not acknowledged: %s", message.msg_id, exc)
-            outcome = self._stored if stored else self._unconfirmed
-        except AncSyncError as exc:
-            # Dropped by the outbox or failed for good: counted, never silent.
-            logger.warning("telemetry batch %s was not delivered: %s", message.msg_id, exc)
-            outcome = self._stored if stored else self._failed
-        else:
+        if error is None:
             self._batches_acknowledged += 1
             outcome = self._delivered
             if self._durable and self._store is not None:
-                self._forget(message.msg_id)
-        finally:
-            if outcome is None:
-                # Cancelled by stop() (or an unexpected error): the broker may have it or not.
-                logger.warning("telemetry batch %s was not acknowledged", message.msg_id)
-                outcome = self._stored if stored else self._unconfirmed
-            outcome[kind] += message.records
-            self._buffer.settle(message.records)
-            self._window.release()
+                self._acknowledged_ids.append(msg_id)
+                if self._to_forget is not None:
+                    self._to_forget.set()
+        elif isinstance(error, PublishTimeout):
+            # The connection stopped after sending it: the broker may or may not have it.
+            logger.warning("telemetry batch %s was not acknowledged: %s", msg_id, error)
+            outcome = self._stored if stored else self._unconfirmed
+        else:
+            # Dropped by the outbox or failed for good: counted, never silent.
+            logger.warning("telemetry batch %s was not delivered: %s", msg_id, error)
+            outcome = self._stored if stored else self._failed
+        outcome[kind] += message.records
+        self._buffer.settle(message.records)
+        if self._settled_now is not None:
+            self._settled_now.set()
 
-    def _forget(self, msg_id: str) -> None:
-        """Delete an acknowledged batch from the store, soon, together with the others."""
-        self._acknowledged_ids.append(msg_id)
-        if not self._forgetting and self._watchers is not None:
-            self._forgetting = True
-            self._watchers.start_soon(self._forget_acknowledged)
+    async def _all_settled(self) -> None:
+        while self._pending:
+            self._settled_now = anyio.Event()
+            await self._settled_now.wait()
+        self._settled_now = None
+
+    def _count_unsettled(self) -> None:
+        """At stop: batches still unacknowledged are counted now (their late outcome is not)."""
+        for message, kind, stored in self._pending.values():
+            logger.warning("telemetry batch %s was not acknowledged", message.msg_id)
+            (self._stored if stored else self._unconfirmed)[kind] += message.records
+            self._buffer.settle(message.records)
+        self._pending.clear()
+
+    async def _forget_forever(self) -> None:
+        """Delete acknowledged batches from the store, a group per worker-thread call."""
+        while True:
+            assert self._to_forget is not None
+            await self._to_forget.wait()
+            self._to_forget = anyio.Event()
+            # Shielded: an acknowledgement received must not be lost to a stop.
+            with anyio.CancelScope(shield=True):
+                await self._forget_acknowledged()
 
     async def _forget_acknowledged(self) -> None:
-        # One worker-thread call for all the acknowledgements that arrived since the last one.
-        assert self._store is not None
-        try:
-            while self._acknowledged_ids:
-                msg_ids, self._acknowledged_ids = self._acknowledged_ids, []
-                try:
-                    # Shielded: stopping must not lose acknowledgements already received.
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(partial(self._store.ack, *msg_ids))
-                except StorageError as exc:
-                    # They stay stored and are sent again on the next start: duplicates, no loss.
-                    logger.warning("%d acknowledged batches stay stored: %s", len(msg_ids), exc)
-        finally:
-            self._forgetting = False
+        if self._store is None:
+            return
+        while self._acknowledged_ids:
+            msg_ids, self._acknowledged_ids = self._acknowledged_ids, []
+            try:
+                await anyio.to_thread.run_sync(partial(self._store.ack, *msg_ids))
+            except StorageError as exc:
+                # They stay stored and are sent again on the next start: duplicates, no loss.
+                logger.warning("%d acknowledged batches stay stored: %s", len(msg_ids), exc)
 
-    async def _resend_stored(self, watchers: TaskGroup) -> None:
+    async def _resend_stored(self) -> None:
         if not self._durable or self._store is None:
             return
         assert self._window is not None
@@ -375,21 +373,12 @@ class TelemetryPublisher:
         for message in stored:
             kind = kind_of_topic(message.topic)
             await self._window.acquire()
-            if not await self._until_connected():
-                self._window.release()
-                return  # stopping: the rest stays stored for the next start
+            await self._until_connected()
             self._buffer.readmit(kind, message.records)
-            await self._send(message, kind, watchers, stored=True)
-
-    async def _wait_until_delivered(self) -> None:
-        assert self._window is not None
-        for _ in range(self._max_in_flight):
-            await self._window.acquire()
-        for _ in range(self._max_in_flight):
-            self._window.release()
+            self._send(message, kind, stored=True)
 
     async def _keep_leftovers(self) -> None:
-        """After stop: store the records that were never batched, or count them as unsent."""
+        """At stop: store the records that were never batched, or count them as unsent."""
         while (kind := self._buffer.due(flush=True)) is not None:
             records = self._buffer.take(kind)
             stored: bool | None = None
@@ -410,8 +399,8 @@ class TelemetryPublisher:
 
         ``dropped`` counts records pushed out by the ``max_buffer_size`` bound; ``failed``
         counts records in batches the connection refused or dropped; ``unsent`` counts records
-        that :meth:`stop` could neither send nor store; ``unconfirmed`` counts records in
-        batches handed to the connection whose PUBACK had not come when :meth:`stop` gave up
+        that stopping could neither send nor store; ``unconfirmed`` counts records in
+        batches handed to the connection whose PUBACK had not come when stopping gave up
         (the broker may or may not have them); ``stored`` counts records left in the durable
         store, re-sent on the next start. Every accepted record is in exactly one of these,
         ``delivered``, or still waiting or in flight::
@@ -423,7 +412,7 @@ class TelemetryPublisher:
         """
         buffer = self._buffer
         return {
-            "running": self._running,
+            "running": self.running,
             "durable": self._durable,
             "depth": len(buffer),
             "bytes": buffer.waiting_bytes,

@@ -307,7 +307,7 @@ async def test_stop_fails_the_handles_of_messages_never_sent(dev_certs: DevCerts
                 handle = await iot.publish("anc/devices/anc-device-002/metrics", {"snr": 1})
                 with pytest.raises(NotAuthorized):
                     await iot.wait_connected()
-                await iot.stop(flush_timeout=0.1)
+                await iot.stop(timeout=0.1)
             with anyio.fail_after(1), pytest.raises(ConnectError, match="never sent"):
                 await handle.delivered()
 

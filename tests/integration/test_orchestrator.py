@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from anyio.abc import TaskStatus
 from device import THING, orchestrator_options
 from helpers import assert_typed
 
@@ -183,17 +184,17 @@ async def test_cancelled_run_forever_flushes_and_goes_offline(
 async def test_a_failing_component_is_restarted_and_the_others_carry_on(
     emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = TelemetryPublisher.start_publishing
+    real = TelemetryPublisher._serve
     calls = 0
 
-    async def fails_once(self: TelemetryPublisher, **kwargs: Any) -> None:
+    async def fails_once(self: TelemetryPublisher, task_status: TaskStatus[None]) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("telemetry broke")
-        await real(self, **kwargs)
+        await real(self, task_status)
 
-    monkeypatch.setattr(TelemetryPublisher, "start_publishing", fails_once)
+    monkeypatch.setattr(TelemetryPublisher, "_serve", fails_once)
     device = orchestrator(emulator, tmp_path)
     with anyio.fail_after(TIMEOUT):
         async with device:

@@ -326,7 +326,7 @@ async def test_batches_without_puback_at_stop_are_counted(
                 # Stop the connection quickly: no flushing into (or reconnecting past) the void.
                 proxy.refuse = True
                 await proxy.cut()
-                await iot.stop(flush_timeout=0.1)
+                await iot.stop(timeout=0.1)
             await telemetry.stop(timeout=0.3)
 
     status = telemetry.get_status()

@@ -59,8 +59,8 @@ async def running(rig: Rig) -> AsyncIterator[Rig]:
     """Run the router and the session for the block, then cancel them."""
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(rig.router.run)
-            tg.start_soon(rig.session.run)
+            await tg.start(rig.router.run)
+            await tg.start(rig.session.run)
             yield rig
             tg.cancel_scope.cancel()
 
@@ -92,7 +92,7 @@ async def test_a_client_that_is_not_a_device_announces_no_status() -> None:
     async with running(rig):
         await rig.session.wait_connected()
         await rig.put("anc/ops/request", 1).delivered()
-        await rig.session.stop(flush_timeout=1)
+        await rig.session.aclose(timeout=1)
     assert rig.broker.connects[0].will is None
     assert [topic for topic, *_ in rig.broker.attempted] == ["anc/ops/request"]
 
@@ -126,7 +126,8 @@ async def test_emergency_lane_drains_first() -> None:
     rig.put("anc/e", 2, Lane.EMERGENCY)
     async with running(rig):
         await rig.broker.wait_until(lambda: len(rig.broker.published) == 4)
-    assert [topic for topic, *_ in rig.broker.published[1:]] == ["anc/e", "anc/t/0", "anc/t/1"]
+    # Then status "offline", published by the stop.
+    assert [topic for topic, *_ in rig.broker.published[1:4]] == ["anc/e", "anc/t/0", "anc/t/1"]
 
 
 class ManualClock:
@@ -175,7 +176,7 @@ async def test_emergency_goes_before_telemetry_waiting_for_the_rate_limit(
         rig.put("anc/e", 99, Lane.EMERGENCY)
         clock.advance(0.2)  # room for one more message
         await rig.broker.wait_until(lambda: len(rig.broker.published) == sent + 1)
-    topics = [topic for topic, *_ in rig.broker.published[1:]]
+    topics = [topic for topic, *_ in rig.broker.published[1 : sent + 1]]  # the stop flushes more
     assert topics == [f"anc/t/{n}" for n in range(sent - 1)] + ["anc/e"]
 
 
@@ -249,7 +250,7 @@ async def test_connect_hooks_run_after_every_connect() -> None:
     runs, ran = anyio.create_memory_object_stream[str](10)
 
     async def hook() -> None:
-        runs.send_nowait(rig.session.state.value)
+        runs.send_nowait(rig.session.link_state.value)
 
     rig.session.add_connect_hook(hook)
     async with running(rig):
@@ -276,8 +277,8 @@ async def test_stop_flushes_then_publishes_offline() -> None:
     async with running(rig):
         await rig.session.wait_connected()
         handles = [rig.put(f"anc/t/{n}", n) for n in range(5)]
-        await rig.session.stop(flush_timeout=2)
-        assert rig.session.state.value == "stopped"
+        await rig.session.aclose(timeout=2)
+        assert rig.session.link_state.value == "stopped"
     for handle in handles:
         await handle.delivered()
     topics = [topic for topic, *_ in rig.broker.published]
@@ -294,7 +295,7 @@ async def test_stop_fails_the_handles_it_could_not_flush() -> None:
         rig.broker.auto_ack = False
         handles = [rig.put(f"anc/t/{n}", n) for n in range(3)]
         await rig.broker.wait_until(lambda: len(rig.broker.attempted) == 2)
-        await rig.session.stop(flush_timeout=0.05)
+        await rig.session.aclose(timeout=0.05)
     with anyio.fail_after(1):
         for handle in handles[:2]:
             with pytest.raises(PublishTimeout, match="may or may not have it"):
@@ -343,7 +344,7 @@ async def test_wait_connected_raises_once_run_has_ended() -> None:
     async with running(rig) as rig, anyio.create_task_group() as waiters:
         waiters.start_soon(wait)  # already waiting when run() ends
         await rig.broker.wait_until(lambda: len(rig.broker.connects) == 1)
-        await rig.session.stop()
+        await rig.session.aclose()
     assert len(failures) == 1
     assert "has stopped" in str(failures[0])
     with anyio.fail_after(1), pytest.raises(ConnectError, match="has stopped"):

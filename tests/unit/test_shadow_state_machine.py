@@ -18,6 +18,7 @@ import pytest
 from ancsync import AncDesiredState, BackoffPolicy, PayloadTooLarge, ShadowRejected, ShadowTimeout
 from ancsync.emulator.shadow_documents import ShadowStore
 from ancsync.errors import InvalidPayload
+from ancsync.mqtt.outbox import Outbox, Producer
 from ancsync.shadow import DeviceShadowSync
 from ancsync.shadow.document import (
     LocalShadow,
@@ -125,6 +126,11 @@ class StoreConnection:
         self.before: Callable[[], None] | None = None
         self.now = 1_700_000_000
         self._changed = anyio.Event()
+        self.outbox = Outbox()
+        self.connected = False  # no last update at stop: these tests follow the requests
+
+    def producing(self, name: str) -> Producer:
+        return self.outbox.producing(name)
 
     async def until(self, done: Callable[[], bool]) -> None:
         """Wait until ``done()`` holds, checking after every request the device sends."""

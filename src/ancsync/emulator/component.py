@@ -11,6 +11,8 @@ however it was started.
 
 from __future__ import annotations
 
+import anyio
+
 from ancsync.lifecycle import Component
 from ancsync.testing import StartedPart, start_in_task
 
@@ -32,13 +34,15 @@ class EmulatorComponent(Component):
         """
         self._started_part = await start_in_task(self)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Stop the part however it was started (``start()``, a task group, ``async with``).
 
         Returns once it has shut down; raises the error of a part started with ``start()``
         that failed meanwhile.
         """
         started, self._started_part = self._started_part, None
+        if timeout is not None:
+            self._limit_stop(anyio.current_time() + timeout)
         if started is not None:
             await started.stop()
         else:

@@ -13,6 +13,11 @@ Each lane is bounded in messages and bytes and has its own overflow policy:
   the oldest is dropped, as for telemetry;
 * emergency: nothing is ever dropped; :meth:`Outbox.put` raises ``BufferFull`` at the hard limit.
 
+A part that may still queue messages while everything stops (telemetry's last batches, the
+shadow's last report) registers as a :class:`Producer` (:meth:`Outbox.producing`): the session's
+shutdown keeps sending until every producer has finished and the outbox is empty, or its
+deadline passes.
+
 The outbox is in memory. A durable store (SQLite, for emergencies and optionally telemetry) belongs
 behind the same three calls: write in ``put`` before returning, delete when the session resolves a
 handle on PUBACK, and reload pending messages (with their ``msg_id``) into the lanes on start.
@@ -40,6 +45,7 @@ __all__ = [
     "LaneLimits",
     "Outbox",
     "OutgoingMessage",
+    "Producer",
     "PublishHandle",
 ]
 
@@ -93,6 +99,7 @@ class PublishHandle:
         self._event: anyio.Event | None = None  # created lazily: put() may run before any await
         # Handles of shadow messages this one replaced; they share its outcome.
         self._followers: list[PublishHandle] = []
+        self._callbacks: list[Callable[[BaseException | None], None]] = []
 
     @property
     def done(self) -> bool:
@@ -124,6 +131,17 @@ class PublishHandle:
         if self._error is not None:
             raise self._error
 
+    def add_done_callback(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call ``callback(error)`` once the outcome is known (``None`` when delivered).
+
+        At once if it is known already. No task waits: the callback runs where the outcome is
+        decided (the session's PUBACK handler), so it must be quick and must not raise.
+        """
+        if self._done:
+            callback(self._error)
+        else:
+            self._callbacks.append(callback)
+
     def resolve(self) -> None:
         """Mark the message delivered (called by the session on PUBACK)."""
         self._finish(None)
@@ -145,6 +163,9 @@ class PublishHandle:
         for follower in self._followers:
             follower._finish(error)
         self._followers.clear()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(error)
 
 
 @dataclass
@@ -229,6 +250,22 @@ class _LaneQueue:
             del self.by_key[key]
 
 
+class Producer:
+    """A part that may still put messages in the outbox; :meth:`finish` once it will not.
+
+    Made by :meth:`Outbox.producing`. While any producer is unfinished, a stopping session
+    waits for more messages (within its deadline) instead of disconnecting.
+    """
+
+    def __init__(self, outbox: Outbox, name: str) -> None:
+        self.name = name
+        self._outbox = outbox
+
+    def finish(self) -> None:
+        """Say this part will queue nothing more (idempotent)."""
+        self._outbox._finished(self)
+
+
 class Outbox:
     """Bounded priority lanes of messages waiting for the session task.
 
@@ -252,6 +289,26 @@ class Outbox:
         self._clock = clock
         self._order = itertools.count()
         self._not_empty: anyio.Event | None = None
+        self._producers: list[Producer] = []
+        #: Called whenever a producer finishes (the session follows it while it stops).
+        self.on_producer_finished: Callable[[], None] | None = None
+
+    def producing(self, name: str) -> Producer:
+        """Register a part that may still queue messages while the session stops."""
+        producer = Producer(self, name)
+        self._producers.append(producer)
+        return producer
+
+    @property
+    def producers(self) -> list[str]:
+        """The names of the producers that have not finished."""
+        return [producer.name for producer in self._producers]
+
+    def _finished(self, producer: Producer) -> None:
+        if producer in self._producers:
+            self._producers.remove(producer)
+            if self.on_producer_finished is not None:
+                self.on_producer_finished()
 
     def put(self, message: OutgoingMessage) -> None:
         """Queue ``message`` on its lane. Synchronous, never waits.
@@ -297,13 +354,24 @@ class Outbox:
     async def get(self) -> OutgoingMessage:
         """Wait for the next message: the highest-priority lane first, FIFO within a lane."""
         while True:
-            for lane in self._lanes.values():
-                for entry in lane.entries():
-                    lane.remove(entry)
-                    return entry.message
+            message = self.take_nowait()
+            if message is not None:
+                return message
             if self._not_empty is None or self._not_empty.is_set():
                 self._not_empty = anyio.Event()
             await self._not_empty.wait()
+
+    def take_nowait(self) -> OutgoingMessage | None:
+        """The next message as :meth:`get` would return it, or ``None`` when all lanes are empty."""
+        for lane in self._lanes.values():
+            for entry in lane.entries():
+                lane.remove(entry)
+                return entry.message
+        return None
+
+    def is_empty(self) -> bool:
+        """Whether no message waits on any lane."""
+        return not any(len(lane) for lane in self._lanes.values())
 
     def requeue(self, message: OutgoingMessage) -> None:
         """Put back a message whose publish failed or timed out, counting the attempt.

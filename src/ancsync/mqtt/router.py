@@ -5,9 +5,11 @@ waits: aiomqtt has already acknowledged the message to the broker, so blocking w
 the session (and with it every publish and keep-alive). Instead each route has a bounded queue;
 when a slow handler lets it fill up, the oldest waiting message is dropped and counted.
 
-:meth:`TopicRouter.run` runs one worker per route, so a slow or failing handler only affects its
-own route. A payload that does not parse or validate is counted, logged with the topic and the
-reason, passed to the ``on_invalid`` hook, and never reaches the handler.
+The router is a :class:`~ancsync.lifecycle.Component`: while it runs, one worker per route runs,
+so a slow or failing handler only affects its own route; when it stops, messages already queued
+are still handed to their handlers, within its deadline. A payload that does not parse or
+validate is counted, logged with the topic and the reason, passed to the ``on_invalid`` hook,
+and never reaches the handler.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from pydantic import BaseModel
 
 from ancsync.codec import decode, decode_model
 from ancsync.errors import ConfigError, InvalidPayload
+from ancsync.lifecycle import Component
 from ancsync.status import RouterStatus, RouteStatus
 from ancsync.topics import matches, validate_filter
 
@@ -79,14 +82,23 @@ class Route:
         return f"Route({self.topic_filter!r}, model={self.model and self.model.__name__})"
 
 
-class TopicRouter:
+class TopicRouter(Component):
     """Matches incoming messages to routes and runs their handlers.
 
     ``queue_size`` is the default bound of each route's queue; ``on_invalid`` is called (and must
     not block) for every payload a route rejects.
     """
 
-    def __init__(self, *, queue_size: int = 100, on_invalid: InvalidHook | None = None) -> None:
+    name = "router"
+
+    def __init__(
+        self,
+        *,
+        queue_size: int = 100,
+        on_invalid: InvalidHook | None = None,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self._queue_size = _check_queue_size(queue_size)
         self._on_invalid = on_invalid
         self._routes: list[Route] = []
@@ -104,8 +116,8 @@ class TopicRouter:
         """Route messages matching ``topic_filter`` to ``handler``, validated as ``model``.
 
         Without a model the handler gets the decoded JSON value. Raises
-        :class:`~ancsync.errors.InvalidTopic` for a bad filter. A route added while :meth:`run`
-        is running gets its worker at once; subscribing at the broker is the session's job.
+        :class:`~ancsync.errors.InvalidTopic` for a bad filter. A route added while the router
+        runs gets its worker at once; subscribing at the broker is the session's job.
         """
         validate_filter(topic_filter)
         size = self._queue_size if queue_size is None else _check_queue_size(queue_size)
@@ -160,18 +172,24 @@ class TopicRouter:
             logger.debug("no route for a message on %s", topic)
         return routed
 
-    async def run(self) -> None:
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
         """Run one worker per route, including routes added later, until cancelled."""
-        if self._task_group is not None:
-            raise RuntimeError("TopicRouter.run() is already running; run it once")
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 for route in self._routes:
                     task_group.start_soon(self._work, route)
+                task_status.started()
                 await anyio.sleep_forever()
         finally:
             self._task_group = None
+
+    async def _shutdown(self) -> None:
+        """Hand the messages still queued to their handlers (a stop loses nothing received)."""
+        async with anyio.create_task_group() as task_group:
+            for route in self._routes:
+                if route._queue:
+                    task_group.start_soon(self._work, route, True)
 
     def stats(self) -> RouterStatus:
         """Totals (removed routes included) and per-route stats, JSON-serialisable."""
@@ -186,9 +204,11 @@ class TopicRouter:
             "routes": [route.stats() for route in self._routes],
         }
 
-    async def _work(self, route: Route) -> None:
+    async def _work(self, route: Route, until_empty: bool = False) -> None:
         while not route._removed:
             if not route._queue:
+                if until_empty:
+                    return
                 route._wakeup = anyio.Event()
                 await route._wakeup.wait()
                 continue

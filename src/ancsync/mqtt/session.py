@@ -1,6 +1,6 @@
 """The MQTT session: the one task that owns the connection.
 
-:meth:`MqttSession.run` loops for the life of the SDK::
+:class:`MqttSession` is a :class:`~ancsync.lifecycle.Component`; while it runs it loops::
 
     connect (TLS context built fresh, last will "offline")
       -> subscribe every filter of the router -> publish retained status "online"
@@ -19,8 +19,11 @@ kept as :attr:`permanent_error` until the next attempt ends otherwise: :meth:`wa
 raises them at once, and the session keeps retrying only about once per backoff cap (60 s), so a
 device recovers by itself once the cloud side is fixed.
 
-When :meth:`MqttSession.run` ends (stopped or cancelled), the handle of every message still
-queued or unacknowledged fails, so no ``await handle.delivered()`` waits forever.
+Stopping (cancelled, or ``aclose()``) while connected keeps the connection for the shutdown: it
+sends what is queued, and what the outbox's producers still queue, until they have finished and
+every message is acknowledged, or the deadline is near; then it publishes "offline" and
+disconnects. The handle of every message still queued or unacknowledged then fails, so no
+``await handle.delivered()`` waits forever.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ancsync.codec import encode
@@ -46,6 +49,7 @@ from ancsync.errors import (
     ConnectTimeout,
     PublishTimeout,
 )
+from ancsync.lifecycle import Component, unwrapping
 from ancsync.models import DeviceStatus, new_id, utc_now
 from ancsync.mqtt.backoff import Backoff
 from ancsync.mqtt.outbox import Outbox, OutgoingMessage
@@ -98,8 +102,8 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-class MqttSession:
-    """Owns the broker connection of one device. Build it in async code, run :meth:`run` once.
+class MqttSession(Component):
+    """Owns the broker connection of one device: a :class:`~ancsync.lifecycle.Component`.
 
     ``keep_alive`` is taken as given (AWS IoT accepts 30 to 1200 s; :class:`~ancsync.config.
     Settings` enforces that); tests use a few seconds to detect half-open links quickly.
@@ -107,7 +111,10 @@ class MqttSession:
     certificate files are picked up and expiry is reported. ``in_flight`` bounds the concurrent
     unacknowledged publishes (AWS allows 100 per client). ``announce_status=False`` (a client
     that is not a device, such as an operator tool) sets no last will and publishes no status.
+    ``stop_timeout`` bounds the shutdown: the flush, "offline" and the disconnect.
     """
+
+    name = "session"
 
     def __init__(
         self,
@@ -127,7 +134,9 @@ class MqttSession:
         backoff: Backoff | None = None,
         in_flight: int = 20,
         connect_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self.thing_name = thing_name
         self._host = host
         self._port = port
@@ -147,7 +156,7 @@ class MqttSession:
         self._connect_timeout = connect_timeout
         self._status_topic = status_topic(thing_name)
 
-        self.state = SessionState.STOPPED
+        self.link_state = SessionState.STOPPED
         self.permanent_error: AncSyncError | None = None
         self.last_error: AncSyncError | None = None
         self._last_error_at: str | None = None
@@ -163,10 +172,10 @@ class MqttSession:
         self._listeners: list[MemoryObjectSendStream[ConnectionEvent]] = []
         self._changed = anyio.Event()
         self._subscriptions_changed = anyio.Event()
-        self._stop_requested = anyio.Event()
-        self._stopped = anyio.Event()
-        self._acked: anyio.Event | None = None  # set while stop() waits for the flush
-        self._flush_deadline = 0.0
+        self._ended = False  # shut down: wait_connected() no longer waits
+        self._kept: Transport | None = None  # the connection a shutdown flushes through
+        self._window = asyncio.Semaphore(in_flight)  # one per connection, kept by the flush
+        self._progress: anyio.Event | None = None  # set on a PUBACK while the flush waits
         self._session_id = new_id()
 
     # --- what components use -------------------------------------------------------------
@@ -177,10 +186,10 @@ class MqttSession:
         :class:`~ancsync.errors.ConnectTimeout` (naming the last error) after ``timeout``."""
         # A timeout parameter (not the caller's cancel scope) so we can say why it timed out.
         with anyio.move_on_after(timeout):
-            while self.state is not SessionState.CONNECTED:
+            while self.link_state is not SessionState.CONNECTED:
                 if self.permanent_error is not None:
                     raise self.permanent_error
-                if self._stopped.is_set():
+                if self._ended:
                     raise ConnectError(
                         f"the session to {self._host}:{self._port} has stopped and will not "
                         "connect again; start a new connection"
@@ -191,6 +200,16 @@ class MqttSession:
         raise ConnectTimeout(
             f"not connected to {self._host}:{self._port} within {timeout} s{last}"
         ) from self.last_error
+
+    async def wait_not_connected(self) -> None:
+        """Return once the session is not connected (at once if it is not)."""
+        while self.link_state is SessionState.CONNECTED:
+            await self._changed.wait()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the session has shut down (until it is run again)."""
+        return self._ended
 
     def events(self, buffer: int = 100) -> MemoryObjectReceiveStream[ConnectionEvent]:
         """A stream of :class:`ConnectionEvent`, from now on. Close it when done.
@@ -226,7 +245,7 @@ class MqttSession:
         """The connection part of ``get_status()``, JSON-serialisable."""
         error = self.last_error
         return {
-            "state": self.state.value,
+            "state": self.link_state.value,
             "connected_since": self.connected_since,
             "connect_attempts": self.attempts,
             "reconnect_count": max(0, self.connections - 1),
@@ -247,44 +266,81 @@ class MqttSession:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Connect, serve, reconnect, until :meth:`stop` or cancellation."""
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Connect, serve, reconnect, until cancelled. Ready at once: a device starts offline."""
+        self._ended = False
+        task_status.started()
+        while True:
+            error = await self._connect_and_serve()
+            delay = self._backoff.next_delay(permanent=error is self.permanent_error)
+            self._set_state(SessionState.WAITING)
+            self._emit(ConnectionEvent("disconnected", self.attempts, error, delay))
+            log.info("next connect attempt in %.2f s", delay)
+            await anyio.sleep(delay)
+
+    async def _shutdown(self) -> None:
+        """Flush through the connection kept at the cancellation, say "offline", disconnect."""
+        transport, self._kept = self._kept, None
         try:
-            while not self._stop_requested.is_set():
-                error = await self._connect_and_serve()
-                if self._stop_requested.is_set():
-                    self._emit(ConnectionEvent("disconnected", self.attempts, error))
-                    break
-                delay = self._backoff.next_delay(permanent=error is self.permanent_error)
-                self._set_state(SessionState.WAITING)
-                self._emit(ConnectionEvent("disconnected", self.attempts, error, delay))
-                log.info("next connect attempt in %.2f s", delay)
-                with anyio.move_on_after(delay):
-                    await self._stop_requested.wait()
+            if transport is not None:
+                await self._flush(transport)
         finally:
-            # Shielded: run() may be ending by cancellation, and no handle may be left waiting.
-            with anyio.CancelScope(shield=True):
-                await self._fail_unsent()
-            self._stopped.set()
+            if transport is not None:
+                await self._let_go(transport)
+            self._fail_unsent()
+            self._ended = True
             self._set_state(SessionState.STOPPED)
+            self._emit(ConnectionEvent("disconnected", self.attempts, ConnectError("stopped")))
             for listener in self._listeners:
                 listener.close()
+            self._listeners.clear()
 
-    async def stop(self, flush_timeout: float = 5.0) -> None:
-        """Flush queued messages for up to ``flush_timeout`` s, publish status "offline",
-        disconnect cleanly and return once :meth:`run` has ended.
+    async def _flush(self, transport: Transport) -> None:
+        """Send until the producers have finished and all is acknowledged, then "offline".
 
-        Not connected: nothing can be flushed; :meth:`run` ends at once. The caller cancels
-        :meth:`run` if this takes too long (it is bounded by the flush and connect timeouts).
-        Handles of messages not acknowledged by then fail: with
-        :class:`~ancsync.errors.PublishTimeout` if the message was sent (the broker may have
-        it), with :class:`~ancsync.errors.ConnectError` if it never was.
+        The last quarter of the time left (at most a second) is kept for "offline" and the
+        DISCONNECT. A connection lost meanwhile ends the flush; what is unsent stays unsent.
         """
-        self._flush_deadline = anyio.current_time() + flush_timeout
-        self._stop_requested.set()
-        await self._stopped.wait()
+        reserve = min(1.0, self._time_left() / 4)
+        try:
+            with anyio.move_on_after(self._time_left() - reserve) as flushing:
+                async with unwrapping(), anyio.create_task_group() as tg:
+                    tg.start_soon(self._write, transport)
+                    tg.start_soon(self._read, transport)
+                    await self._drained()
+                    tg.cancel_scope.cancel()
+            if flushing.cancelled_caught:
+                log.warning(
+                    "stopping: %d messages not acknowledged in time (waiting for: %s)",
+                    len(self._in_flight)
+                    + sum(d["messages"] for d in self._outbox.depth().values()),
+                    ", ".join(self._outbox.producers) or "PUBACKs",
+                )
+            if self._announce_status:
+                with anyio.move_on_after(self._time_left()):
+                    await self._publish_and_wait(transport, self._status_payload("offline"))
+        except ConnectError as exc:
+            log.warning("stopping: the connection was lost during the flush: %s", exc)
 
-    async def _fail_unsent(self) -> None:
+    async def _drained(self) -> None:
+        """Return once no producer may queue more, the outbox is empty and nothing is in flight."""
+
+        def progress() -> None:
+            if self._progress is not None:
+                self._progress.set()
+
+        self._outbox.on_producer_finished = progress
+        try:
+            while self._in_flight or self._outbox.producers or not self._outbox.is_empty():
+                self._progress = anyio.Event()
+                # A PUBACK or a finished producer wakes it; a put need not (the writer takes
+                # the message, and its PUBACK follows).
+                await self._progress.wait()
+        finally:
+            self._outbox.on_producer_finished = None
+            self._progress = None
+
+    def _fail_unsent(self) -> None:
         """Fail the handle of every message left in flight or queued: nothing will send them.
 
         A message handed to the broker before (in flight, or put back after a loss) may have
@@ -294,8 +350,7 @@ class MqttSession:
         unacknowledged = list(self._in_flight.values())
         self._in_flight.clear()
         never_sent: list[OutgoingMessage] = []
-        while any(depth["messages"] for depth in self._outbox.depth().values()):
-            message = await self._outbox.get()  # returns at once: the outbox is not empty
+        while (message := self._outbox.take_nowait()) is not None:
             (unacknowledged if message.attempts else never_sent).append(message)
         for message in unacknowledged:
             message.handle.fail(
@@ -327,22 +382,34 @@ class MqttSession:
         self._session_id = new_id()
         transport = self._transport_factory()
         try:
-            # Bounded by connect_timeout; not cancelled by stop() (see AiomqttTransport.connect).
-            await transport.connect(self._options())
+            await transport.connect(self._options())  # bounded by connect_timeout
         except (ConnectError, ConfigError) as exc:
             await transport.close()
             return self._failed(exc)
+        except BaseException:
+            await transport.close()
+            raise
         log.info("connected to %s:%d as %s", self._host, self._port, self.thing_name)
         try:
-            return await self._serve(transport)
+            return await self._serve_connection(transport)
+        except anyio.get_cancelled_exc_class():
+            if self.link_state is SessionState.CONNECTED:
+                self._kept = transport  # the shutdown flushes through it
+            raise
         finally:
-            # Closed first, so no late PUBACK callback can run for a message put back.
-            await transport.close()
-            self._backoff.disconnected()
-            self.connected_since = None
-            for message in self._in_flight.values():
-                self._outbox.requeue(message)
-            self._in_flight.clear()
+            if self._kept is not transport:
+                await self._let_go(transport)
+
+    async def _let_go(self, transport: Transport) -> None:
+        """Close the connection and put its unacknowledged messages back in the outbox."""
+        # Closed first, so no late PUBACK callback can run for a message put back.
+        await transport.close()
+        self._backoff.disconnected()
+        self.connected_since = None
+        for message in self._in_flight.values():
+            self._outbox.requeue(message)
+        self._in_flight.clear()
+        self._window = asyncio.Semaphore(self._in_flight_limit)
 
     def _options(self) -> ConnectOptions:
         context = self._ssl_context_factory() if self._ssl_context_factory else None
@@ -386,7 +453,7 @@ class MqttSession:
         self._changed = anyio.Event()
         return error
 
-    async def _serve(self, transport: Transport) -> AncSyncError:
+    async def _serve_connection(self, transport: Transport) -> AncSyncError:
         self._subscribed = {}
         self._failed_subscriptions.clear()
         lost: list[AncSyncError] = []
@@ -407,8 +474,6 @@ class MqttSession:
             # The reader runs from the start: it is what notices a connection lost during setup.
             tg.start_soon(guard, lambda: self._read(transport), "reader")
             tg.start_soon(guard, lambda: self._set_up(transport, tg, guard), "setup")
-        if self._stop_requested.is_set():
-            return ConnectError("stopped")
         return self._failed(lost[0] if lost else ConnectError("connection ended"))
 
     async def _set_up(
@@ -431,7 +496,6 @@ class MqttSession:
 
         tg.start_soon(guard, lambda: self._write(transport), "writer")
         tg.start_soon(guard, lambda: self._follow_subscriptions(transport), "subscriber")
-        tg.start_soon(guard, lambda: self._stop_when_asked(transport), "stop")
         for hook in list(self._hooks):
             tg.start_soon(self._run_hook, hook)
 
@@ -457,7 +521,7 @@ class MqttSession:
         without a hop through another task; an asyncio.Semaphore because its acquire does not
         yield when a slot is free. Both are measurable at thousands of messages per second.
         """
-        window = asyncio.Semaphore(self._in_flight_limit)
+        window = self._window
         while True:
             await window.acquire()
             # Wait for the rate limit before choosing the message, so whatever is most urgent
@@ -473,9 +537,8 @@ class MqttSession:
                 if self._in_flight.pop(id(message), None) is not None:
                     self._acknowledged += 1
                 message.handle.resolve()
-                if self._acked is not None:
-                    self._acked.set()
-                    self._acked = None
+                if self._progress is not None:
+                    self._progress.set()
 
             transport.publish(
                 message.topic, message.payload, message.qos, message.retain, acknowledged
@@ -517,22 +580,10 @@ class MqttSession:
         except Exception:
             log.exception("connect hook %r raised; the connection is not affected", hook)
 
-    async def _stop_when_asked(self, transport: Transport) -> None:
-        await self._stop_requested.wait()
-        # Flush: the writer drains the outbox until it is empty or the deadline passes.
-        with anyio.move_on_after(max(0.0, self._flush_deadline - anyio.current_time())):
-            while self._in_flight or any(d["messages"] for d in self._outbox.depth().values()):
-                self._acked = anyio.Event()
-                await self._acked.wait()
-        if self._announce_status:
-            with anyio.move_on_after(self._connect_timeout):
-                await self._publish_and_wait(transport, self._status_payload("offline"))
-        raise ConnectError("stopped")
-
     # --- state and events -------------------------------------------------------------------
 
     def _set_state(self, state: SessionState) -> None:
-        self.state = state
+        self.link_state = state
         self._changed.set()
         self._changed = anyio.Event()
 

@@ -51,6 +51,11 @@ class ReportQueue:
         """Values waiting for the next batch (not a copy: do not modify)."""
         return self._pending
 
+    def take_pending(self) -> JsonObject:
+        """Remove and return the values waiting for the next batch (sent some other way)."""
+        pending, self._pending = self._pending, {}
+        return pending
+
     def add(self, patch: JsonObject) -> int:
         """Merge ``patch`` into the pending values; return the generation to wait for.
 

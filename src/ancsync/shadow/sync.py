@@ -20,26 +20,29 @@ The state machine, in one place:
   an update-delta loop). A value whose handler raised is offered again at the next re-sync.
 - **Re-sync.** After every connect, and every ``sync_interval`` seconds: get the shadow, handle
   its delta, send what is pending.
+- **Stopping.** The sync is a :class:`~ancsync.lifecycle.Component`. When it stops while
+  connected, the values still pending (and the :meth:`DeviceShadowSync.report_when_stopping`
+  values, such as ``status: offline``) go out in one last update, which the stopping connection
+  delivers before it disconnects.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
-from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel
 
-from ancsync.background import start_in_background
 from ancsync.errors import AncSyncError, ShadowRejected
+from ancsync.lifecycle import Component
 from ancsync.models import AncDesiredState, AncReportedState
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
+from ancsync.mqtt.outbox import Lane, Producer
 from ancsync.shadow.deltas import DeltaApplier, DeltaHandler
 from ancsync.shadow.document import (
     JsonObject,
@@ -47,6 +50,7 @@ from ancsync.shadow.document import (
     ShadowState,
     as_patch,
     check_state_limits,
+    combine,
 )
 from ancsync.shadow.reporting import ReportQueue
 from ancsync.shadow.requests import ShadowRequester, limits_for
@@ -61,7 +65,7 @@ __all__ = ["DeviceShadowSync"]
 log = logging.getLogger("ancsync.shadow")
 
 
-class DeviceShadowSync:
+class DeviceShadowSync(Component):
     """Keep the device's state and one Device Shadow (classic or named) in step.
 
     ::
@@ -71,7 +75,7 @@ class DeviceShadowSync:
         async def apply(changes: dict) -> dict:
             return anc.apply(changes)                 # return what was really applied
 
-        async with iot, shadow:                       # runs start_sync() in the background
+        async with iot, shadow:                       # syncs in the background
             await shadow.update_reported({"anc_enabled": True, "battery_level": 85})
 
     ``model`` validates reported state and ``desired_model`` desired values (``None``: no
@@ -83,8 +87,10 @@ class DeviceShadowSync:
 
     The shadow subscribes to its response topics when created, so create it before the
     connection connects: a request sent before the subscription is in place gets no reply
-    until it is retried.
+    until it is retried. ``stop_timeout`` bounds the shutdown.
     """
+
+    name = "shadow"
 
     def __init__(
         self,
@@ -101,7 +107,9 @@ class DeviceShadowSync:
         conflict_retries: int = 5,
         error_field: str | None = "last_error",
         delta_buffer: int = 16,
+        stop_timeout: float = 5.0,
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self.thing_name = validate_thing_name(thing_name or connection.thing_name)
         self.shadow_name = shadow_name
         self.topics = ShadowTopics(self.thing_name, shadow_name)
@@ -142,8 +150,8 @@ class DeviceShadowSync:
         self._wakeup = anyio.Event()
         self._connected = anyio.Event()
         self._resync_due = True
-        self._scope: anyio.CancelScope | None = None
-        self._stack: AsyncExitStack | None = None
+        self._producer: Producer | None = None
+        self._stopping_report: Callable[[], Mapping[str, Any]] | None = None
         connection.subscribe(self.topics.all_responses, self._on_message)
 
     # --- the local copy ----------------------------------------------------------------------
@@ -164,7 +172,7 @@ class DeviceShadowSync:
             "shadow": self.topics.prefix,
             "version": self._local.version,
             "exists": self._local.exists,
-            "syncing": self._scope is not None,
+            "syncing": self.running,
             "pending_keys": sorted(self._reports.pending),
             "coalesced": self._reports.coalesced,
             "requests": dict(self._requests.counts),
@@ -185,7 +193,7 @@ class DeviceShadowSync:
         """Read the shadow from the service; return the updated local copy.
 
         A shadow that does not exist is not an error: the copy is empty with ``exists`` false.
-        A delta in the reply goes to the sync task (:meth:`start_sync`) to be handled.
+        A delta in the reply goes to the sync task to be handled.
         """
         try:
             document = await self._requests.request("get", {})
@@ -285,55 +293,58 @@ class DeviceShadowSync:
 
     # --- the sync task -----------------------------------------------------------------------
 
-    async def start_sync(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Run the sync task until :meth:`stop` or cancellation: re-sync after every connect and
-        every ``sync_interval``, handle deltas, send pending reports.
-
-        Run it in a task group (``tg.start_soon(shadow.start_sync)``), or use ``async with``.
-        """
-        if self._scope is not None:
-            raise RuntimeError("start_sync() is already running for this shadow")
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """The sync task: re-sync after every connect and every ``sync_interval``, handle
+        deltas, send pending reports."""
         remove_hook = self._connection.add_connect_hook(self._on_connect)
+        self._producer = self._connection.producing(self.name)
         self._resync_due = True
         try:
-            with anyio.CancelScope() as self._scope:
-                task_status.started()
-                failures = Backoff(self._retry_backoff)
-                while True:
-                    if await self._sync_step():
-                        failures = Backoff(self._retry_backoff)
-                        await self._wait_for_work()
-                        continue
-                    # Not a tight loop when the service or the connection is down: back off,
-                    # or go again as soon as the connection is (re)made.
-                    self._connected = anyio.Event()
-                    with anyio.move_on_after(failures.next_delay()):
-                        await self._connected.wait()
+            task_status.started()
+            failures = Backoff(self._retry_backoff)
+            while True:
+                if await self._sync_step():
+                    failures = Backoff(self._retry_backoff)
+                    await self._wait_for_work()
+                    continue
+                # Not a tight loop when the service or the connection is down: back off,
+                # or go again as soon as the connection is (re)made.
+                self._connected = anyio.Event()
+                with anyio.move_on_after(failures.next_delay()):
+                    await self._connected.wait()
         finally:
-            self._scope = None
             remove_hook()
 
-    async def stop(self) -> None:
-        """Stop the sync task (pending reports stay queued for a later :meth:`flush`)."""
-        if self._scope is not None:
-            self._scope.cancel()
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
+    async def _shutdown(self) -> None:
+        """Send what is pending, and the stopping report, in one last update (no version: a
+        conflict could not be retried now). Not connected: it stays pending."""
+        try:
+            final = dict(self._reports.pending)
+            if self._stopping_report is not None:
+                final = combine(final, self._reported_patch(self._stopping_report()))
+            if final and self._connection.connected:
+                self._connection.publish_nowait(
+                    self.topics.update, {"state": {"reported": final}}, lane=Lane.SHADOW
+                )
+                self._reports.take_pending()
+        except AncSyncError as exc:
+            log.warning("the last shadow update of %s was not sent: %s", self.topics.prefix, exc)
+        finally:
+            if self._producer is not None:
+                self._producer.finish()
 
-    async def __aenter__(self) -> Self:
-        self._stack = await start_in_background(self.start_sync)
-        return self
+    def report_when_stopping(self, values: Callable[[], Mapping[str, Any]]) -> None:
+        """Add ``values()`` to the last update sent when the sync stops while connected.
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        The orchestrator reports ``status: offline`` and the uptime this way.
+        """
+        self._stopping_report = values
+
+    def start_sync(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> Coroutine[Any, Any, None]:
+        """The original SDK's name for :meth:`run`: ``await tg.start(shadow.start_sync)``."""
+        return self.run(task_status=task_status)
 
     async def _on_connect(self) -> None:
         # A connect hook must be quick: it only tells the sync task to re-sync, and lets every

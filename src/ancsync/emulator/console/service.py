@@ -150,7 +150,7 @@ class Console(EmulatorComponent):
         finally:
             # Stopped in the task and scope that started it; the page's requests fail from now.
             self._connection = None
-            await connection.stop(flush_timeout=1.0)
+            await connection.stop(timeout=1.0)
 
     async def _start_http(self) -> None:
         """Bind the port and start uvicorn's server on it (its connections run as tasks of the
