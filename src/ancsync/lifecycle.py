@@ -157,15 +157,15 @@ class Component:
                 await self._serve(_Started(self, task_status))
         finally:
             self._state = ComponentState.STOPPING
-            self._shutdown_deadline = min(
-                anyio.current_time() + self.stop_timeout, self._asked_deadline
-            )
+            began = anyio.current_time()
+            self._shutdown_deadline = min(began + self.stop_timeout, self._asked_deadline)
             with anyio.CancelScope(shield=True, deadline=self._shutdown_deadline) as shutdown:
                 await self._shutdown()
             if shutdown.cancelled_caught:
                 log.warning(
-                    "the %s component did not finish stopping in time; it was cut short",
+                    "the %s component did not finish stopping within %.3g s; it was cut short",
                     self.name,
+                    max(0.0, self._shutdown_deadline - began),
                 )
             self._run_scope = None
             self._shutdown_deadline = float("inf")

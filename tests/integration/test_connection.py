@@ -128,9 +128,13 @@ async def test_a_slow_handler_drops_its_oldest_and_spares_other_routes(
     fast_seen: list[int] = []
     fast_done = anyio.Event()
 
+    slow_done = anyio.Event()
+
     async def slow(topic: str, payload: dict[str, int]) -> None:
         await release.wait()
         slow_seen.append(payload["n"])
+        if len(slow_seen) == 3:
+            slow_done.set()
 
     def fast(topic: str, payload: dict[str, int]) -> None:
         fast_seen.append(payload["n"])
@@ -154,6 +158,7 @@ async def test_a_slow_handler_drops_its_oldest_and_spares_other_routes(
             # One message is in the handler, two wait in the queue, three were dropped oldest first.
             assert slow_route["dropped"] == 3
             release.set()
+            await slow_done.wait()
         assert slow_seen == [0, 4, 5]
 
 

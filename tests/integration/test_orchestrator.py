@@ -317,7 +317,7 @@ async def test_calls_after_stop_raise_not_started(emulator: Emulator, tmp_path: 
         await device.report_emergency(
             is_emergency=True, predicted_class="siren", confidence=0.8, action="none"
         )
-    with pytest.raises(NotStarted, match="already started"):
+    with pytest.raises(NotStarted, match="already stopped; create a new one"):
         await device.start()
 
 
