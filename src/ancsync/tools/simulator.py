@@ -215,8 +215,12 @@ async def run_simulation(
 
 async def _narrate_connection(device: SimulatedAncDevice) -> None:
     iot = device.orchestrator.settings.iot
-    was_connected = False
-    with device.orchestrator.connection.events() as events:
+    connection = device.orchestrator.connection
+    with connection.events() as events:
+        # Connected before the stream was opened: its "connected" event is not in it.
+        was_connected = connection.connected
+        if was_connected:
+            device.on_event(f"connected to {iot.endpoint}:{iot.port}")
         async for event in events:
             if event.kind == "connected":
                 device.on_event(f"connected to {iot.endpoint}:{iot.port}")
