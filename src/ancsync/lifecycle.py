@@ -153,8 +153,10 @@ class Component:
         self._asked_deadline = float("inf")
         self._run_done = done = anyio.Event()
         try:
+            # A part's own task group would wrap its error in a group of one: raise the error.
             with anyio.CancelScope() as self._run_scope:
-                await self._serve(_Started(self, task_status))
+                async with unwrapping():
+                    await self._serve(_Started(self, task_status))
         finally:
             self._state = ComponentState.STOPPING
             began = anyio.current_time()

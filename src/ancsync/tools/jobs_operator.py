@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import anyio
 import orjson
+from anyio.abc import TaskStatus
 
 from ancsync.connection import IoTConnection
 from ancsync.errors import ConfigError, JobRejected
+from ancsync.lifecycle import Component
 from ancsync.models import new_id
 from ancsync.topics import OPERATOR_JOBS_PREFIX
 
@@ -58,7 +59,7 @@ class JobsOperator(Protocol):
         ...
 
 
-class EmulatorJobsOperator:
+class EmulatorJobsOperator(Component):
     """The emulator's operator Jobs API over an operator :class:`IoTConnection` (not started).
 
     ``async with EmulatorJobsOperator(connection) as jobs: await jobs.create(...)``. A request
@@ -66,23 +67,20 @@ class EmulatorJobsOperator:
     """
 
     def __init__(self, connection: IoTConnection, *, timeout: float = 15.0) -> None:
+        super().__init__()
         self._connection = connection
         self.timeout = timeout
         self._waiting: dict[str, tuple[anyio.Event, list[tuple[str, Any]]]] = {}
 
-    async def __aenter__(self) -> Self:
-        self._connection.subscribe(f"{OPERATOR_JOBS_PREFIX}/+/+", self._on_reply)
-        await self._connection.start()
-        await self._connection.wait_connected(timeout=self.timeout)
-        return self
+    name = "jobs-operator"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._connection.stop()
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Connect (raising a clear error if that fails); ready once connected."""
+        self._connection.subscribe(f"{OPERATOR_JOBS_PREFIX}/+/+", self._on_reply)
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._connection.run)
+            await self._connection.wait_connected(timeout=self.timeout)
+            task_status.started()
 
     def _on_reply(self, topic: str, payload: Any) -> None:
         if isinstance(payload, dict):
@@ -133,13 +131,14 @@ class EmulatorJobsOperator:
         return dict(await self._call("cancel", {"jobId": job_id, "force": force}))
 
 
-class AwsJobsOperator:
+class AwsJobsOperator(Component):
     """AWS IoT's Jobs control plane through boto3's ``iot`` client (``client`` may be given).
 
     boto3's errors are turned into :class:`~ancsync.errors.JobRejected` with AWS's code.
     """
 
     def __init__(self, client: Any | None = None, *, region: str | None = None) -> None:
+        super().__init__()
         if client is None:
             try:
                 import boto3
@@ -150,11 +149,11 @@ class AwsJobsOperator:
             client = boto3.client("iot", region_name=region)
         self._client = client
 
-    async def __aenter__(self) -> Self:
-        return self
+    name = "aws-jobs-operator"
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Nothing to connect: boto3 calls AWS per request."""
+        task_status.started()
 
     async def _call(self, method: str, **arguments: Any) -> dict[str, Any]:
         from botocore.exceptions import ClientError

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import BaseModel
 
 from ancsync.config import Settings
 from ancsync.connection import IoTConnection
+from ancsync.lifecycle import Component
 from ancsync.models import AncDesiredState, new_id
 from ancsync.shadow import DeviceShadowSync, ShadowState
 from ancsync.shadow.document import delta
@@ -135,7 +135,7 @@ class ShadowDocument:
         }
 
 
-class ShadowOperator:
+class ShadowOperator(Component):
     """Read and change one thing's Device Shadow from the cloud side, over ``connection``.
 
     ::
@@ -160,6 +160,7 @@ class ShadowOperator:
         request_timeout: float = 5.0,
         connect_timeout: float = 15.0,
     ) -> None:
+        super().__init__()
         self.connection = connection
         self.thing_name = thing_name
         self.shadow_name = shadow_name
@@ -174,32 +175,24 @@ class ShadowOperator:
             error_field=None,
         )
         self._watchers: list[MemoryObjectSendStream[ShadowDocument]] = []
-        self._stack: AsyncExitStack | None = None
         # The shadow's own filter, not update/documents alone: overlapping subscriptions would
         # make the broker deliver every document twice.
         connection.subscribe(self._shadow.topics.all_responses, self._on_documents)
 
-    async def __aenter__(self) -> Self:
-        """Connect (raising a clear error if that fails) and return the operator."""
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(self.connection)
+    name = "shadow-operator"
+
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Connect (raising a clear error if that fails); ready once the shadow was read."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.connection.run)
             await self.connection.wait_connected(self._connect_timeout)
             # Read it once, so the copy knows the version and updates can carry it.
             await self._shadow.get()
-            self._stack = stack.pop_all()
-        return self
+            task_status.started()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _shutdown(self) -> None:
         for watcher in self._watchers:
             watcher.close()
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
 
     async def get(self) -> ShadowDocument:
         """Read the shadow from the service (a missing shadow has ``exists`` false).
