@@ -32,6 +32,13 @@ RELIED_ON = {
         ["self", "reader", "writer", "remote_address", "remote_port"],
         True,
     ),
+    "_client_message_loop": (["self", "client_session", "handler"], True),
+    "_handle_subscription": (["self", "client_session", "handler", "subscribe_waiter"], True),
+    "_handle_unsubscription": (
+        ["self", "client_session", "handler", "unsubscribe_waiter"],
+        True,
+    ),
+    "_handle_disconnect": (["self", "client_session", "handler", "disconnect_waiter"], True),
     "_create_ssl_context": (["listener"], False),
     "_delete_session": (["self", "client_id"], True),
     "stream_connected": (["self", "reader", "writer", "listener_name"], True),
@@ -135,6 +142,23 @@ async def test_the_broker_still_builds_its_handlers_where_we_swap_their_class() 
     broker = Broker(BrokerConfig(listeners=listeners, plugins={}))
     for attribute in ("_sessions", "_broadcast_task", "_session_monitor_task"):
         assert hasattr(broker, attribute), f"Broker.{attribute} is gone: re-check shutdown_within"
+
+
+def test_the_client_loop_we_replace_still_waits_on_the_same_handler_calls() -> None:
+    """AwsLikeBroker._client_message_loop is amqtt's loop plus a drain of the delivery queue."""
+    source = inspect.getsource(Broker._client_message_loop)
+    for call in (
+        "handler.wait_disconnect()",
+        "handler.get_next_pending_subscription()",
+        "handler.get_next_pending_unsubscription()",
+        "handler.mqtt_deliver_next_message()",
+    ):
+        assert call in source, f"amqtt's client loop no longer calls {call}: re-check ours"
+    assert "delivered_message_queue" not in source, (
+        "amqtt's client loop now looks at the delivery queue: it may deliver what is queued at a "
+        "disconnect itself, and AwsLikeBroker._client_message_loop may go"
+    )
+    assert "delivered_message_queue" in inspect.getsource(ProtocolHandler.mqtt_deliver_next_message)
 
 
 # -- the connect decision --------------------------------------------------------------------------

@@ -6,16 +6,19 @@
 - decides each CONNECT before amqtt ends or takes over an existing session with the same client
   id, and puts back what amqtt copied from a refused CONNECT into a session it resumes,
 - authorises every publish (with its retain flag), hands reserved AWS request topics to the
-  reserved-topic routes of its decisions and really disconnects a client amqtt stops serving, and
-- authorises every subscription.
+  reserved-topic routes of its decisions and really disconnects a client amqtt stops serving,
+- authorises every subscription, and
+- broadcasts every message a client sent (and was PUBACKed) before its session ends, also when
+  the client disconnects right after publishing (amqtt dropped what was still queued).
 
 It also gives every client connection a protocol handler that waits for a QoS 1 PUBACK before
 sending the PUBLISH (:class:`PubackFirstHandler`), and bounds the shutdown
 (:meth:`AwsLikeBroker.shutdown_within`).
 
-It overrides five private methods of amqtt 0.12, reads private attributes (``_servers`` and
-their sockets, the connections' handlers, writers and tasks, ``_puback_waiters``), its state
-machine, and relies on the fields amqtt copies into a resumed session (``_RESUMED_FIELDS``);
+It overrides six private methods of amqtt 0.12 (and calls three more), reads private
+attributes (``_servers`` and their sockets, the connections' handlers, writers and tasks,
+``_puback_waiters``, a session's ``delivered_message_queue``), its state machine, and relies
+on the fields amqtt copies into a resumed session (``_RESUMED_FIELDS``);
 ``tests/unit/test_amqtt_contract.py`` fails with a clear message if an amqtt upgrade changes them.
 The decisions themselves (counting, logging, asking the authorizer, routing reserved topics) are a
 :class:`~ancsync.emulator.decisions.BrokerDecisions`, which knows nothing of amqtt.
@@ -326,6 +329,73 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if tls is not _NOT_CONNECTING and self._decisions.would_refuse(client_id, tls):
             return  # keep the session of the client already connected with this id
         await super()._delete_session(client_id)
+
+    async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
+        """amqtt's loop over one client's packets, except that nothing acknowledged is lost.
+
+        amqtt PUBACKs a QoS 1 publish once it is in the session's delivery queue, and its loop
+        ended at the client's disconnect with the rest of that queue undelivered (a client
+        that published fast and left at once lost a third of its acknowledged messages). Here
+        a disconnect first broadcasts everything already queued (:meth:`_deliver_queued`),
+        then ends the session as amqtt does (its will, if the disconnect was abnormal, last).
+        """
+        disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
+        subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
+        unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
+        wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+        waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+        try:
+            while True:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if subscribe_waiter in done:
+                    await self._handle_subscription(client_session, handler, subscribe_waiter)
+                    subscribe_waiter = asyncio.ensure_future(
+                        handler.get_next_pending_subscription()
+                    )
+                if unsubscribe_waiter in done:
+                    await self._handle_unsubscription(client_session, handler, unsubscribe_waiter)
+                    unsubscribe_waiter = asyncio.ensure_future(
+                        handler.get_next_pending_unsubscription()
+                    )
+                if wait_deliver in done:
+                    await self._handle_message_delivery(client_session, handler, wait_deliver)
+                    wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+                waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+                if disconnect_waiter in done:
+                    break
+            # A cancelled wait for the next message leaves that message in the queue.
+            wait_deliver.cancel()
+            await asyncio.gather(wait_deliver, return_exceptions=True)
+            await self._deliver_queued(client_session, handler)
+            await self._handle_disconnect(client_session, handler, disconnect_waiter)
+        except asyncio.CancelledError:
+            log.debug("the message loop of %r was cancelled", client_session.client_id)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _deliver_queued(self, client_session: Session, handler: Any) -> None:
+        """Deliver every message still queued from a client that has disconnected.
+
+        The queue is emptied into a list first (and again until it stays empty): amqtt clears
+        a session's queues when the same client id comes back with a clean session.
+        """
+        queue = client_session.delivered_message_queue
+        delivered = 0
+        while not queue.empty():
+            batch = [queue.get_nowait() for _ in range(queue.qsize())]
+            for message in batch:
+                done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                done.set_result(message)
+                await self._handle_message_delivery(client_session, handler, done)
+            delivered += len(batch)
+        if delivered:
+            log.debug(
+                "delivered %d message(s) %r had sent before it disconnected",
+                delivered,
+                client_session.client_id,
+            )
 
     async def _handle_message_delivery(
         self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
