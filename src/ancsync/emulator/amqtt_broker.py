@@ -32,6 +32,7 @@ import contextvars
 import logging
 import ssl
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
@@ -41,17 +42,20 @@ from amqtt.errors import MQTTError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.constants import QOS_1
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, Session
 
 from ancsync.emulator.auth import identity_of, remember_identity
 from ancsync.emulator.decisions import BrokerDecisions
 
-__all__ = ["MQTT5_UNSUPPORTED_CONNACK", "SUBACK_FAILURE", "AwsLikeBroker", "PubackFirstHandler"]
+__all__ = ["MQTT5_UNSUPPORTED_CONNACK", "AwsLikeBroker", "PubackFirstHandler"]
 
 log = logging.getLogger("ancsync.emulator.amqtt_broker")
 
-# SUBACK return code for a refused subscription (MQTT 3.1.1, 3.9.3).
-SUBACK_FAILURE = 0x80
+
+def _is_ordinary_topic(topic: str) -> bool:
+    """A topic a client may publish to in MQTT: not empty, no wildcard, not a `$` topic."""
+    return bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
 
 
 async def _refuse_connection(writer: Any) -> None:
@@ -145,8 +149,13 @@ PUBACK_TIMEOUT = 5.0
 _READER_STOP_RETRY = 0.2
 
 
+# Decides an incoming PUBLISH before amqtt queues (and acknowledges) it: True to let it in.
+PublishAdmission = Callable[[Session, PublishPacket], bool]
+
+
 class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's broker protocol handler, fixed for two races around QoS 1 deliveries.
+    """amqtt's broker protocol handler, fixed for two races around QoS 1 deliveries, and with
+    a gate for incoming publishes.
 
     - amqtt registers the PUBACK waiter of an outgoing QoS 1 message only after the PUBLISH is
       written; on loopback the client's PUBACK can be handled during that write, is dropped as
@@ -154,7 +163,39 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
     - amqtt stops a connection by cancelling its reader task once; on Python 3.11
       ``asyncio.wait_for`` swallows a cancel that lands as a packet (a late PUBACK) arrives, and
       the reader reads on, so the stop waits forever. We cancel until the reader has ended.
+    - amqtt acknowledges a QoS 1 publish as soon as it has read it. ``admit_publish`` (set by
+      :class:`AwsLikeBroker`) decides each one first; a refused publish gets no PUBACK and ends
+      the connection (:meth:`refuse`), as on AWS IoT Core, and nothing the client sends after
+      it is taken in.
     """
+
+    # Class attributes: amqtt builds the handler and we only change its class.
+    admit_publish: PublishAdmission | None = None
+    refused = False
+
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        if self.refused:
+            return  # the connection is ending: nothing after a refusal is taken in
+        admit, session = self.admit_publish, self.session
+        if admit is not None and session is not None and not admit(session, publish_packet):
+            await self.refuse()
+            return
+        await super().handle_publish(publish_packet)
+
+    async def refuse(self) -> None:
+        """End this connection for a refused request: no acknowledgement, the socket closed.
+
+        What the client sent before is still delivered (the broker's loop drains its queue);
+        what it sends after is ignored. The session ends like any abnormal disconnect (the
+        client's last will is published).
+        """
+        if self.refused:
+            return
+        self.refused = True
+        await self.handle_connection_closed()
+        if self.writer is not None:
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.writer.close()
 
     async def stop(self) -> None:
         reader = self._reader_task
@@ -269,6 +310,7 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         # amqtt builds the handler itself (BrokerProtocolHandler.init_from_connect, by name):
         # make it ours before it serves any message.
         handler.__class__ = PubackFirstHandler
+        handler.admit_publish = self._admit_publish
         self._handlers.add(handler)
         # For a resumed persistent session amqtt keeps the will's retain flag of the session's
         # first CONNECT (it copies topic, payload and QoS only): check the will it will publish.
@@ -397,32 +439,52 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 client_session.client_id,
             )
 
+    def _admit_publish(self, session: Session, packet: PublishPacket) -> bool:
+        """Whether an incoming PUBLISH is taken in (queued, acknowledged), before amqtt sees it.
+
+        A publish the authorizer denies is refused (recorded as a policy violation); so is one
+        on a `$` topic no service answers or on an invalid topic, which amqtt would refuse only
+        after acknowledging it. The handler then ends the connection.
+        """
+        topic: str = packet.topic_name or ""
+        identity = identity_of(session)
+        reserved = topic.startswith("$") and self._decisions.serves_reserved(topic)
+        if not reserved and not _is_ordinary_topic(topic):
+            self._decisions.count_refused_publish(identity, topic)
+            return False
+        retain = bool(packet.retain_flag)
+        return self._decisions.publish_violation(identity, topic, retain=retain) is None
+
     async def _handle_message_delivery(
         self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
     ) -> bool:
+        # Every message here passed _admit_publish (authorised, a served or ordinary topic).
         message = wait_deliver.result()
         topic: str = getattr(message, "topic", None) or ""
-        reserved = topic.startswith("$") and self._decisions.serves_reserved(topic)
-        ordinary = bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
-        if reserved or ordinary:
-            identity = identity_of(client_session)
-            if not self._decisions.allows_publish(identity, topic, retain=bool(message.retain)):
-                return True  # dropped, logged and counted; the client stays connected
-            if reserved:
-                await self._decisions.serve_reserved(identity, topic, bytes(message.data or b""))
-                return True
+        if topic.startswith("$") and self._decisions.serves_reserved(topic):
+            payload = bytes(message.data or b"")
+            await self._decisions.serve_reserved(identity_of(client_session), topic, payload)
+            return True
         # amqtt refuses an invalid topic or any other `$` topic by no longer serving the client,
         # but leaves its socket open (and answering pings): disconnect it for real instead.
         if not await super()._handle_message_delivery(client_session, handler, wait_deliver):
             self._decisions.count_refused_publish(identity_of(client_session), topic)
             await handler.handle_connection_closed()
             return True  # the client loop now sees the disconnection and ends the session
-        if ordinary:
+        if _is_ordinary_topic(topic):
             payload = bytes(message.data or b"")
             await self._decisions.notify_listeners(identity_of(client_session), topic, payload)
         return True
 
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        if not self._decisions.allows_subscribe(identity_of(session), subscription[0]):
-            return SUBACK_FAILURE
-        return int(await super().add_subscription(subscription, session))
+    async def _handle_subscription(
+        self, client_session: Session, handler: Any, subscribe_waiter: asyncio.Future[Any]
+    ) -> None:
+        """Refuse a SUBSCRIBE with any filter the authorizer denies: no SUBACK, disconnected
+        (AWS IoT Core on MQTT 3.1.1); every denied filter is recorded as a violation."""
+        identity = identity_of(client_session)
+        filters = [topic_filter for topic_filter, _qos in subscribe_waiter.result().topics]
+        denied = [f for f in filters if self._decisions.subscribe_violation(identity, f)]
+        if denied:
+            await handler.refuse()
+            return
+        await super()._handle_subscription(client_session, handler, subscribe_waiter)

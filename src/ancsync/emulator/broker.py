@@ -6,7 +6,8 @@
 - a TLS listener that requires a client certificate chained to the dev CA,
 - optionally a plain TCP listener, on a loopback host only,
 - an :class:`~ancsync.emulator.auth.Authorizer` deciding every connect (its last will included),
-  publish (with its retain flag) and subscribe,
+  publish (with its retain flag) and subscribe; a denied publish or subscribe disconnects the
+  client, as AWS IoT Core does on MQTT 3.1.1, and is kept as a :class:`PolicyViolation`,
 - reserved AWS request topics (``$aws/things/.../shadow/...(get|update|delete)``, and any a
   service routes with :meth:`EmbeddedBroker.add_reserved_route`) handed to that service instead
   of amqtt closing the client, and
@@ -35,6 +36,7 @@ from ancsync.emulator.certs import DevCerts
 from ancsync.emulator.component import EmulatorComponent
 from ancsync.emulator.decisions import (
     BrokerDecisions,
+    PolicyViolation,
     PublishListener,
     ReservedTopicHandler,
     TopicMatcher,
@@ -46,6 +48,7 @@ __all__ = [
     "Authorizer",
     "ClientIdentity",
     "EmbeddedBroker",
+    "PolicyViolation",
     "PublishListener",
     "ReservedTopicHandler",
     "TopicMatcher",
@@ -232,3 +235,11 @@ class EmbeddedBroker(EmulatorComponent):
         """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
         ``subscribes_denied``."""
         return self._decisions.stats()
+
+    def violations(self) -> list[PolicyViolation]:
+        """The publishes and subscribes the authorizer denied, oldest first (the last 1,000).
+
+        Each names the client id and certificate, the topic or filter, the action and resource
+        denied and the policy statement that denied it; the client was disconnected for it.
+        """
+        return self._decisions.violations()
