@@ -121,3 +121,7 @@ async def raw_device(
         assert body[1] == 0, f"CONNACK refused with return code {body[1]}"
         client.session_present = bool(body[0] & 1)
         yield client
+
+
+PINGREQ_PACKET = bytes([0xC0, 0x00])
+PINGRESP = 0xD0

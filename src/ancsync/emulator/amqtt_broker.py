@@ -33,14 +33,14 @@ import logging
 import ssl
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.errors import MQTTError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.mqtt.constants import QOS_1
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, Session
@@ -149,8 +149,10 @@ PUBACK_TIMEOUT = 5.0
 _READER_STOP_RETRY = 0.2
 
 
-# Decides an incoming PUBLISH before amqtt queues (and acknowledges) it: True to let it in.
-PublishAdmission = Callable[[Session, PublishPacket], bool]
+# What becomes of an incoming PUBLISH, decided before amqtt queues (and acknowledges) it:
+# taken in, ignored (no ack, not delivered, the client stays), or refused (the client is cut off).
+Admission = Literal["admit", "ignore", "refuse"]
+PublishAdmission = Callable[[Session, PublishPacket], Admission]
 
 
 class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
@@ -166,7 +168,7 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
     - amqtt acknowledges a QoS 1 publish as soon as it has read it. ``admit_publish`` (set by
       :class:`AwsLikeBroker`) decides each one first; a refused publish gets no PUBACK and ends
       the connection (:meth:`refuse`), as on AWS IoT Core, and nothing the client sends after
-      it is taken in.
+      it is taken in. An ignored one (QoS 2) gets no answer at all and is not delivered.
     """
 
     # Class attributes: amqtt builds the handler and we only change its class.
@@ -177,10 +179,11 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
         if self.refused:
             return  # the connection is ending: nothing after a refusal is taken in
         admit, session = self.admit_publish, self.session
-        if admit is not None and session is not None and not admit(session, publish_packet):
+        admission = "admit" if admit is None or session is None else admit(session, publish_packet)
+        if admission == "refuse":
             await self.refuse()
-            return
-        await super().handle_publish(publish_packet)
+        elif admission == "admit":
+            await super().handle_publish(publish_packet)
 
     async def refuse(self) -> None:
         """End this connection for a refused request: no acknowledgement, the socket closed.
@@ -439,21 +442,28 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 client_session.client_id,
             )
 
-    def _admit_publish(self, session: Session, packet: PublishPacket) -> bool:
+    def _admit_publish(self, session: Session, packet: PublishPacket) -> Admission:
         """Whether an incoming PUBLISH is taken in (queued, acknowledged), before amqtt sees it.
 
-        A publish the authorizer denies is refused (recorded as a policy violation); so is one
-        on a `$` topic no service answers or on an invalid topic, which amqtt would refuse only
-        after acknowledging it. The handler then ends the connection.
+        A QoS 2 publish is ignored: no PUBREC, not delivered, counted (AWS IoT Core: "QoS 0
+        and 1 only; QoS 2 gets no ack"). A publish the authorizer denies is refused (recorded
+        as a policy violation); so is one on a `$` topic no service answers or on an invalid
+        topic, which amqtt would refuse only after acknowledging it. The handler then ends the
+        connection.
         """
         topic: str = packet.topic_name or ""
         identity = identity_of(session)
+        if packet.qos == QOS_2:
+            self._decisions.count_qos2_publish(identity, topic)
+            return "ignore"
         reserved = topic.startswith("$") and self._decisions.serves_reserved(topic)
         if not reserved and not _is_ordinary_topic(topic):
             self._decisions.count_refused_publish(identity, topic)
-            return False
+            return "refuse"
         retain = bool(packet.retain_flag)
-        return self._decisions.publish_violation(identity, topic, retain=retain) is None
+        if self._decisions.publish_violation(identity, topic, retain=retain) is not None:
+            return "refuse"
+        return "admit"
 
     async def _handle_message_delivery(
         self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
@@ -479,10 +489,16 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def _handle_subscription(
         self, client_session: Session, handler: Any, subscribe_waiter: asyncio.Future[Any]
     ) -> None:
-        """Refuse a SUBSCRIBE with any filter the authorizer denies: no SUBACK, disconnected
-        (AWS IoT Core on MQTT 3.1.1); every denied filter is recorded as a violation."""
+        """Leave a SUBSCRIBE asking QoS 2 for any filter unanswered (no SUBACK, nothing
+        subscribed, counted: AWS IoT Core's "QoS 2 gets no ack"); refuse one with any filter the
+        authorizer denies: no SUBACK, disconnected (AWS IoT Core on MQTT 3.1.1), every denied
+        filter recorded as a violation."""
         identity = identity_of(client_session)
-        filters = [topic_filter for topic_filter, _qos in subscribe_waiter.result().topics]
+        requested = subscribe_waiter.result().topics
+        filters = [topic_filter for topic_filter, _qos in requested]
+        if any(qos == QOS_2 for _filter, qos in requested):
+            self._decisions.count_qos2_subscribe(identity, filters)
+            return
         denied = [f for f in filters if self._decisions.subscribe_violation(identity, f)]
         if denied:
             await handler.refuse()

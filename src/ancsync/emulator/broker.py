@@ -209,12 +209,13 @@ class EmbeddedBroker(EmulatorComponent):
 
         It reaches explicit ``$aws/...`` subscriptions too. It is queued for delivery when this
         returns, also while the broker is still starting (a client may already be connected).
-        ``qos`` is the delivery QoS for every subscriber (amqtt forces it).
+        ``qos`` is the delivery QoS for every subscriber (amqtt forces it): 0 or 1, as AWS IoT
+        Core never delivers with QoS 2.
         """
         if self._broker is None:
             raise NotStarted("the broker is not running; run it (async with) first")
-        if qos not in (0, 1, 2):
-            raise ValueError(f"qos {qos} is not an MQTT QoS; use 0, 1 or 2")
+        if qos not in (0, 1):
+            raise ValueError(f"qos {qos} is not served: AWS IoT Core supports QoS 0 and 1 only")
         await self._broker.internal_message_broadcast(topic, payload, qos)
         if retain:
             await self._broker.retain_message(None, topic, payload, qos)
@@ -233,7 +234,7 @@ class EmbeddedBroker(EmulatorComponent):
 
     def stats(self) -> dict[str, int]:
         """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
-        ``subscribes_denied``."""
+        ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``."""
         return self._decisions.stats()
 
     def violations(self) -> list[PolicyViolation]:

@@ -103,7 +103,15 @@ class BrokerDecisions:
         self._routes: list[tuple[TopicMatcher, ReservedTopicHandler]] = []
         self._listeners: list[PublishListener] = []
         self._stats = dict.fromkeys(
-            ("mqtt5_refused", "connects_denied", "publishes_denied", "subscribes_denied"), 0
+            (
+                "mqtt5_refused",
+                "connects_denied",
+                "publishes_denied",
+                "subscribes_denied",
+                "qos2_publishes_ignored",
+                "qos2_subscribes_ignored",
+            ),
+            0,
         )
         self._violations: deque[PolicyViolation] = deque(maxlen=MAX_VIOLATIONS_KEPT)
 
@@ -117,7 +125,7 @@ class BrokerDecisions:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
-        ``subscribes_denied``."""
+        ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``."""
         return dict(self._stats)
 
     def violations(self) -> list[PolicyViolation]:
@@ -223,6 +231,16 @@ class BrokerDecisions:
         disconnects the client, as AWS IoT Core does on MQTT 3.1.1)."""
         return self._violation(identity, "publish", topic, retain=retain)
 
+    def count_qos2_publish(self, identity: ClientIdentity, topic: str) -> None:
+        """Count a QoS 2 publish, left unanswered (AWS IoT Core: QoS 2 gets no ack)."""
+        self._stats["qos2_publishes_ignored"] += 1
+        log.warning(
+            "ignored a QoS 2 publish of %r to %r: AWS IoT Core supports QoS 0 and 1 only "
+            "(no PUBREC is sent and the message is not delivered); publish with QoS 1",
+            identity.client_id,
+            topic,
+        )
+
     def count_refused_publish(self, identity: ClientIdentity, topic: str) -> None:
         """Count a publish amqtt refused (invalid or reserved topic); the client is disconnected."""
         self._stats["publishes_denied"] += 1
@@ -262,6 +280,16 @@ class BrokerDecisions:
                 log.exception("publish listener %r failed on %r", listener, topic)
 
     # -- subscribe -------------------------------------------------------------------------
+
+    def count_qos2_subscribe(self, identity: ClientIdentity, topic_filters: list[str]) -> None:
+        """Count a SUBSCRIBE asking for QoS 2, left unanswered (AWS: QoS 2 gets no ack)."""
+        self._stats["qos2_subscribes_ignored"] += 1
+        log.warning(
+            "ignored a SUBSCRIBE of %r asking QoS 2 (filters %s): AWS IoT Core supports QoS 0 "
+            "and 1 only (no SUBACK is sent and nothing is subscribed); subscribe with QoS 1",
+            identity.client_id,
+            topic_filters,
+        )
 
     def subscribe_violation(
         self, identity: ClientIdentity, topic_filter: str
