@@ -40,6 +40,9 @@ RELIED_ON = {
         True,
     ),
     "_handle_disconnect": (["self", "client_session", "handler", "disconnect_waiter"], True),
+    "_publish_session_retained_messages": (["self", "session"], True),
+    "_del_all_subscriptions": (["self", "session"], True),
+    "_get_handler": (["self", "session"], False),
     "_create_ssl_context": (["listener"], False),
     "_delete_session": (["self", "client_id"], True),
     "stream_connected": (["self", "reader", "writer", "listener_name"], True),
@@ -167,6 +170,25 @@ def test_the_client_loop_we_replace_still_waits_on_the_same_handler_calls() -> N
         "disconnect itself, and AwsLikeBroker._client_message_loop may go"
     )
     assert "delivered_message_queue" in inspect.getsource(ProtocolHandler.mqtt_deliver_next_message)
+
+
+def test_persistent_sessions_are_resumed_and_expired_as_aws_like_broker_expects() -> None:
+    """AwsLikeBroker decides whether a session amqtt resumes is one to resume (not a clean one,
+    not expired), leaves the real-time cleanup to amqtt's monitor, and relies on amqtt resending
+    what is in flight when a session comes back."""
+    resume = inspect.getsource(Broker._initialize_client_session)
+    assert "client_session.parent = 1" in resume, "amqtt no longer flags a resumed session"
+    assert "existing_client_session.clean_session" not in resume, (
+        "amqtt now copies the clean-session flag into a resumed session: re-check "
+        "AwsLikeBroker._resumable, which reads the flag of the session's previous connection"
+    )
+    monitor = inspect.getsource(Broker._session_monitor)
+    assert "session_expiry_interval" in monitor
+    assert "session_expiry_interval" in BrokerConfig.__dataclass_fields__
+    assert "inflight_out" in inspect.getsource(ProtocolHandler._retry_deliveries)
+    assert "retain=True" in inspect.getsource(Broker._publish_session_retained_messages), (
+        "amqtt no longer flags queued messages retained: the override may go"
+    )
 
 
 # -- the connect decision --------------------------------------------------------------------------

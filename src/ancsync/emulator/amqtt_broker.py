@@ -5,19 +5,24 @@
 - requires client certificates (amqtt makes them optional) and caps TLS at a given version,
 - decides each CONNECT before amqtt ends or takes over an existing session with the same client
   id, and puts back what amqtt copied from a refused CONNECT into a session it resumes,
-- authorises every publish (with its retain flag), hands reserved AWS request topics to the
-  reserved-topic routes of its decisions and really disconnects a client amqtt stops serving,
-- authorises every subscription, and
+- authorises every publish (with its retain flag) before amqtt acknowledges it, hands reserved
+  AWS request topics to the reserved-topic routes of its decisions and really disconnects a
+  client amqtt stops serving,
+- authorises every subscription (a denied publish or subscribe disconnects the client, a QoS 2
+  one gets no answer),
 - broadcasts every message a client sent (and was PUBACKed) before its session ends, also when
-  the client disconnects right after publishing (amqtt dropped what was still queued).
+  the client disconnects right after publishing (amqtt dropped what was still queued), and
+- keeps persistent sessions as AWS IoT Core does: a clean session is never resumed, a
+  persistent one expires, queued messages go out without the retain flag, and a session taken
+  over by a new connection stays connected.
 
 It also gives every client connection a protocol handler that waits for a QoS 1 PUBACK before
 sending the PUBLISH (:class:`PubackFirstHandler`), and bounds the shutdown
 (:meth:`AwsLikeBroker.shutdown_within`).
 
-It overrides six private methods of amqtt 0.12 (and calls three more), reads private
-attributes (``_servers`` and their sockets, the connections' handlers, writers and tasks,
-``_puback_waiters``, a session's ``delivered_message_queue``), its state machine, and relies
+It overrides private methods of amqtt 0.12 and calls others, reads private attributes
+(``_servers`` and their sockets, the connections' handlers, writers and tasks,
+``_puback_waiters``, a session's queues and in-flight messages), its state machine, and relies
 on the fields amqtt copies into a resumed session (``_RESUMED_FIELDS``);
 ``tests/unit/test_amqtt_contract.py`` fails with a clear message if an amqtt upgrade changes them.
 The decisions themselves (counting, logging, asking the authorizer, routing reserved topics) are a
@@ -30,7 +35,9 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import ssl
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Literal
@@ -143,6 +150,13 @@ def _undo_refused_fields(session: Session) -> None:
         setattr(session, name, value)
 
 
+# How long a persistent session is kept after its client disconnected (AWS IoT Core's default).
+DEFAULT_SESSION_EXPIRY = 3600.0
+# Where a session keeps the time (the broker's clock) its last connection ended, and the
+# handler of its latest accepted connection.
+_DISCONNECTED_AT_KEY = "ancsync.disconnected_at"
+_CONNECTION_KEY = "ancsync.connection"
+
 # How long a QoS 1 delivery waits for the client's PUBACK (amqtt's own value).
 PUBACK_TIMEOUT = 5.0
 # How long a stopping connection waits for its reader to end before cancelling it again.
@@ -215,10 +229,12 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
             # incoming messages, and the errors amqtt reports itself, stay amqtt's
             await super()._handle_qos1_message_flow(app_message)
             return
+        session = self.session
         packet_id = app_message.packet_id
-        self.session.inflight_out.setdefault(packet_id, app_message)
+        session.inflight_out.setdefault(packet_id, app_message)
         puback: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._puback_waiters[packet_id] = puback
+        resend_later = False
         try:
             # a message with a PUBLISH already sent is a retry (after a reconnect): flag DUP
             packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
@@ -228,9 +244,15 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
         except TimeoutError:
             log.warning("no PUBACK for packet id %s within %ss", packet_id, PUBACK_TIMEOUT)
             raise
+        except asyncio.CancelledError:
+            # The connection ended before the PUBACK: a persistent session keeps the message
+            # in flight, and amqtt sends it again (DUP) when the client comes back.
+            resend_later = session.clean_session is False
+            raise
         finally:
             self._puback_waiters.pop(packet_id, None)
-            self.session.inflight_out.pop(packet_id, None)
+            if not resend_later:
+                session.inflight_out.pop(packet_id, None)
 
 
 class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
@@ -245,10 +267,17 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         decisions: BrokerDecisions,
         *,
         max_tls_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+        session_expiry: float = DEFAULT_SESSION_EXPIRY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # amqtt's session monitor forgets expired sessions (in real time, about once a second);
+        # whether a session is resumed is decided at connect, with ``clock``.
+        config.session_expiry_interval = math.ceil(session_expiry)
         super().__init__(config)
         self._decisions = decisions
         self._max_tls_version = max_tls_version
+        self._session_expiry = session_expiry
+        self._clock = clock
         # every connection's handler, also those amqtt has already let go while shutting down
         self._handlers: weakref.WeakSet[PubackFirstHandler] = weakref.WeakSet()
 
@@ -328,10 +357,60 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await _refuse_connection(writer)
             raise MQTTError(f"refused connection of {identity}: {reason}")
         _keep_accepted_fields(session)
+        if session.parent == 1 and not self._resumable(session):
+            await self._start_afresh(session)
+        session.attributes[_CONNECTION_KEY] = handler
         # A resumed session keeps the TLS object of its previous connection: use this one's.
         session.ssl_object = tls
         remember_identity(session, identity)
         return handler, session
+
+    def _resumable(self, session: Session) -> bool:
+        """Whether the session amqtt found for a persistent CONNECT is one to resume.
+
+        amqtt resumes any session it still holds for the client id: also a clean one (kept
+        until its monitor runs, or still connected) and one past its expiry (up to a second
+        later). A clean session ends with its connection, and a persistent one expires
+        ``session_expiry`` seconds after its client disconnected (AWS IoT Core: one hour).
+        """
+        if session.clean_session is not False:
+            return False
+        ended = session.attributes.get(_DISCONNECTED_AT_KEY)
+        connected = session.transitions.state == "connected"
+        return connected or ended is None or self._clock() - ended < self._session_expiry
+
+    async def _start_afresh(self, session: Session) -> None:
+        """Make the session amqtt resumed a new persistent one: no subscriptions, nothing
+        queued for the client, session present 0 in the CONNACK.
+
+        What the client itself sent before (its delivery queue) is still delivered.
+        """
+        log.debug("client %r starts a new persistent session", session.client_id)
+        session.clean_session = False
+        session.parent = 0
+        session.attributes.pop(_DISCONNECTED_AT_KEY, None)
+        await self._del_all_subscriptions(session)
+        while not session.retained_messages.empty():
+            session.retained_messages.get_nowait()
+        session.inflight_out.clear()
+        session.inflight_in.clear()
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        """Send what was queued for a persistent session while its client was away.
+
+        amqtt sends these flagged *retained*; they are ordinary messages (MQTT 3.1.1, AWS IoT
+        Core, mosquitto), so they go out without the flag, in the order they were queued.
+        """
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        tasks = []
+        while not session.retained_messages.empty():
+            queued = session.retained_messages.get_nowait()
+            publish = handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False)
+            tasks.append(asyncio.ensure_future(publish))
+        if tasks:
+            await asyncio.wait(tasks)
 
     def bound_ports(self) -> dict[str, int]:
         """The port each listener bound, by amqtt's listener name."""
@@ -412,13 +491,31 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             wait_deliver.cancel()
             await asyncio.gather(wait_deliver, return_exceptions=True)
             await self._deliver_queued(client_session, handler)
-            await self._handle_disconnect(client_session, handler, disconnect_waiter)
+            await self._end_connection(client_session, handler, disconnect_waiter)
         except asyncio.CancelledError:
             log.debug("the message loop of %r was cancelled", client_session.client_id)
         finally:
             for waiter in waiters:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _end_connection(
+        self, client_session: Session, handler: Any, disconnect_waiter: asyncio.Future[Any]
+    ) -> None:
+        """amqtt's end of a connection (the will, the handler stopped, the session marked
+        disconnected), and the time it ended, for the session's expiry.
+
+        When a new connection has taken the session over, the session stays connected: amqtt
+        marked it disconnected, and the new connection then received nothing.
+        """
+        await self._handle_disconnect(client_session, handler, disconnect_waiter)
+        newer = client_session.attributes.get(_CONNECTION_KEY)
+        if newer is not None and newer is not handler:
+            # taken over by a new connection with the same client id: the session lives on
+            if client_session.transitions.state == "disconnected":
+                client_session.transitions.connect()
+            return
+        client_session.attributes[_DISCONNECTED_AT_KEY] = self._clock()
 
     async def _deliver_queued(self, client_session: Session, handler: Any) -> None:
         """Deliver every message still queued from a client that has disconnected.
