@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 
+import aiomqtt
 import anyio
 import paho.mqtt.client as paho
 import pytest
@@ -199,18 +200,23 @@ async def test_a_persistent_session_expires(
     assert back.messages == ([(COMMANDS, b"queued", 1, False)] if resumed else [])
 
 
-async def test_a_session_taken_over_by_a_new_connection_keeps_receiving(
-    emulator: Emulator,
+@pytest.mark.parametrize("clean_session", [True, False], ids=["clean", "persistent"])
+async def test_a_second_connection_with_the_client_id_disconnects_the_first(
+    emulator: Emulator, clean_session: bool
 ) -> None:
-    """A second connection with the same client id disconnects the first and takes over its
-    persistent session (amqtt then marked it disconnected and queued everything for it)."""
+    """AWS: a second connection with the same client id disconnects the first. amqtt left the
+    first connected when the second asked for a clean session, and when it took a persistent
+    session over, marked the session disconnected, so the new connection received nothing."""
     port, certs = emulator.port, emulator.certs
     with anyio.fail_after(TIMEOUT):
         async with device_client(port, certs, DEVICE, clean_session=False) as first:
             await first.subscribe(COMMANDS, qos=1)
-            async with device_client(port, certs, DEVICE, clean_session=False) as second:
-                with pytest.raises(Exception, match="Disconnected"):
+            second = device_client(port, certs, DEVICE, clean_session=clean_session)
+            async with second:
+                with pytest.raises(aiomqtt.MqttError, match="Disconnected"):
                     await next_message(first)
+                if clean_session:  # a new session: nothing subscribed
+                    await second.subscribe(COMMANDS, qos=1)
                 await send_command(emulator, b"for the new connection")
                 message = await next_message(second)
     assert message.payload == b"for the new connection"

@@ -449,10 +449,28 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await server.close_instance()
 
     async def _delete_session(self, client_id: str) -> None:
+        """amqtt's end of a session for a clean CONNECT with its client id, and then
+
+        - the connection still using it is closed (AWS: a second connection with the same
+          client id disconnects the first; amqtt left both connected), and
+        - what that connection had sent is still delivered (amqtt emptied its queue).
+        """
         tls = _connecting_tls.get(_NOT_CONNECTING)
         if tls is not _NOT_CONNECTING and self._decisions.would_refuse(client_id, tls):
             return  # keep the session of the client already connected with this id
+        session, handler = self._sessions.get(client_id, (None, None))
+        if session is None:
+            await super()._delete_session(client_id)
+            return
+        queue = session.delivered_message_queue
+        sent = [queue.get_nowait() for _ in range(queue.qsize())]
         await super()._delete_session(client_id)
+        for message in sent:
+            queue.put_nowait(message)  # the old connection's loop delivers them
+        if handler is not None and session.transitions.state == "connected":
+            log.info("a new connection of %r disconnects the previous one", client_id)
+            await handler.handle_connection_closed()
+            await handler.stop()
 
     async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
         """amqtt's loop over one client's packets, except that nothing acknowledged is lost.
