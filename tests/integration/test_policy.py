@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,9 @@ import aiomqtt
 import anyio
 import orjson
 import pytest
+from disconnects import until_disconnected
 from faultproxy import FaultProxy
 from helpers import (
-    SUBACK_FAILURE,
     cut_off,
     device_client,
     granted,
@@ -46,49 +47,65 @@ def operator(emulator: Emulator, client_id: str = "cloud-console") -> aiomqtt.Cl
     return operator_client(emulator.port, emulator.certs, client_id)
 
 
+OWN_FILTERS = [
+    f"anc/devices/{DEVICE}/commands",
+    ShadowTopics(DEVICE).all_responses,
+    ShadowTopics(DEVICE, "cfg").all_responses,
+]
+FOREIGN_FILTERS = [
+    f"anc/devices/{OTHER}/commands",
+    ShadowTopics(OTHER).update_delta,
+    "anc/devices/+/commands",
+    "#",
+    f"anc/telemetry/{DEVICE}/anc",  # may publish there, not subscribe
+]
+
+
 async def test_device_subscribes_only_to_its_own_topics(emulator: Emulator) -> None:
+    """Each other filter disconnects the device (AWS on MQTT 3.1.1), with no SUBACK."""
     with anyio.fail_after(TIMEOUT):
         async with device(emulator) as client:
-            codes = await client.subscribe(
-                [
-                    (f"anc/devices/{DEVICE}/commands", 1),
-                    (ShadowTopics(DEVICE).all_responses, 1),
-                    (ShadowTopics(DEVICE, "cfg").all_responses, 1),
-                    (f"anc/devices/{OTHER}/commands", 1),
-                    (ShadowTopics(OTHER).update_delta, 1),
-                    ("anc/devices/+/commands", 1),
-                    ("#", 1),
-                    (f"anc/telemetry/{DEVICE}/anc", 1),  # may publish there, not subscribe
-                ]
-            )
-    assert granted(codes) == [1, 1, 1] + [SUBACK_FAILURE] * 5
+            codes = await client.subscribe([(topic_filter, 1) for topic_filter in OWN_FILTERS])
+        for topic_filter in FOREIGN_FILTERS:
+            async with device(emulator) as client:
+                await until_disconnected(client, partial(client.subscribe, topic_filter, 1))
+    assert granted(codes) == [1, 1, 1]
+    assert [v.topic for v in emulator.broker.violations()] == FOREIGN_FILTERS
     assert emulator.broker.stats()["subscribes_denied"] == 5
 
 
-async def test_device_publish_to_another_device_is_dropped(emulator: Emulator) -> None:
+async def test_device_publish_to_another_device_disconnects_it(emulator: Emulator) -> None:
+    forged = [f"anc/devices/{OTHER}/emergency", f"anc/telemetry/{OTHER}/anc"]
     with anyio.fail_after(TIMEOUT):
-        async with operator(emulator) as cloud, device(emulator) as client:
+        async with operator(emulator) as cloud:
             await cloud.subscribe("anc/#", qos=1)
-            await client.publish(f"anc/devices/{OTHER}/emergency", b"{}", qos=1)
-            await client.publish(f"anc/telemetry/{OTHER}/anc", b"{}", qos=1)
-            # Same client, same order: had the forged ones passed, they would arrive first.
-            await client.publish(STATUS, b"marker", qos=1)
+            for topic in forged:
+                async with device(emulator) as client:
+                    await until_disconnected(client, partial(client.publish, topic, b"{}", 1))
+            async with device(emulator) as client:
+                await client.publish(STATUS, b"marker", qos=1)
+            # had a forged one been broadcast, it would arrive first
             message = await next_message(cloud)
     assert (message.topic.value, message.payload) == (STATUS, b"marker")
+    assert [v.topic for v in emulator.broker.violations()] == forged
     assert emulator.broker.stats()["publishes_denied"] == 2
 
 
 async def test_device_cannot_touch_another_devices_shadow(emulator: Emulator) -> None:
+    forged = orjson.dumps({"state": {"desired": {"anc_enabled": False}}})
+    requests = [(ShadowTopics(OTHER).update, forged), (ShadowTopics(OTHER, "cfg").delete, b"")]
     with anyio.fail_after(TIMEOUT):
-        async with operator(emulator) as cloud, device(emulator) as client:
+        async with operator(emulator) as cloud:
             await cloud.subscribe("$aws/things/+/shadow/+/+", qos=1)
-            forged = orjson.dumps({"state": {"desired": {"anc_enabled": False}}})
-            await client.publish(ShadowTopics(OTHER).update, forged, qos=1)
-            await client.publish(ShadowTopics(OTHER, "cfg").delete, b"", qos=1)
-            await client.publish(ShadowTopics(DEVICE).get, b"", qos=1)
-            message = await next_message(cloud)
+            for topic, payload in requests:
+                async with device(emulator) as client:
+                    await until_disconnected(client, partial(client.publish, topic, payload, 1))
+            async with device(emulator) as client:
+                await client.publish(ShadowTopics(DEVICE).get, b"", qos=1)
+                message = await next_message(cloud)
     assert message.topic.value == ShadowTopics(DEVICE).get_rejected
     assert emulator.shadows.store.shadow(OTHER) is None
+    assert [v.topic for v in emulator.broker.violations()] == [topic for topic, _ in requests]
     assert emulator.broker.stats()["publishes_denied"] == 2
 
 
@@ -115,17 +132,22 @@ async def test_operator_may_use_every_topic(emulator: Emulator) -> None:
 async def test_only_the_status_may_be_retained(emulator: Emulator) -> None:
     emergency = f"anc/devices/{DEVICE}/emergency"
     with anyio.fail_after(TIMEOUT):
-        async with operator(emulator) as cloud, device(emulator) as client:
+        async with operator(emulator) as cloud:
             await cloud.subscribe("anc/#", qos=1)
-            await client.publish(emergency, b"may be published, not retained", qos=1, retain=True)
-            await client.publish(STATUS, b"online", qos=1, retain=True)
-            live = await next_message(cloud)  # same client, same order: the first was dropped
+            async with device(emulator) as client:
+                await until_disconnected(
+                    client, partial(client.publish, emergency, b"not retained", 1, retain=True)
+                )
+            async with device(emulator) as client:
+                await client.publish(STATUS, b"online", qos=1, retain=True)
+                live = await next_message(cloud)  # the refused one was not broadcast
         async with operator(emulator, "late-subscriber") as late:
             await late.subscribe(f"anc/devices/{DEVICE}/#", qos=1)
             retained = await next_message(late)
     assert (live.topic.value, live.payload) == (STATUS, b"online")
     assert (retained.topic.value, retained.payload, retained.retain) == (STATUS, b"online", True)
-    assert emulator.broker.stats()["publishes_denied"] == 1
+    [violation] = emulator.broker.violations()
+    assert (violation.topic, violation.action) == (emergency, "iot:RetainPublish")
 
 
 @pytest.mark.parametrize(
@@ -182,10 +204,12 @@ async def test_plain_listener_tells_devices_by_client_id(tmp_path: Path) -> None
             plain_mqtt_client(emulator.port, DEVICE) as client,
             plain_mqtt_client(emulator.port, "dashboard") as cloud,
         ):
-            assert granted(await client.subscribe(f"anc/devices/{OTHER}/commands")) == [
-                SUBACK_FAILURE
-            ]
+            await until_disconnected(
+                client, partial(client.subscribe, f"anc/devices/{OTHER}/commands")
+            )
             assert granted(await cloud.subscribe("anc/#")) == [0]
+            [violation] = emulator.broker.violations()
+    assert (violation.client_id, violation.common_name) == (DEVICE, None)
 
 
 # -- the policy document itself -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from amqtt.broker import Broker, Server
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
+from amqtt.mqtt.publish import PublishPacket
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from helpers import AllowEverything
@@ -39,10 +40,12 @@ RELIED_ON = {
         True,
     ),
     "_handle_disconnect": (["self", "client_session", "handler", "disconnect_waiter"], True),
+    "_publish_session_retained_messages": (["self", "session"], True),
+    "_del_all_subscriptions": (["self", "session"], True),
+    "_get_handler": (["self", "session"], False),
     "_create_ssl_context": (["listener"], False),
     "_delete_session": (["self", "client_id"], True),
     "stream_connected": (["self", "reader", "writer", "listener_name"], True),
-    "add_subscription": (["self", "subscription", "session"], True),
     "internal_message_broadcast": (["self", "topic", "data", "qos"], True),
     "retain_message": (["self", "source_session", "topic_name", "data", "qos"], True),
 }
@@ -115,10 +118,12 @@ def test_the_protocol_handler_can_still_be_told_the_connection_closed() -> None:
 
 
 def test_the_protocol_handler_methods_puback_first_handler_overrides_are_unchanged() -> None:
-    """PubackFirstHandler replaces amqtt's outgoing QoS 1 flow and wraps its stop()."""
+    """PubackFirstHandler replaces amqtt's outgoing QoS 1 flow, wraps its stop() and gates
+    handle_publish (where amqtt queues and acknowledges an incoming publish)."""
     for name, parameters in (
         ("_handle_qos1_message_flow", ["self", "app_message"]),
         ("stop", ["self"]),
+        ("handle_publish", ["self", "publish_packet"]),
     ):
         method = getattr(BrokerProtocolHandler, name)
         assert inspect.iscoroutinefunction(method), f"BrokerProtocolHandler.{name} changed kind"
@@ -128,6 +133,12 @@ def test_the_protocol_handler_methods_puback_first_handler_overrides_are_unchang
     init = inspect.getsource(ProtocolHandler.__init__)
     for attribute in ("_puback_waiters", "_reader_task", "session", "writer"):
         assert f"self.{attribute}" in init, f"ProtocolHandler.{attribute} is gone"
+    assert "_handle_message_flow" in inspect.getsource(ProtocolHandler.handle_publish), (
+        "amqtt no longer acknowledges incoming publishes from handle_publish: re-check the "
+        "publish gate of PubackFirstHandler"
+    )
+    for attribute in ("topic_name", "retain_flag", "qos"):
+        assert hasattr(PublishPacket, attribute), f"PublishPacket.{attribute} is gone"
     flow = inspect.getsource(ProtocolHandler._handle_qos1_message_flow)
     assert flow.index("_send_packet(publish_packet)") < flow.index("_puback_waiters["), (
         "amqtt now registers the PUBACK waiter before sending: PubackFirstHandler may go"
@@ -159,6 +170,25 @@ def test_the_client_loop_we_replace_still_waits_on_the_same_handler_calls() -> N
         "disconnect itself, and AwsLikeBroker._client_message_loop may go"
     )
     assert "delivered_message_queue" in inspect.getsource(ProtocolHandler.mqtt_deliver_next_message)
+
+
+def test_persistent_sessions_are_resumed_and_expired_as_aws_like_broker_expects() -> None:
+    """AwsLikeBroker decides whether a session amqtt resumes is one to resume (not a clean one,
+    not expired), leaves the real-time cleanup to amqtt's monitor, and relies on amqtt resending
+    what is in flight when a session comes back."""
+    resume = inspect.getsource(Broker._initialize_client_session)
+    assert "client_session.parent = 1" in resume, "amqtt no longer flags a resumed session"
+    assert "existing_client_session.clean_session" not in resume, (
+        "amqtt now copies the clean-session flag into a resumed session: re-check "
+        "AwsLikeBroker._resumable, which reads the flag of the session's previous connection"
+    )
+    monitor = inspect.getsource(Broker._session_monitor)
+    assert "session_expiry_interval" in monitor
+    assert "session_expiry_interval" in BrokerConfig.__dataclass_fields__
+    assert "inflight_out" in inspect.getsource(ProtocolHandler._retry_deliveries)
+    assert "retain=True" in inspect.getsource(Broker._publish_session_retained_messages), (
+        "amqtt no longer flags queued messages retained: the override may go"
+    )
 
 
 # -- the connect decision --------------------------------------------------------------------------

@@ -5,19 +5,24 @@
 - requires client certificates (amqtt makes them optional) and caps TLS at a given version,
 - decides each CONNECT before amqtt ends or takes over an existing session with the same client
   id, and puts back what amqtt copied from a refused CONNECT into a session it resumes,
-- authorises every publish (with its retain flag), hands reserved AWS request topics to the
-  reserved-topic routes of its decisions and really disconnects a client amqtt stops serving,
-- authorises every subscription, and
+- authorises every publish (with its retain flag) before amqtt acknowledges it, hands reserved
+  AWS request topics to the reserved-topic routes of its decisions and really disconnects a
+  client amqtt stops serving,
+- authorises every subscription (a denied publish or subscribe disconnects the client, a QoS 2
+  one gets no answer),
 - broadcasts every message a client sent (and was PUBACKed) before its session ends, also when
-  the client disconnects right after publishing (amqtt dropped what was still queued).
+  the client disconnects right after publishing (amqtt dropped what was still queued), and
+- keeps persistent sessions as AWS IoT Core does: a clean session is never resumed, a
+  persistent one expires, queued messages go out without the retain flag, and a session taken
+  over by a new connection stays connected.
 
 It also gives every client connection a protocol handler that waits for a QoS 1 PUBACK before
 sending the PUBLISH (:class:`PubackFirstHandler`), and bounds the shutdown
 (:meth:`AwsLikeBroker.shutdown_within`).
 
-It overrides six private methods of amqtt 0.12 (and calls three more), reads private
-attributes (``_servers`` and their sockets, the connections' handlers, writers and tasks,
-``_puback_waiters``, a session's ``delivered_message_queue``), its state machine, and relies
+It overrides private methods of amqtt 0.12 and calls others, reads private attributes
+(``_servers`` and their sockets, the connections' handlers, writers and tasks,
+``_puback_waiters``, a session's queues and in-flight messages), its state machine, and relies
 on the fields amqtt copies into a resumed session (``_RESUMED_FIELDS``);
 ``tests/unit/test_amqtt_contract.py`` fails with a clear message if an amqtt upgrade changes them.
 The decisions themselves (counting, logging, asking the authorizer, routing reserved topics) are a
@@ -30,28 +35,34 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import ssl
+import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.errors import MQTTError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.mqtt.constants import QOS_1
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, Session
 
 from ancsync.emulator.auth import identity_of, remember_identity
 from ancsync.emulator.decisions import BrokerDecisions
 
-__all__ = ["MQTT5_UNSUPPORTED_CONNACK", "SUBACK_FAILURE", "AwsLikeBroker", "PubackFirstHandler"]
+__all__ = ["MQTT5_UNSUPPORTED_CONNACK", "AwsLikeBroker", "PubackFirstHandler"]
 
 log = logging.getLogger("ancsync.emulator.amqtt_broker")
 
-# SUBACK return code for a refused subscription (MQTT 3.1.1, 3.9.3).
-SUBACK_FAILURE = 0x80
+
+def _is_ordinary_topic(topic: str) -> bool:
+    """A topic a client may publish to in MQTT: not empty, no wildcard, not a `$` topic."""
+    return bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
 
 
 async def _refuse_connection(writer: Any) -> None:
@@ -139,14 +150,28 @@ def _undo_refused_fields(session: Session) -> None:
         setattr(session, name, value)
 
 
+# How long a persistent session is kept after its client disconnected (AWS IoT Core's default).
+DEFAULT_SESSION_EXPIRY = 3600.0
+# Where a session keeps the time (the broker's clock) its last connection ended, and the
+# handler of its latest accepted connection.
+_DISCONNECTED_AT_KEY = "ancsync.disconnected_at"
+_CONNECTION_KEY = "ancsync.connection"
+
 # How long a QoS 1 delivery waits for the client's PUBACK (amqtt's own value).
 PUBACK_TIMEOUT = 5.0
 # How long a stopping connection waits for its reader to end before cancelling it again.
 _READER_STOP_RETRY = 0.2
 
 
+# What becomes of an incoming PUBLISH, decided before amqtt queues (and acknowledges) it:
+# taken in, ignored (no ack, not delivered, the client stays), or refused (the client is cut off).
+Admission = Literal["admit", "ignore", "refuse"]
+PublishAdmission = Callable[[Session, PublishPacket], Admission]
+
+
 class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's broker protocol handler, fixed for two races around QoS 1 deliveries.
+    """amqtt's broker protocol handler, fixed for two races around QoS 1 deliveries, and with
+    a gate for incoming publishes.
 
     - amqtt registers the PUBACK waiter of an outgoing QoS 1 message only after the PUBLISH is
       written; on loopback the client's PUBACK can be handled during that write, is dropped as
@@ -154,7 +179,40 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
     - amqtt stops a connection by cancelling its reader task once; on Python 3.11
       ``asyncio.wait_for`` swallows a cancel that lands as a packet (a late PUBACK) arrives, and
       the reader reads on, so the stop waits forever. We cancel until the reader has ended.
+    - amqtt acknowledges a QoS 1 publish as soon as it has read it. ``admit_publish`` (set by
+      :class:`AwsLikeBroker`) decides each one first; a refused publish gets no PUBACK and ends
+      the connection (:meth:`refuse`), as on AWS IoT Core, and nothing the client sends after
+      it is taken in. An ignored one (QoS 2) gets no answer at all and is not delivered.
     """
+
+    # Class attributes: amqtt builds the handler and we only change its class.
+    admit_publish: PublishAdmission | None = None
+    refused = False
+
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        if self.refused:
+            return  # the connection is ending: nothing after a refusal is taken in
+        admit, session = self.admit_publish, self.session
+        admission = "admit" if admit is None or session is None else admit(session, publish_packet)
+        if admission == "refuse":
+            await self.refuse()
+        elif admission == "admit":
+            await super().handle_publish(publish_packet)
+
+    async def refuse(self) -> None:
+        """End this connection for a refused request: no acknowledgement, the socket closed.
+
+        What the client sent before is still delivered (the broker's loop drains its queue);
+        what it sends after is ignored. The session ends like any abnormal disconnect (the
+        client's last will is published).
+        """
+        if self.refused:
+            return
+        self.refused = True
+        await self.handle_connection_closed()
+        if self.writer is not None:
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.writer.close()
 
     async def stop(self) -> None:
         reader = self._reader_task
@@ -171,10 +229,12 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
             # incoming messages, and the errors amqtt reports itself, stay amqtt's
             await super()._handle_qos1_message_flow(app_message)
             return
+        session = self.session
         packet_id = app_message.packet_id
-        self.session.inflight_out.setdefault(packet_id, app_message)
+        session.inflight_out.setdefault(packet_id, app_message)
         puback: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._puback_waiters[packet_id] = puback
+        resend_later = False
         try:
             # a message with a PUBLISH already sent is a retry (after a reconnect): flag DUP
             packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
@@ -184,9 +244,15 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
         except TimeoutError:
             log.warning("no PUBACK for packet id %s within %ss", packet_id, PUBACK_TIMEOUT)
             raise
+        except asyncio.CancelledError:
+            # The connection ended before the PUBACK: a persistent session keeps the message
+            # in flight, and amqtt sends it again (DUP) when the client comes back.
+            resend_later = session.clean_session is False
+            raise
         finally:
             self._puback_waiters.pop(packet_id, None)
-            self.session.inflight_out.pop(packet_id, None)
+            if not resend_later:
+                session.inflight_out.pop(packet_id, None)
 
 
 class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
@@ -201,10 +267,17 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         decisions: BrokerDecisions,
         *,
         max_tls_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+        session_expiry: float = DEFAULT_SESSION_EXPIRY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # amqtt's session monitor forgets expired sessions (in real time, about once a second);
+        # whether a session is resumed is decided at connect, with ``clock``.
+        config.session_expiry_interval = math.ceil(session_expiry)
         super().__init__(config)
         self._decisions = decisions
         self._max_tls_version = max_tls_version
+        self._session_expiry = session_expiry
+        self._clock = clock
         # every connection's handler, also those amqtt has already let go while shutting down
         self._handlers: weakref.WeakSet[PubackFirstHandler] = weakref.WeakSet()
 
@@ -269,6 +342,7 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         # amqtt builds the handler itself (BrokerProtocolHandler.init_from_connect, by name):
         # make it ours before it serves any message.
         handler.__class__ = PubackFirstHandler
+        handler.admit_publish = self._admit_publish
         self._handlers.add(handler)
         # For a resumed persistent session amqtt keeps the will's retain flag of the session's
         # first CONNECT (it copies topic, payload and QoS only): check the will it will publish.
@@ -283,10 +357,60 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await _refuse_connection(writer)
             raise MQTTError(f"refused connection of {identity}: {reason}")
         _keep_accepted_fields(session)
+        if session.parent == 1 and not self._resumable(session):
+            await self._start_afresh(session)
+        session.attributes[_CONNECTION_KEY] = handler
         # A resumed session keeps the TLS object of its previous connection: use this one's.
         session.ssl_object = tls
         remember_identity(session, identity)
         return handler, session
+
+    def _resumable(self, session: Session) -> bool:
+        """Whether the session amqtt found for a persistent CONNECT is one to resume.
+
+        amqtt resumes any session it still holds for the client id: also a clean one (kept
+        until its monitor runs, or still connected) and one past its expiry (up to a second
+        later). A clean session ends with its connection, and a persistent one expires
+        ``session_expiry`` seconds after its client disconnected (AWS IoT Core: one hour).
+        """
+        if session.clean_session is not False:
+            return False
+        ended = session.attributes.get(_DISCONNECTED_AT_KEY)
+        connected = session.transitions.state == "connected"
+        return connected or ended is None or self._clock() - ended < self._session_expiry
+
+    async def _start_afresh(self, session: Session) -> None:
+        """Make the session amqtt resumed a new persistent one: no subscriptions, nothing
+        queued for the client, session present 0 in the CONNACK.
+
+        What the client itself sent before (its delivery queue) is still delivered.
+        """
+        log.debug("client %r starts a new persistent session", session.client_id)
+        session.clean_session = False
+        session.parent = 0
+        session.attributes.pop(_DISCONNECTED_AT_KEY, None)
+        await self._del_all_subscriptions(session)
+        while not session.retained_messages.empty():
+            session.retained_messages.get_nowait()
+        session.inflight_out.clear()
+        session.inflight_in.clear()
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        """Send what was queued for a persistent session while its client was away.
+
+        amqtt sends these flagged *retained*; they are ordinary messages (MQTT 3.1.1, AWS IoT
+        Core, mosquitto), so they go out without the flag, in the order they were queued.
+        """
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        tasks = []
+        while not session.retained_messages.empty():
+            queued = session.retained_messages.get_nowait()
+            publish = handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False)
+            tasks.append(asyncio.ensure_future(publish))
+        if tasks:
+            await asyncio.wait(tasks)
 
     def bound_ports(self) -> dict[str, int]:
         """The port each listener bound, by amqtt's listener name."""
@@ -325,10 +449,28 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await server.close_instance()
 
     async def _delete_session(self, client_id: str) -> None:
+        """amqtt's end of a session for a clean CONNECT with its client id, and then
+
+        - the connection still using it is closed (AWS: a second connection with the same
+          client id disconnects the first; amqtt left both connected), and
+        - what that connection had sent is still delivered (amqtt emptied its queue).
+        """
         tls = _connecting_tls.get(_NOT_CONNECTING)
         if tls is not _NOT_CONNECTING and self._decisions.would_refuse(client_id, tls):
             return  # keep the session of the client already connected with this id
+        session, handler = self._sessions.get(client_id, (None, None))
+        if session is None:
+            await super()._delete_session(client_id)
+            return
+        queue = session.delivered_message_queue
+        sent = [queue.get_nowait() for _ in range(queue.qsize())]
         await super()._delete_session(client_id)
+        for message in sent:
+            queue.put_nowait(message)  # the old connection's loop delivers them
+        if handler is not None and session.transitions.state == "connected":
+            log.info("a new connection of %r disconnects the previous one", client_id)
+            await handler.handle_connection_closed()
+            await handler.stop()
 
     async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
         """amqtt's loop over one client's packets, except that nothing acknowledged is lost.
@@ -367,13 +509,31 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             wait_deliver.cancel()
             await asyncio.gather(wait_deliver, return_exceptions=True)
             await self._deliver_queued(client_session, handler)
-            await self._handle_disconnect(client_session, handler, disconnect_waiter)
+            await self._end_connection(client_session, handler, disconnect_waiter)
         except asyncio.CancelledError:
             log.debug("the message loop of %r was cancelled", client_session.client_id)
         finally:
             for waiter in waiters:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _end_connection(
+        self, client_session: Session, handler: Any, disconnect_waiter: asyncio.Future[Any]
+    ) -> None:
+        """amqtt's end of a connection (the will, the handler stopped, the session marked
+        disconnected), and the time it ended, for the session's expiry.
+
+        When a new connection has taken the session over, the session stays connected: amqtt
+        marked it disconnected, and the new connection then received nothing.
+        """
+        await self._handle_disconnect(client_session, handler, disconnect_waiter)
+        newer = client_session.attributes.get(_CONNECTION_KEY)
+        if newer is not None and newer is not handler:
+            # taken over by a new connection with the same client id: the session lives on
+            if client_session.transitions.state == "disconnected":
+                client_session.transitions.connect()
+            return
+        client_session.attributes[_DISCONNECTED_AT_KEY] = self._clock()
 
     async def _deliver_queued(self, client_session: Session, handler: Any) -> None:
         """Deliver every message still queued from a client that has disconnected.
@@ -397,32 +557,65 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 client_session.client_id,
             )
 
+    def _admit_publish(self, session: Session, packet: PublishPacket) -> Admission:
+        """Whether an incoming PUBLISH is taken in (queued, acknowledged), before amqtt sees it.
+
+        A QoS 2 publish is ignored: no PUBREC, not delivered, counted (AWS IoT Core: "QoS 0
+        and 1 only; QoS 2 gets no ack"). A publish the authorizer denies is refused (recorded
+        as a policy violation); so is one on a `$` topic no service answers or on an invalid
+        topic, which amqtt would refuse only after acknowledging it. The handler then ends the
+        connection.
+        """
+        topic: str = packet.topic_name or ""
+        identity = identity_of(session)
+        if packet.qos == QOS_2:
+            self._decisions.count_qos2_publish(identity, topic)
+            return "ignore"
+        reserved = topic.startswith("$") and self._decisions.serves_reserved(topic)
+        if not reserved and not _is_ordinary_topic(topic):
+            self._decisions.count_refused_publish(identity, topic)
+            return "refuse"
+        retain = bool(packet.retain_flag)
+        if self._decisions.publish_violation(identity, topic, retain=retain) is not None:
+            return "refuse"
+        return "admit"
+
     async def _handle_message_delivery(
         self, client_session: Session, handler: Any, wait_deliver: asyncio.Future[Any]
     ) -> bool:
+        # Every message here passed _admit_publish (authorised, a served or ordinary topic).
         message = wait_deliver.result()
         topic: str = getattr(message, "topic", None) or ""
-        reserved = topic.startswith("$") and self._decisions.serves_reserved(topic)
-        ordinary = bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
-        if reserved or ordinary:
-            identity = identity_of(client_session)
-            if not self._decisions.allows_publish(identity, topic, retain=bool(message.retain)):
-                return True  # dropped, logged and counted; the client stays connected
-            if reserved:
-                await self._decisions.serve_reserved(identity, topic, bytes(message.data or b""))
-                return True
+        if topic.startswith("$") and self._decisions.serves_reserved(topic):
+            payload = bytes(message.data or b"")
+            await self._decisions.serve_reserved(identity_of(client_session), topic, payload)
+            return True
         # amqtt refuses an invalid topic or any other `$` topic by no longer serving the client,
         # but leaves its socket open (and answering pings): disconnect it for real instead.
         if not await super()._handle_message_delivery(client_session, handler, wait_deliver):
             self._decisions.count_refused_publish(identity_of(client_session), topic)
             await handler.handle_connection_closed()
             return True  # the client loop now sees the disconnection and ends the session
-        if ordinary:
+        if _is_ordinary_topic(topic):
             payload = bytes(message.data or b"")
             await self._decisions.notify_listeners(identity_of(client_session), topic, payload)
         return True
 
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        if not self._decisions.allows_subscribe(identity_of(session), subscription[0]):
-            return SUBACK_FAILURE
-        return int(await super().add_subscription(subscription, session))
+    async def _handle_subscription(
+        self, client_session: Session, handler: Any, subscribe_waiter: asyncio.Future[Any]
+    ) -> None:
+        """Leave a SUBSCRIBE asking QoS 2 for any filter unanswered (no SUBACK, nothing
+        subscribed, counted: AWS IoT Core's "QoS 2 gets no ack"); refuse one with any filter the
+        authorizer denies: no SUBACK, disconnected (AWS IoT Core on MQTT 3.1.1), every denied
+        filter recorded as a violation."""
+        identity = identity_of(client_session)
+        requested = subscribe_waiter.result().topics
+        filters = [topic_filter for topic_filter, _qos in requested]
+        if any(qos == QOS_2 for _filter, qos in requested):
+            self._decisions.count_qos2_subscribe(identity, filters)
+            return
+        denied = [f for f in filters if self._decisions.subscribe_violation(identity, f)]
+        if denied:
+            await handler.refuse()
+            return
+        await super()._handle_subscription(client_session, handler, subscribe_waiter)

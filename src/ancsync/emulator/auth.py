@@ -14,7 +14,7 @@ import logging
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
@@ -25,6 +25,8 @@ __all__ = [
     "AcceptedConnectionPlugin",
     "Authorizer",
     "ClientIdentity",
+    "Denial",
+    "ExplainsDenials",
     "connect_refusal",
     "identity_of",
     "publish_allowed",
@@ -64,6 +66,38 @@ class Authorizer(Protocol):
 
     def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
         """Whether ``identity`` may subscribe to ``topic_filter``."""
+
+
+@dataclass(frozen=True)
+class Denial:
+    """Why an authorizer refused a publish or subscribe.
+
+    ``action`` is the action that was denied (``iot:Publish``, ``iot:RetainPublish``,
+    ``iot:Subscribe``, ``iot:Receive``), ``resource`` what it was asked for (an ARN for the
+    device policy), ``statement`` the ``Sid`` (or ``#<index>``) of the ``Deny`` statement that
+    matched, or None when no ``Allow`` statement covers the request (AWS's implicit deny).
+    """
+
+    action: str
+    resource: str
+    statement: str | None
+
+
+@runtime_checkable
+class ExplainsDenials(Protocol):
+    """An :class:`Authorizer` that can also say which action and statement denied a request.
+
+    The broker asks only after the authorizer refused; authorizers without these methods are
+    named by their class in the broker's violation records.
+    """
+
+    def explain_publish(
+        self, identity: ClientIdentity, topic: str, *, retain: bool = False
+    ) -> Denial | None:
+        """None if the publish is allowed, else why not."""
+
+    def explain_subscribe(self, identity: ClientIdentity, topic_filter: str) -> Denial | None:
+        """None if the subscription is allowed, else why not."""
 
 
 def _peer_common_name(tls: ssl.SSLObject | None) -> str | None:

@@ -6,7 +6,8 @@
 - a TLS listener that requires a client certificate chained to the dev CA,
 - optionally a plain TCP listener, on a loopback host only,
 - an :class:`~ancsync.emulator.auth.Authorizer` deciding every connect (its last will included),
-  publish (with its retain flag) and subscribe,
+  publish (with its retain flag) and subscribe; a denied publish or subscribe disconnects the
+  client, as AWS IoT Core does on MQTT 3.1.1, and is kept as a :class:`PolicyViolation`,
 - reserved AWS request topics (``$aws/things/.../shadow/...(get|update|delete)``, and any a
   service routes with :meth:`EmbeddedBroker.add_reserved_route`) handed to that service instead
   of amqtt closing the client, and
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
+from collections.abc import Callable
 
 import anyio
 from amqtt.contexts import BrokerConfig, ListenerConfig
@@ -29,12 +32,13 @@ from amqtt.errors import BrokerError
 from anyio.abc import TaskStatus
 
 from ancsync.config import is_loopback
-from ancsync.emulator.amqtt_broker import AwsLikeBroker
+from ancsync.emulator.amqtt_broker import DEFAULT_SESSION_EXPIRY, AwsLikeBroker
 from ancsync.emulator.auth import AcceptedConnectionPlugin, Authorizer, ClientIdentity
 from ancsync.emulator.certs import DevCerts
 from ancsync.emulator.component import EmulatorComponent
 from ancsync.emulator.decisions import (
     BrokerDecisions,
+    PolicyViolation,
     PublishListener,
     ReservedTopicHandler,
     TopicMatcher,
@@ -43,9 +47,11 @@ from ancsync.errors import ConfigError, NotStarted
 from ancsync.topics import is_shadow_request_topic
 
 __all__ = [
+    "DEFAULT_SESSION_EXPIRY",
     "Authorizer",
     "ClientIdentity",
     "EmbeddedBroker",
+    "PolicyViolation",
     "PublishListener",
     "ReservedTopicHandler",
     "TopicMatcher",
@@ -65,8 +71,10 @@ class EmbeddedBroker(EmulatorComponent):
     one from :attr:`port` once running); ``None`` means no TLS listener. ``plain_port`` adds an
     unencrypted listener, allowed only on a loopback ``host``. Without an ``authorizer`` every
     client with a valid certificate may do anything. ``reserved_handler`` answers the AWS shadow
-    request topics (see :meth:`add_reserved_route`). Stopping disconnects every client and
-    releases the ports within ``stop_timeout`` seconds.
+    request topics (see :meth:`add_reserved_route`). A persistent session (``clean_session``
+    false) is kept ``session_expiry`` seconds after its client disconnected (AWS IoT Core's
+    default: one hour), measured with ``clock`` (tests pass a fake one). Stopping disconnects
+    every client and releases the ports within ``stop_timeout`` seconds.
 
     A :class:`~ancsync.lifecycle.Component`: ``async with EmbeddedBroker(certs) as broker:``,
     ``await task_group.start(broker.run)``, or :meth:`start` and :meth:`stop` from any task.
@@ -84,6 +92,8 @@ class EmbeddedBroker(EmulatorComponent):
         authorizer: Authorizer | None = None,
         reserved_handler: ReservedTopicHandler | None = None,
         max_tls_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+        session_expiry: float = DEFAULT_SESSION_EXPIRY,
+        clock: Callable[[], float] = time.monotonic,
         stop_timeout: float = 5.0,
     ) -> None:
         super().__init__(stop_timeout=stop_timeout)
@@ -97,12 +107,19 @@ class EmbeddedBroker(EmulatorComponent):
                 f"host {host!r} is not a loopback address; plain (unencrypted) MQTT is only "
                 "allowed on 127.0.0.1, ::1 or localhost: use TLS or a loopback host"
             )
+        if not session_expiry > 0:
+            raise ConfigError(
+                f"session_expiry {session_expiry} is not a duration; use seconds > 0 "
+                "(AWS IoT Core: 3600 by default, up to 604800)"
+            )
         for name, value in (("port", port), ("plain_port", plain_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise ConfigError(f"{name} {value} is not a TCP port; use 0..65535 (0: any free)")
         self.certs = certs
         self.host = host
         self.max_tls_version = max_tls_version
+        self.session_expiry = session_expiry
+        self._clock = clock
         self._requested_port = port
         self._requested_plain_port = plain_port
         self._decisions = BrokerDecisions(authorizer)
@@ -141,7 +158,11 @@ class EmbeddedBroker(EmulatorComponent):
     async def _serve(self, task_status: TaskStatus[None]) -> None:
         """Bind the listeners and serve; :class:`ConfigError` if a port is taken."""
         broker = AwsLikeBroker(
-            self._config(), self._decisions, max_tls_version=self.max_tls_version
+            self._config(),
+            self._decisions,
+            max_tls_version=self.max_tls_version,
+            session_expiry=self.session_expiry,
+            clock=self._clock,
         )
         # Serve publish() before amqtt binds: a client may connect, and a service answer it,
         # before broker.start() returns (amqtt queues the messages until its delivery loop runs).
@@ -206,12 +227,13 @@ class EmbeddedBroker(EmulatorComponent):
 
         It reaches explicit ``$aws/...`` subscriptions too. It is queued for delivery when this
         returns, also while the broker is still starting (a client may already be connected).
-        ``qos`` is the delivery QoS for every subscriber (amqtt forces it).
+        ``qos`` is the delivery QoS for every subscriber (amqtt forces it): 0 or 1, as AWS IoT
+        Core never delivers with QoS 2.
         """
         if self._broker is None:
             raise NotStarted("the broker is not running; run it (async with) first")
-        if qos not in (0, 1, 2):
-            raise ValueError(f"qos {qos} is not an MQTT QoS; use 0, 1 or 2")
+        if qos not in (0, 1):
+            raise ValueError(f"qos {qos} is not served: AWS IoT Core supports QoS 0 and 1 only")
         await self._broker.internal_message_broadcast(topic, payload, qos)
         if retain:
             await self._broker.retain_message(None, topic, payload, qos)
@@ -230,5 +252,13 @@ class EmbeddedBroker(EmulatorComponent):
 
     def stats(self) -> dict[str, int]:
         """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
-        ``subscribes_denied``."""
+        ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``."""
         return self._decisions.stats()
+
+    def violations(self) -> list[PolicyViolation]:
+        """The publishes and subscribes the authorizer denied, oldest first (the last 1,000).
+
+        Each names the client id and certificate, the topic or filter, the action and resource
+        denied and the policy statement that denied it; the client was disconnected for it.
+        """
+        return self._decisions.violations()

@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from ancsync.emulator.auth import (
     Authorizer,
     ClientIdentity,
+    Denial,
+    ExplainsDenials,
     connect_refusal,
     publish_allowed,
 )
 from ancsync.topics import is_shadow_request_topic
 
-__all__ = ["BrokerDecisions", "PublishListener", "ReservedTopicHandler", "TopicMatcher"]
+__all__ = [
+    "MAX_VIOLATIONS_KEPT",
+    "BrokerDecisions",
+    "PolicyViolation",
+    "PublishListener",
+    "ReservedTopicHandler",
+    "TopicMatcher",
+]
 
 log = logging.getLogger("ancsync.emulator.decisions")
 
@@ -40,6 +52,44 @@ TopicMatcher = Callable[[str], bool]
 """Whether a reserved (``$``) topic is one a service answers."""
 
 
+# The violation records kept (the oldest go first); the counters in stats() count every one.
+MAX_VIOLATIONS_KEPT = 1000
+
+
+@dataclass(frozen=True)
+class PolicyViolation:
+    """A publish or subscribe the authorizer denied; the broker disconnected the client for it.
+
+    ``topic`` is the topic of a publish or the filter of a subscribe; ``action``, ``resource``
+    and ``statement`` say what denied it (see :class:`~ancsync.emulator.auth.Denial`:
+    ``statement`` None is AWS's implicit deny, no ``Allow`` covers the request).
+    ``at`` is the time of the refusal (epoch seconds).
+    """
+
+    client_id: str
+    common_name: str | None
+    request: Literal["publish", "subscribe"]
+    topic: str
+    retain: bool
+    action: str
+    resource: str
+    statement: str | None
+    at: float
+
+    def describe(self) -> str:
+        """One line for a log or a console: who, what, and which statement."""
+        what = "retained publish" if self.retain else self.request
+        by = (
+            f"statement {self.statement!r} denies it"
+            if self.statement is not None
+            else "no Allow statement covers it (implicit deny)"
+        )
+        return (
+            f"{what} of {self.client_id!r} (certificate {self.common_name!r}) on "
+            f"{self.topic!r}: {self.action} on {self.resource}: {by}"
+        )
+
+
 class BrokerDecisions:
     """The connect, publish and subscribe decisions of one broker, its routes and its counters.
 
@@ -53,8 +103,17 @@ class BrokerDecisions:
         self._routes: list[tuple[TopicMatcher, ReservedTopicHandler]] = []
         self._listeners: list[PublishListener] = []
         self._stats = dict.fromkeys(
-            ("mqtt5_refused", "connects_denied", "publishes_denied", "subscribes_denied"), 0
+            (
+                "mqtt5_refused",
+                "connects_denied",
+                "publishes_denied",
+                "subscribes_denied",
+                "qos2_publishes_ignored",
+                "qos2_subscribes_ignored",
+            ),
+            0,
         )
+        self._violations: deque[PolicyViolation] = deque(maxlen=MAX_VIOLATIONS_KEPT)
 
     def add_reserved_route(self, matches: TopicMatcher, handler: ReservedTopicHandler) -> None:
         """Hand client publishes on the ``$`` topics ``matches`` accepts to ``handler``."""
@@ -66,8 +125,65 @@ class BrokerDecisions:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
-        ``subscribes_denied``."""
+        ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``."""
         return dict(self._stats)
+
+    def violations(self) -> list[PolicyViolation]:
+        """The publishes and subscribes the authorizer denied, oldest first (the last
+        :data:`MAX_VIOLATIONS_KEPT`)."""
+        return list(self._violations)
+
+    def _denial(
+        self, identity: ClientIdentity, request: str, topic: str, *, retain: bool
+    ) -> Denial | None:
+        """Why the authorizer refuses the request, or None if it allows it."""
+        authorizer = self.authorizer
+        if authorizer is None:
+            return None
+        if request == "publish":
+            if publish_allowed(authorizer, identity, topic, retain=retain):
+                return None
+            action, resource = "iot:Publish", f"topic/{topic}"
+        else:
+            if authorizer.authorize_subscribe(identity, topic):
+                return None
+            action, resource = "iot:Subscribe", f"topicfilter/{topic}"
+        if isinstance(authorizer, ExplainsDenials):
+            explained = (
+                authorizer.explain_publish(identity, topic, retain=retain)
+                if request == "publish"
+                else authorizer.explain_subscribe(identity, topic)
+            )
+            if explained is not None:
+                return explained
+        return Denial(action, resource, f"{type(authorizer).__name__}.authorize_{request}")
+
+    def _violation(
+        self,
+        identity: ClientIdentity,
+        request: Literal["publish", "subscribe"],
+        topic: str,
+        *,
+        retain: bool = False,
+    ) -> PolicyViolation | None:
+        denial = self._denial(identity, request, topic, retain=retain)
+        if denial is None:
+            return None
+        violation = PolicyViolation(
+            identity.client_id,
+            identity.common_name,
+            request,
+            topic,
+            retain,
+            denial.action,
+            denial.resource,
+            denial.statement,
+            time.time(),
+        )
+        self._violations.append(violation)
+        self._stats["publishes_denied" if request == "publish" else "subscribes_denied"] += 1
+        log.warning("disconnected a client for a policy violation: %s", violation.describe())
+        return violation
 
     # -- connect ---------------------------------------------------------------------------
 
@@ -108,20 +224,22 @@ class BrokerDecisions:
 
     # -- publish ---------------------------------------------------------------------------
 
-    def allows_publish(self, identity: ClientIdentity, topic: str, *, retain: bool) -> bool:
-        """Ask the authorizer; a refusal is logged and counted."""
-        if self.authorizer is None or publish_allowed(
-            self.authorizer, identity, topic, retain=retain
-        ):
-            return True
-        self._stats["publishes_denied"] += 1
+    def publish_violation(
+        self, identity: ClientIdentity, topic: str, *, retain: bool
+    ) -> PolicyViolation | None:
+        """Ask the authorizer; a refusal is recorded, logged and counted (the broker then
+        disconnects the client, as AWS IoT Core does on MQTT 3.1.1)."""
+        return self._violation(identity, "publish", topic, retain=retain)
+
+    def count_qos2_publish(self, identity: ClientIdentity, topic: str) -> None:
+        """Count a QoS 2 publish, left unanswered (AWS IoT Core: QoS 2 gets no ack)."""
+        self._stats["qos2_publishes_ignored"] += 1
         log.warning(
-            "dropped %spublish of %r to %r: not authorised",
-            "retained " if retain else "",
+            "ignored a QoS 2 publish of %r to %r: AWS IoT Core supports QoS 0 and 1 only "
+            "(no PUBREC is sent and the message is not delivered); publish with QoS 1",
             identity.client_id,
             topic,
         )
-        return False
 
     def count_refused_publish(self, identity: ClientIdentity, topic: str) -> None:
         """Count a publish amqtt refused (invalid or reserved topic); the client is disconnected."""
@@ -163,10 +281,19 @@ class BrokerDecisions:
 
     # -- subscribe -------------------------------------------------------------------------
 
-    def allows_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
-        """Ask the authorizer; a refusal is logged and counted (the client gets SUBACK 0x80)."""
-        if self.authorizer is None or self.authorizer.authorize_subscribe(identity, topic_filter):
-            return True
-        self._stats["subscribes_denied"] += 1
-        log.warning("refused subscription of %r to %r", identity.client_id, topic_filter)
-        return False
+    def count_qos2_subscribe(self, identity: ClientIdentity, topic_filters: list[str]) -> None:
+        """Count a SUBSCRIBE asking for QoS 2, left unanswered (AWS: QoS 2 gets no ack)."""
+        self._stats["qos2_subscribes_ignored"] += 1
+        log.warning(
+            "ignored a SUBSCRIBE of %r asking QoS 2 (filters %s): AWS IoT Core supports QoS 0 "
+            "and 1 only (no SUBACK is sent and nothing is subscribed); subscribe with QoS 1",
+            identity.client_id,
+            topic_filters,
+        )
+
+    def subscribe_violation(
+        self, identity: ClientIdentity, topic_filter: str
+    ) -> PolicyViolation | None:
+        """Ask the authorizer; a refusal is recorded, logged and counted (the broker then
+        disconnects the client without a SUBACK, as AWS IoT Core does on MQTT 3.1.1)."""
+        return self._violation(identity, "subscribe", topic_filter)

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from ancsync.emulator.auth import ClientIdentity
+from ancsync.emulator.auth import ClientIdentity, Denial
 from ancsync.emulator.certs import OPERATOR_NAME
 from ancsync.errors import ConfigError, InvalidTopic
 from ancsync.topics import validate_thing_name
@@ -75,11 +75,15 @@ def render_policy_template(text: str, variables: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class PolicyStatement:
-    """One statement of a policy document, with ``Action``/``Resource`` always as tuples."""
+    """One statement of a policy document, with ``Action``/``Resource`` always as tuples.
+
+    ``sid`` is the statement's ``Sid`` (optional in AWS too); refusals name it.
+    """
 
     effect: str
     actions: tuple[str, ...]
     resources: tuple[str, ...]
+    sid: str | None = None
 
 
 def _as_tuple(value: Any, what: str) -> tuple[str, ...]:
@@ -101,9 +105,11 @@ def _parse_policy(document: Any) -> tuple[PolicyStatement, ...]:
         if effect not in ("Allow", "Deny"):
             raise ConfigError(f"policy statement Effect {effect!r} is not Allow or Deny")
         actions = _as_tuple(statement.get("Action"), "Action")
-        parsed.append(
-            PolicyStatement(effect, actions, _as_tuple(statement.get("Resource"), "Resource"))
-        )
+        sid = statement.get("Sid")
+        if sid is not None and not isinstance(sid, str):
+            raise ConfigError(f"policy statement Sid {sid!r} is not a string")
+        resources = _as_tuple(statement.get("Resource"), "Resource")
+        parsed.append(PolicyStatement(effect, actions, resources, sid))
     return tuple(parsed)
 
 
@@ -127,6 +133,7 @@ class _CompiledStatement:
     allow: bool
     actions: tuple[str, ...]
     resources: tuple[re.Pattern[str], ...]
+    name: str  # the Sid, or "#<index>" in the document
 
     def covers(self, action: str, resource: str) -> bool:
         return any(fnmatch.fnmatchcase(action, wanted) for wanted in self.actions) and any(
@@ -173,7 +180,7 @@ class DevicePolicy:
         if key not in self._compiled:
             values = {"iot:Connection.Thing.ThingName": thing, "iot:ClientId": client_id}
             compiled = []
-            for statement in self.statements:
+            for index, statement in enumerate(self.statements):
                 patterns = []
                 for resource in statement.resources:
                     names = _POLICY_VARIABLE.findall(resource)
@@ -181,20 +188,29 @@ class DevicePolicy:
                         concrete = _POLICY_VARIABLE.sub(lambda m: values[m.group(1)], resource)
                         patterns.append(_wildcard(concrete))
                 allow = statement.effect == "Allow"
-                compiled.append(_CompiledStatement(allow, statement.actions, tuple(patterns)))
+                name = statement.sid or f"#{index}"
+                compiled.append(_CompiledStatement(allow, statement.actions, tuple(patterns), name))
             self._compiled[key] = tuple(compiled)
         return self._compiled[key]
 
     def allows(self, identity: ClientIdentity, action: str, kind: str, name: str) -> bool:
         """Whether ``identity`` may do ``action`` on the resource ``kind/name`` (e.g. topic/a/b)."""
+        return self.denial(identity, action, kind, name) is None
+
+    def denial(self, identity: ClientIdentity, action: str, kind: str, name: str) -> Denial | None:
+        """None if ``identity`` may do ``action`` on ``kind/name``; else the statement that
+        denies it (an explicit ``Deny``), or ``statement=None`` when no ``Allow`` covers it."""
         thing = self._thing_of(identity)
         if thing is None:
-            return True  # the operator is the cloud side: every topic
+            return None  # the operator is the cloud side: every topic
         resource = self._arn(kind, name)
         matching = [
             s for s in self._statements_for(thing, identity.client_id) if s.covers(action, resource)
         ]
-        return bool(matching) and all(statement.allow for statement in matching)
+        denying = next((s for s in matching if not s.allow), None)
+        if denying is not None:
+            return Denial(action, resource, denying.name)
+        return None if matching else Denial(action, resource, None)
 
     def authorize_connect(self, identity: ClientIdentity) -> str | None:
         """None to accept; else why the certificate and client id may not connect."""
@@ -229,6 +245,21 @@ class DevicePolicy:
     def authorize_retain_publish(self, identity: ClientIdentity, topic: str) -> bool:
         """``authorize_publish(identity, topic, retain=True)``."""
         return self.authorize_publish(identity, topic, retain=True)
+
+    def explain_publish(
+        self, identity: ClientIdentity, topic: str, *, retain: bool = False
+    ) -> Denial | None:
+        """None if :meth:`authorize_publish` allows it, else the action and statement denying."""
+        denial = self.denial(identity, "iot:Publish", "topic", topic)
+        if denial is None and retain:
+            denial = self.denial(identity, "iot:RetainPublish", "topic", topic)
+        return denial
+
+    def explain_subscribe(self, identity: ClientIdentity, topic_filter: str) -> Denial | None:
+        """None if :meth:`authorize_subscribe` allows it, else the action and statement denying."""
+        return self.denial(identity, "iot:Subscribe", "topicfilter", topic_filter) or self.denial(
+            identity, "iot:Receive", "topic", topic_filter
+        )
 
     def authorize_subscribe(self, identity: ClientIdentity, topic_filter: str) -> bool:
         """``iot:Subscribe`` on ``topicfilter/<filter>``, and ``iot:Receive`` on it as a topic.

@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
-from ancsync.emulator.broker import EmbeddedBroker
+from ancsync.emulator.broker import DEFAULT_SESSION_EXPIRY, EmbeddedBroker
 from ancsync.emulator.certs import DevCerts, ensure_dev_certs
 from ancsync.emulator.component import EmulatorComponent
 from ancsync.emulator.jobs import JobsService
@@ -53,7 +53,8 @@ class Emulator(EmulatorComponent):
     ``db_path`` None keeps the rules sink in memory. ``limits``, ``clock`` (epoch seconds for
     every shadow timestamp) and ``shadow_latency`` (seconds added to each shadow request)
     configure the shadow service; ``jobs_seconds_per_minute`` shortens the Jobs timeouts' minutes
-    (tests). ``services`` adds services of your own
+    (tests). ``session_expiry`` is how long a persistent session outlives its connection
+    (seconds; AWS IoT Core's default is one hour). ``services`` adds services of your own
     (:class:`~ancsync.emulator.service.EmulatorService`) beside the shadow service and the rules
     sink. Each part stops within its own ``stop_timeout`` (5 s), all at the same time.
     """
@@ -73,6 +74,7 @@ class Emulator(EmulatorComponent):
         clock: Callable[[], float] = time.time,
         shadow_latency: float = 0.0,
         jobs_seconds_per_minute: float = 60.0,
+        session_expiry: float = DEFAULT_SESSION_EXPIRY,
         services: Sequence[EmulatorService] = (),
     ) -> None:
         super().__init__()
@@ -83,6 +85,7 @@ class Emulator(EmulatorComponent):
         self.host = host
         self.tls = tls
         self.db_path = db_path
+        self.session_expiry = session_expiry
         self._requested_port = port
         self.policy = DevicePolicy(self.things)
         self.shadows = ShadowService(limits=limits, clock=clock, latency=shadow_latency)
@@ -110,6 +113,7 @@ class Emulator(EmulatorComponent):
             port=self._requested_port,
             plain_port=None if self.tls else self._requested_port,
             authorizer=self.policy,
+            session_expiry=self.session_expiry,
         )
         for service in self.services:
             service.attach(broker)
