@@ -38,6 +38,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "StorageError",
         "TerminalStateReached",
         "TLSError",
+        "TopicNotAllowed",
         "VersionMismatch",
     ),
     "ancsync.jobs": (
@@ -178,6 +179,9 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
     from ancsync.errors import TerminalStateReached as TerminalStateReached
     from ancsync.errors import (
         TLSError as TLSError,
+    )
+    from ancsync.errors import (
+        TopicNotAllowed as TopicNotAllowed,
     )
     from ancsync.errors import VersionMismatch as VersionMismatch
     from ancsync.jobs import (

@@ -441,6 +441,7 @@ class IoTConnection(Component):
                 "last_error": None,
                 "subscriptions": 0,
                 "failed_subscriptions": [],
+                "refused_topics": [],
                 "in_flight": 0,
                 "published": 0,
                 "acknowledged": 0,

@@ -34,7 +34,13 @@ from pydantic import ValidationError
 
 from ancsync.codec import describe_errors, encode
 from ancsync.durable.store import DurableStore, StoredMessage
-from ancsync.errors import AncSyncError, InvalidPayload, PublishTimeout, StorageError
+from ancsync.errors import (
+    AncSyncError,
+    InvalidPayload,
+    PublishTimeout,
+    StorageError,
+    TopicNotAllowed,
+)
 from ancsync.lifecycle import Component
 from ancsync.models import EmergencyEvent, EmergencyInput, new_id
 from ancsync.mqtt.outbox import Lane, Producer, PublishHandle
@@ -281,6 +287,12 @@ class EmergencyReporter(Component):
                 handle = await self._requeue_until_accepted(message)
             try:
                 await handle.delivered()
+            except TopicNotAllowed as exc:
+                # Retrying would only disconnect the device again: it stays stored, and is sent
+                # on the next start (once the policy is fixed).
+                self._last_error = str(exc)
+                logger.error("emergency %s NOT delivered: %s", message.msg_id, exc)  # noqa: TRY400
+                return
             except AncSyncError as exc:
                 self._last_error = str(exc)
                 logger.warning("emergency %s not delivered (%s); retrying", message.msg_id, exc)

@@ -26,6 +26,7 @@ __all__ = [
     "StorageError",
     "TLSError",
     "TerminalStateReached",
+    "TopicNotAllowed",
     "VersionMismatch",
 ]
 
@@ -68,6 +69,19 @@ class NotAuthorized(ConnectError):
     """The broker refused the connection: the certificate or client id is not authorised."""
 
     permanent = True
+
+
+class TopicNotAllowed(AncSyncError):
+    """The broker closes the connection whenever this topic is used: the policy denies it.
+
+    AWS IoT Core answers a publish or subscription its policy denies by disconnecting (MQTT
+    3.1.1). The session stops using the topic instead of reconnecting in a loop; ``topic`` is the
+    topic or filter.
+    """
+
+    def __init__(self, message: str, *, topic: str) -> None:
+        super().__init__(message)
+        self.topic = topic
 
 
 class InvalidTopic(AncSyncError, ValueError):

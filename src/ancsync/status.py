@@ -63,6 +63,9 @@ class SessionStatus(TypedDict):
     """Topic filters the broker granted."""
     failed_subscriptions: list[str]
     """Topic filters the broker refused (check the policy's ``iot:Subscribe``)."""
+    refused_topics: list[str]
+    """Topics no longer published to: the broker closed the connection each time (the policy's
+    ``iot:Publish``)."""
     in_flight: int
     """QoS 1 publishes written and not yet acknowledged."""
     published: int

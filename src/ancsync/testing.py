@@ -110,6 +110,8 @@ class FakeBroker:
     - :meth:`wait_until` waits for a condition on this state, re-checked after every change.
     - ``suback``: granted code per filter (default: the requested QoS); ``SUBSCRIBE_FAILURE``
       refuses one.
+    - ``denied``: topics and filters the policy denies: publishing to one, or subscribing to
+      one, closes the connection, as AWS IoT Core does on MQTT 3.1.1.
     """
 
     connect_errors: list[ConnectError] = field(default_factory=list)
@@ -119,6 +121,7 @@ class FakeBroker:
     subscribed: list[str] = field(default_factory=list)
     subscribe_packets: list[list[str]] = field(default_factory=list)
     suback: dict[str, int] = field(default_factory=dict)
+    denied: set[str] = field(default_factory=set)
     connects: list[ConnectOptions] = field(default_factory=list)
     current: FakeTransport | None = None
     _changed: anyio.Event | None = None
@@ -200,7 +203,9 @@ class FakeTransport:
         record = (topic, payload, qos, retain)
         self._broker.attempted.append(record)
         self._broker._note_change()
-        if qos and not self._broker.auto_ack:
+        if topic in self._broker.denied:
+            self._lose(f"the broker closed the connection after a publish to {topic}")
+        elif qos and not self._broker.auto_ack:
             self._unacked.append((on_done, record))
         else:
             self._complete(on_done, record)
@@ -213,8 +218,11 @@ class FakeTransport:
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         self._check()
         await anyio.lowlevel.checkpoint()
-        self._broker.subscribed.extend(f for f, _ in filters)
         self._broker.subscribe_packets.append([f for f, _ in filters])
+        if any(f in self._broker.denied for f, _ in filters):
+            self._lose("the broker closed the connection after a SUBSCRIBE")
+            self._check()
+        self._broker.subscribed.extend(f for f, _ in filters)
         self._broker._note_change()
         return [self._broker.suback.get(f, qos) for f, qos in filters]
 

@@ -12,7 +12,14 @@ import pytest
 from anyio.abc import ObjectReceiveStream
 
 from ancsync.codec import decode, decode_model
-from ancsync.errors import ConnectError, ConnectTimeout, NotAuthorized, PublishTimeout, TLSError
+from ancsync.errors import (
+    ConnectError,
+    ConnectTimeout,
+    NotAuthorized,
+    PublishTimeout,
+    TLSError,
+    TopicNotAllowed,
+)
 from ancsync.models import DeviceStatus
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
 from ancsync.mqtt.outbox import Lane, Outbox, OutgoingMessage, PublishHandle
@@ -112,7 +119,7 @@ async def test_unacknowledged_messages_are_requeued_with_their_ids() -> None:
             assert "cable pulled" in str(lost.error)
             for handle in handles:
                 await handle.delivered()
-        # Resent after the reconnect, in order, once each.
+        # Resent after the reconnect, in order, once each (each alone: see mqtt/refusals.py).
         resent = [topic for topic, *_ in rig.broker.published if topic != STATUS]
         assert resent == ["anc/t/0", "anc/t/1", "anc/t/2"]
         assert rig.outbox.stats()["telemetry"]["requeued"] == 3
@@ -215,6 +222,65 @@ async def test_refused_subscription_is_reported() -> None:
     async with running(rig):
         await rig.session.wait_connected()
         assert rig.session.status()["failed_subscriptions"] == ["anc/secret/#"]
+
+
+async def test_a_subscription_the_broker_answers_by_disconnecting_is_given_up() -> None:
+    """AWS IoT closes the connection on a denied SUBSCRIBE: the session isolates the filter,
+    stops subscribing to it, says so, and keeps the rest of the connection."""
+    rig = Rig(FakeBroker(denied={"anc/secret/#"}))
+    for n in range(3):
+        rig.router.add_route(f"anc/ok/{n}", lambda topic, payload: None)
+    rig.router.add_route("anc/secret/#", lambda topic, payload: None)
+    with rig.session.events() as events:
+        async with running(rig):
+            refused = await _next(events, "refused")
+            await rig.session.wait_connected()
+            await rig.broker.wait_until(lambda: "anc/ok/2" in rig.broker.subscribed)
+            status = rig.session.status()
+    assert isinstance(refused.error, TopicNotAllowed)
+    assert refused.error.topic == "anc/secret/#"
+    assert "iot:Subscribe on topicfilter/anc/secret/#" in str(refused.error)
+    assert status["failed_subscriptions"] == ["anc/secret/#"]
+    # One SUBSCRIBE with all four, then the suspect alone twice: three lost connections.
+    assert [p for p in rig.broker.subscribe_packets if "anc/secret/#" in p][1:] == [
+        ["anc/secret/#"],
+        ["anc/secret/#"],
+    ]
+    assert len(rig.broker.connects) == 4
+
+
+async def test_a_publish_the_broker_answers_by_disconnecting_fails_and_the_rest_goes() -> None:
+    rig = Rig(FakeBroker(denied={"anc/forbidden"}))
+    async with running(rig):
+        await rig.session.wait_connected()
+        with rig.session.events() as events:
+            before = [rig.put(f"anc/t/{n}", n) for n in range(3)]
+            denied = rig.put("anc/forbidden", 99)
+            after = [rig.put(f"anc/t/{n}", n) for n in range(3, 6)]
+            refused = await _next(events, "refused")
+        with pytest.raises(TopicNotAllowed, match="iot:Publish on topic/anc/forbidden"):
+            await denied.delivered()
+        for handle in before + after:
+            await handle.delivered()  # nothing else is lost
+        assert rig.session.status()["refused_topics"] == ["anc/forbidden"]
+    assert refused.error is not None
+    assert "anc/forbidden" in str(refused.error)
+    sent = [topic for topic, *_ in rig.broker.published]
+    assert [t for t in sent if t.startswith("anc/t/")] == [f"anc/t/{n}" for n in range(6)]
+
+
+async def test_a_message_in_flight_at_an_ordinary_loss_is_sent_again_alone_and_delivered() -> None:
+    rig = Rig(FakeBroker())
+    async with running(rig):
+        await rig.session.wait_connected()
+        rig.broker.auto_ack = False
+        handles = [rig.put(f"anc/t/{n}", n) for n in range(3)]
+        await rig.broker.wait_until(lambda: len(rig.broker.attempted) == 1 + 3)
+        rig.broker.auto_ack = True
+        rig.broker.drop("cable pulled")
+        for handle in handles:
+            await handle.delivered()
+        assert rig.session.status()["refused_topics"] == []
 
 
 @pytest.mark.parametrize("error", [TLSError("bad certificate"), NotAuthorized("no policy")])

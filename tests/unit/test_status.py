@@ -30,6 +30,7 @@ def test_the_shape_check_fails_on_a_missing_or_extra_key() -> None:
     session["last_error"] = None
     session["connected_since"] = None
     session["failed_subscriptions"] = []
+    session["refused_topics"] = []
     assert_typed(session, SessionStatus)
     with pytest.raises(AssertionError, match="are missing"):
         assert_typed({k: v for k, v in session.items() if k != "state"}, SessionStatus)

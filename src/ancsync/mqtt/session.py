@@ -55,6 +55,7 @@ from ancsync.mqtt.backoff import Backoff
 from ancsync.mqtt.outbox import Outbox, OutgoingMessage
 from ancsync.mqtt.paho_transport import PahoTransport
 from ancsync.mqtt.ratelimit import RateLimiter
+from ancsync.mqtt.refusals import Refusals
 from ancsync.mqtt.router import TopicRouter
 from ancsync.mqtt.transport import (
     SUBSCRIBE_FAILURE,
@@ -90,9 +91,11 @@ class ConnectionEvent:
     - ``connected``: subscriptions made and status "online" published (if announced).
     - ``disconnected``: an attempt failed or a connection was lost, because of ``error``; the
       next attempt follows in ``retry_in`` seconds (``None`` when the session is stopping).
+    - ``refused``: the broker closed the connection each time a topic was used: ``error`` is a
+      :class:`~ancsync.errors.TopicNotAllowed` naming it; the session no longer uses it.
     """
 
-    kind: Literal["connecting", "connected", "disconnected"]
+    kind: Literal["connecting", "connected", "disconnected", "refused"]
     attempt: int
     error: AncSyncError | None = None
     retry_in: float | None = None
@@ -167,6 +170,9 @@ class MqttSession(Component):
         self._acknowledged = 0
         self._failed_subscriptions: set[str] = set()
         self._subscribed: dict[str, int] = {}
+        self._subscribing: list[str] = []  # the filters of the SUBSCRIBE awaiting its SUBACK
+        self._refusals = Refusals()
+        self._alone: OutgoingMessage | None = None  # a suspect, on the wire by itself
         self._in_flight: dict[int, OutgoingMessage] = {}
         self._hooks: list[ConnectHook] = []
         self._listeners: list[MemoryObjectSendStream[ConnectionEvent]] = []
@@ -258,7 +264,10 @@ class MqttSession(Component):
                 "at": self._last_error_at,
             },
             "subscriptions": len(self._subscribed),
-            "failed_subscriptions": sorted(self._failed_subscriptions),
+            "failed_subscriptions": sorted(
+                self._failed_subscriptions | self._refusals.refused_filters
+            ),
+            "refused_topics": sorted(self._refusals.refused_topics),
             "in_flight": len(self._in_flight),
             "published": self._published,
             "acknowledged": self._acknowledged,
@@ -406,10 +415,17 @@ class MqttSession(Component):
         await transport.close()
         self._backoff.disconnected()
         self.connected_since = None
-        for message in self._in_flight.values():
+        # What was outstanding is suspect: the broker may have closed the link because of it.
+        again, refused = self._refusals.connection_lost(
+            list(self._in_flight.values()), self._subscribing, alone=self._alone
+        )
+        for message in again:
             self._outbox.requeue(message)
         self._in_flight.clear()
+        self._subscribing, self._alone = [], None
         self._window = asyncio.Semaphore(self._in_flight_limit)
+        for error in refused:
+            self._emit(ConnectionEvent("refused", self.attempts, error))
 
     def _options(self) -> ConnectOptions:
         context = self._ssl_context_factory() if self._ssl_context_factory else None
@@ -529,14 +545,25 @@ class MqttSession(Component):
             await self._limiter.ready()
             message = await self._outbox.get()
             self._limiter.charge(len(message.payload))
+            alone = self._refusals.is_suspect(message)
+            if alone:  # in flight at a lost connection: by itself this time (mqtt/refusals.py)
+                for _ in range(self._in_flight_limit - 1):
+                    await window.acquire()
+                self._alone = message
             # Tracked from here on: whatever happens next, a loss puts it back in the outbox.
             self._in_flight[id(message)] = message
+            answered = anyio.Event() if alone else None
 
-            def acknowledged(message: OutgoingMessage = message) -> None:
+            def acknowledged(
+                message: OutgoingMessage = message, answered: anyio.Event | None = answered
+            ) -> None:
                 window.release()
                 if self._in_flight.pop(id(message), None) is not None:
                     self._acknowledged += 1
+                self._refusals.answered(message)
                 message.handle.resolve()
+                if answered is not None:
+                    answered.set()
                 if self._progress is not None:
                     self._progress.set()
 
@@ -544,6 +571,11 @@ class MqttSession(Component):
                 message.topic, message.payload, message.qos, message.retain, acknowledged
             )
             self._published += 1
+            if answered is not None:
+                await answered.wait()  # a lost link ends the wait: the reader raises
+                self._alone = None
+                for _ in range(self._in_flight_limit - 1):
+                    window.release()
 
     async def _follow_subscriptions(self, transport: Transport) -> None:
         while True:
@@ -552,13 +584,20 @@ class MqttSession(Component):
             await self._sync_subscriptions(transport)
 
     async def _sync_subscriptions(self, transport: Transport) -> None:
-        wanted = self._router.filters()
+        refusals = self._refusals
+        wanted = [f for f in self._router.filters() if f not in refusals.refused_filters]
         new = [f for f in wanted if f not in self._subscribed]
         gone = [f for f in self._subscribed if f not in wanted]
-        # AWS IoT takes at most 8 filters per SUBSCRIBE.
-        for chunk in _chunks(new, MAX_FILTERS_PER_SUBSCRIBE):
+        # Suspects of the last loss go first, one per SUBSCRIBE; AWS IoT takes at most 8 filters
+        # per SUBSCRIBE.
+        alone = [[f] for f in new if f in refusals.suspect_filters]
+        rest = [f for f in new if f not in refusals.suspect_filters]
+        for chunk in alone + _chunks(rest, MAX_FILTERS_PER_SUBSCRIBE):
+            self._subscribing = chunk
             codes = await transport.subscribe([(f, 1) for f in chunk])
+            self._subscribing = []
             for topic_filter, code in zip(chunk, codes, strict=True):
+                refusals.subscribed(topic_filter)
                 self._subscribed[topic_filter] = code
                 if code == SUBSCRIBE_FAILURE:
                     self._failed_subscriptions.add(topic_filter)
