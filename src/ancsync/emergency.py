@@ -34,16 +34,16 @@ from pydantic import ValidationError
 
 from ancsync.codec import describe_errors, encode
 from ancsync.durable.store import DurableStore, StoredMessage
+from ancsync.durable.stream import DurableStream
 from ancsync.errors import (
     AncSyncError,
     InvalidPayload,
     PublishTimeout,
-    StorageError,
     TopicNotAllowed,
 )
 from ancsync.lifecycle import Component
 from ancsync.models import EmergencyEvent, EmergencyInput, new_id
-from ancsync.mqtt.outbox import Lane, Producer, PublishHandle
+from ancsync.mqtt.outbox import Producer, PublishHandle
 from ancsync.status import EmergencyStatus
 from ancsync.topics import emergency_topic, validate_thing_name
 
@@ -87,7 +87,7 @@ class EmergencyReporter(Component):
         super().__init__(stop_timeout=stop_timeout)
         self._iot = connection
         self.device_id = validate_thing_name(device_id or connection.thing_name)
-        self._store = store
+        self._stream = DurableStream(store, connection, "emergency")
         self._topic = emergency_topic(self.device_id)
         self._retry_interval = retry_interval
         self._tasks: TaskGroup | None = None
@@ -115,14 +115,14 @@ class EmergencyReporter(Component):
                 # Under the lock no report_emergency is between its commit and its queueing:
                 # every stored event is either queued already (its handle is known) or not.
                 async with self._commit_lock:
-                    stored = await anyio.to_thread.run_sync(self._store.pending, "emergency")
+                    stored = await self._stream.left_by_last_run()
                     self._tasks = tasks
                     for message in stored:
                         self._pending.setdefault(message.msg_id, message.created_at)
                         handle = self._handles.get(message.msg_id)
                         if handle is None:
                             self._resent += 1
-                            handle = await self._queue(message)
+                            handle = self._queue(message)
                         tasks.start_soon(self._follow, message, handle)
                 if self._resent:
                     logger.info("re-sending %d stored emergency events", self._resent)
@@ -204,16 +204,14 @@ class EmergencyReporter(Component):
         async with self._commit_lock:
             with anyio.CancelScope(shield=True):
                 try:
-                    message = await anyio.to_thread.run_sync(
-                        self._store.put_numbered, _SEQ_STREAM, number
-                    )
+                    message = await self._stream.store(_SEQ_STREAM, number)
                 except AncSyncError as exc:
                     self._last_error = str(exc)
                     logger.error("emergency %s NOT reported: %s", event_id, exc)  # noqa: TRY400
                     raise
                 self._reported += 1
                 self._pending[message.msg_id] = message.created_at
-                handle = await self._queue(message)
+                handle = self._queue(message)
                 if self._tasks is not None:
                     self._tasks.start_soon(self._follow, message, handle)
         emergency = numbered[-1]
@@ -259,12 +257,10 @@ class EmergencyReporter(Component):
         except ValidationError as exc:
             raise InvalidPayload(f"emergency event is invalid: {describe_errors(exc)}") from None
 
-    async def _queue(self, message: StoredMessage) -> PublishHandle | None:
+    def _queue(self, message: StoredMessage) -> PublishHandle | None:
         """Queue on the emergency lane; ``None`` if the connection refused (retried later)."""
         try:
-            handle = await self._iot.publish(
-                message.topic, message.payload, qos=1, lane=Lane.EMERGENCY, msg_id=message.msg_id
-            )
+            handle = self._stream.send(message)
         except AncSyncError as exc:
             self._last_error = str(exc)
             logger.warning("emergency %s stored but not queued yet: %s", message.msg_id, exc)
@@ -274,7 +270,7 @@ class EmergencyReporter(Component):
 
     async def _requeue_until_accepted(self, message: StoredMessage) -> PublishHandle:
         while True:
-            handle = await self._queue(message)
+            handle = self._queue(message)
             if handle is not None:
                 return handle
             await anyio.sleep(self._retry_interval)
@@ -307,10 +303,8 @@ class EmergencyReporter(Component):
             return  # already done, or being done, by the other waiter
         self._acknowledging.add(event_id)
         try:
-            await anyio.to_thread.run_sync(self._store.ack, event_id)
-        except StorageError as exc:
-            # It stays stored and is sent again on the next start: a duplicate, never a loss.
-            logger.warning("acknowledged emergency %s stays stored: %s", event_id, exc)
+            # A store that cannot delete keeps it: sent again on the next start, never lost.
+            await self._stream.forget_delivered()
         finally:
             self._acknowledging.discard(event_id)
             del self._pending[event_id]

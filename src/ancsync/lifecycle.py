@@ -161,18 +161,21 @@ class Component:
             self._state = ComponentState.STOPPING
             began = anyio.current_time()
             self._shutdown_deadline = min(began + self.stop_timeout, self._asked_deadline)
-            with anyio.CancelScope(shield=True, deadline=self._shutdown_deadline) as shutdown:
-                await self._shutdown()
-            if shutdown.cancelled_caught:
-                log.warning(
-                    "the %s component did not finish stopping within %.3g s; it was cut short",
-                    self.name,
-                    max(0.0, self._shutdown_deadline - began),
-                )
-            self._run_scope = None
-            self._shutdown_deadline = float("inf")
-            self._state = ComponentState.STOPPED
-            done.set()
+            try:
+                with anyio.CancelScope(shield=True, deadline=self._shutdown_deadline) as shutdown:
+                    await self._shutdown()
+                if shutdown.cancelled_caught:
+                    log.warning(
+                        "the %s component did not finish stopping within %.3g s; it was cut short",
+                        self.name,
+                        max(0.0, self._shutdown_deadline - began),
+                    )
+            finally:
+                # Even when the shutdown raised: the part is stopped, and may be run again.
+                self._run_scope = None
+                self._shutdown_deadline = float("inf")
+                self._state = ComponentState.STOPPED
+                done.set()
 
     # A timeout argument, not the caller's cancel scope: the shutdown itself is shielded.
     async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109

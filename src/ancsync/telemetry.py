@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from ancsync.batching import RecordBuffer, batch_payload, encode_record, kind_of_topic
 from ancsync.codec import MAX_PAYLOAD_BYTES
 from ancsync.durable.store import DurableStore, StoredMessage
+from ancsync.durable.stream import DurableStream
 from ancsync.errors import AncSyncError, BufferFull, PublishTimeout, StorageError
 from ancsync.lifecycle import Component
 from ancsync.models import AncMetrics, AudioMetrics, ErrorRecord, SystemMetrics, new_id
@@ -104,8 +105,10 @@ class TelemetryPublisher(Component):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._max_in_flight = max_in_flight
-        self._store = store
         self._durable = store is not None if durable is None else durable
+        # The store numbers every batch (seq counters survive restarts) and, when durable,
+        # keeps it until its PUBACK.
+        self._stream = DurableStream(store, connection, "telemetry") if store else None
         self._topics = {kind: telemetry_topic(self.device_id, kind) for kind in TELEMETRY_KINDS}
         self._seqs = dict.fromkeys(TELEMETRY_KINDS, 0)  # used when there is no store
         # anyio primitives need a running event loop: made when it runs.
@@ -115,8 +118,6 @@ class TelemetryPublisher(Component):
         # Batches handed to the connection whose outcome is not known yet, by msg_id.
         self._pending: dict[str, tuple[StoredMessage, TelemetryKind, bool]] = {}
         self._settled_now: anyio.Event | None = None  # set when a pending batch settles
-        self._acknowledged_ids: list[str] = []
-        self._to_forget: anyio.Event | None = None
         self._delivered = dict.fromkeys(TELEMETRY_KINDS, 0)
         self._failed = dict.fromkeys(TELEMETRY_KINDS, 0)
         self._unsent = dict.fromkeys(TELEMETRY_KINDS, 0)
@@ -156,11 +157,12 @@ class TelemetryPublisher(Component):
 
     async def _serve(self, task_status: TaskStatus[None]) -> None:
         """Re-send what a previous run stored, then batch and publish until cancelled."""
-        self._wakeup, self._to_forget = anyio.Event(), anyio.Event()
+        self._wakeup = anyio.Event()
         self._window = anyio.Semaphore(self._max_in_flight)
         self._producer = self._iot.producing(self.name)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._forget_forever)
+            if self._stream is not None:
+                tg.start_soon(self._stream.run)
             task_status.started()
             await self._resend_stored()
             await self._batch_forever()
@@ -180,7 +182,8 @@ class TelemetryPublisher(Component):
                 self._producer.finish()
             self._count_unsettled()
             await self._keep_leftovers()
-            await self._forget_acknowledged()
+            if self._stream is not None:
+                await self._stream.forget_delivered()
 
     def start_publishing(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -217,13 +220,13 @@ class TelemetryPublisher(Component):
     async def _store_and_send(
         self, kind: TelemetryKind, records: list[bytes], *, windowed: bool = True
     ) -> None:
-        message, seq = self._make_batch(kind, records)
-        stored = await self._persist(message, kind, seq)
-        if stored is False:
+        batch = await self._number(kind, records)
+        if batch is None:
             if windowed:
                 self._release()
             return
-        self._send(message, kind, stored=bool(stored), windowed=windowed)
+        message, stored = batch
+        self._send(message, kind, stored=stored, windowed=windowed)
 
     def _release(self) -> None:
         assert self._window is not None
@@ -238,56 +241,52 @@ class TelemetryPublisher(Component):
                 # A permanent error (bad certificate...): the session retries by itself.
                 await anyio.sleep(1.0)
 
-    def _make_batch(self, kind: TelemetryKind, records: list[bytes]) -> tuple[StoredMessage, int]:
-        """Number and encode a batch of ``records``; returns the message and its ``seq``."""
-        if self._store is not None:
-            seq = self._store.reserve_seq(f"telemetry/{kind}")
-        else:
-            self._seqs[kind] += 1
-            seq = self._seqs[kind]
+    async def _number(
+        self, kind: TelemetryKind, records: list[bytes]
+    ) -> tuple[StoredMessage, bool] | None:
+        """Number and encode a batch; store it when durable. Returns it and whether it is
+        stored, or ``None`` when the store refused it for room (counted as failed)."""
         msg_id = new_id()
-        message = StoredMessage(
-            msg_id=msg_id,
-            lane="telemetry",
-            topic=self._topics[kind],
-            payload=batch_payload(self.device_id, kind, msg_id, seq, records),
-            records=len(records),
-        )
-        return message, seq
 
-    async def _persist(self, message: StoredMessage, kind: TelemetryKind, seq: int) -> bool | None:
-        """Store the batch (durable mode) or only its ``seq``.
+        def batch(seq: int) -> StoredMessage:
+            payload = batch_payload(self.device_id, kind, msg_id, seq, records)
+            return StoredMessage(msg_id, "telemetry", self._topics[kind], payload, 1, len(records))
 
-        Returns ``True`` when stored, ``None`` when not (no store or not durable, or the store
-        failed: the batch is sent anyway) and ``False`` when the store refused it for room
-        (counted as failed).
-        """
-        if self._store is None:
-            return None
-        stream = f"telemetry/{kind}"
+        if self._stream is None:
+            self._seqs[kind] += 1
+            return batch(self._seqs[kind]), False
+        made: list[StoredMessage] = []
+
+        def numbered(seq: int) -> StoredMessage | None:
+            made.append(batch(seq))
+            return made[-1] if self._durable else None  # not durable: the counter only
+
         try:
-            if not self._durable:
-                await anyio.to_thread.run_sync(self._store.save_seq, stream, seq)
-                return None
-            await anyio.to_thread.run_sync(partial(self._store.put, message, seq=(stream, seq)))
+            await self._stream.store(f"telemetry/{kind}", numbered)
         except BufferFull as exc:
-            logger.warning("telemetry batch %s not stored: %s", message.msg_id, exc)
-            self._failed[kind] += message.records
-            self._buffer.settle(message.records)
-            return False
+            logger.warning("telemetry batch %s not stored: %s", msg_id, exc)
+            self._failed[kind] += len(records)
+            self._buffer.settle(len(records))
+            return None
         except StorageError as exc:
             # Better sent without a safety net than not sent at all.
-            logger.error("telemetry batch %s not stored: %s", message.msg_id, exc)  # noqa: TRY400
-            return None
-        return True
+            logger.error("telemetry batch %s not stored: %s", msg_id, exc)  # noqa: TRY400
+            if not made:
+                self._seqs[kind] += 1
+                made.append(batch(self._seqs[kind]))
+            return made[-1], False
+        return made[-1], self._durable
 
     def _send(
         self, message: StoredMessage, kind: TelemetryKind, *, stored: bool, windowed: bool = True
     ) -> None:
         try:
-            handle = self._iot.publish_nowait(
-                message.topic, message.payload, qos=1, lane=Lane.TELEMETRY, msg_id=message.msg_id
-            )
+            if self._stream is not None:
+                handle = self._stream.send(message, stored=stored)
+            else:
+                handle = self._iot.publish_nowait(
+                    message.topic, message.payload, lane=Lane.TELEMETRY, msg_id=message.msg_id
+                )
         except AncSyncError as exc:
             logger.warning("telemetry batch %s was not queued: %s", message.msg_id, exc)
             (self._stored if stored else self._failed)[kind] += message.records
@@ -311,10 +310,6 @@ class TelemetryPublisher(Component):
         if error is None:
             self._batches_acknowledged += 1
             outcome = self._delivered
-            if self._durable and self._store is not None:
-                self._acknowledged_ids.append(msg_id)
-                if self._to_forget is not None:
-                    self._to_forget.set()
         elif isinstance(error, PublishTimeout):
             # The connection stopped after sending it: the broker may or may not have it.
             logger.warning("telemetry batch %s was not acknowledged: %s", msg_id, error)
@@ -342,32 +337,11 @@ class TelemetryPublisher(Component):
             self._buffer.settle(message.records)
         self._pending.clear()
 
-    async def _forget_forever(self) -> None:
-        """Delete acknowledged batches from the store, a group per worker-thread call."""
-        while True:
-            assert self._to_forget is not None
-            await self._to_forget.wait()
-            self._to_forget = anyio.Event()
-            # Shielded: an acknowledgement received must not be lost to a stop.
-            with anyio.CancelScope(shield=True):
-                await self._forget_acknowledged()
-
-    async def _forget_acknowledged(self) -> None:
-        if self._store is None:
-            return
-        while self._acknowledged_ids:
-            msg_ids, self._acknowledged_ids = self._acknowledged_ids, []
-            try:
-                await anyio.to_thread.run_sync(partial(self._store.ack, *msg_ids))
-            except StorageError as exc:
-                # They stay stored and are sent again on the next start: duplicates, no loss.
-                logger.warning("%d acknowledged batches stay stored: %s", len(msg_ids), exc)
-
     async def _resend_stored(self) -> None:
-        if not self._durable or self._store is None:
+        if not self._durable or self._stream is None:
             return
         assert self._window is not None
-        stored = await anyio.to_thread.run_sync(self._store.pending, "telemetry")
+        stored = await self._stream.left_by_last_run()
         if stored:
             logger.info("re-sending %d telemetry batches stored by a previous run", len(stored))
         for message in stored:
@@ -381,12 +355,12 @@ class TelemetryPublisher(Component):
         """At stop: store the records that were never batched, or count them as unsent."""
         while (kind := self._buffer.due(flush=True)) is not None:
             records = self._buffer.take(kind)
-            stored: bool | None = None
+            stored = False
             if self._durable:
-                message, seq = self._make_batch(kind, records)
-                stored = await self._persist(message, kind, seq)
-                if stored is False:
+                batch = await self._number(kind, records)
+                if batch is None:
                     continue  # refused by the store, already counted as failed
+                stored = batch[1]
             self._buffer.settle(len(records))
             (self._stored if stored else self._unsent)[kind] += len(records)
         if any(self._unsent.values()):

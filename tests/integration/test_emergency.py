@@ -335,8 +335,8 @@ async def test_an_event_committed_while_run_reads_the_store_is_queued_once(
     queued = threading.Event()
     real_put = store.put_numbered
 
-    def put_numbered(stream: str, number: Any) -> StoredMessage:
-        message = real_put(stream, number)
+    def put_numbered(stream: str, number: Any, **options: Any) -> StoredMessage | None:
+        message = real_put(stream, number, **options)
         # Hold the report between its commit and its queueing until run() has read the store and
         # queued what it found (the race). With the fix run() waits for the report instead, so
         # this wait only times out.
@@ -347,14 +347,14 @@ async def test_an_event_committed_while_run_reads_the_store_is_queued_once(
     with anyio.fail_after(10):
         async with device_connection(dev_certs, server.port) as iot:
             await iot.wait_connected(5)
-            real_publish = iot.publish
+            real_publish = iot.publish_nowait
 
-            async def publish(*args: Any, **options: Any) -> Any:
-                handle = await real_publish(*args, **options)
+            def publish(*args: Any, **options: Any) -> Any:
+                handle = real_publish(*args, **options)
                 queued.set()
                 return handle
 
-            iot.publish = publish  # type: ignore[method-assign]
+            iot.publish_nowait = publish  # type: ignore[method-assign]
             reporter = EmergencyReporter(iot, store=store)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(reporter.report_emergency, alarm())

@@ -107,3 +107,20 @@ async def test_start_and_stop_are_the_block_in_two_calls() -> None:
 def test_stop_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="stop_timeout"):
         Recorder(stop_timeout=0)
+
+
+async def test_a_shutdown_that_raises_still_leaves_the_part_stopped_and_runnable() -> None:
+    class Broken(Recorder):
+        async def _shutdown(self) -> None:
+            await super()._shutdown()
+            raise RuntimeError("shutdown broke")
+
+    part = Broken()
+    with anyio.fail_after(5):
+        with pytest.raises(RuntimeError, match="shutdown broke"):
+            async with part:
+                pass
+        assert part.state is ComponentState.STOPPED
+        with pytest.raises(RuntimeError, match="shutdown broke"):
+            async with part:  # runs again (and breaks again on the way out)
+                assert part.running

@@ -90,27 +90,25 @@ def test_storing_the_same_msg_id_twice_keeps_one_copy(store: DurableStore) -> No
     assert store.stats().bytes == len(entry.payload)
 
 
+def count_to(store: DurableStore, stream: str, value: int) -> None:
+    """Number ``value`` messages of ``stream`` sent without a safety net: the counter only."""
+    for _ in range(value):
+        store.put_numbered(stream, lambda seq: None, fsync=False)
+
+
 def test_pending_messages_and_seq_counters_survive_reopening(tmp_path: Path) -> None:
     entry = message("emergency", 64)
     with DurableStore.in_dir(tmp_path) as store:
-        assert store.reserve_seq("emergency") == 1
-        seq = store.reserve_seq("emergency")
-        store.put(entry, seq=("emergency", seq))
-        store.save_seq("telemetry/anc", 41)
+        count_to(store, "emergency", 1)
+        assert store.put_numbered("emergency", lambda seq: entry) is entry
+        count_to(store, "telemetry/anc", 41)
 
     with DurableStore.in_dir(tmp_path) as reopened:
         assert reopened.pending() == [entry]
         assert reopened.stats().bytes == 64
-        assert reopened.reserve_seq("emergency") == 3
-        assert reopened.reserve_seq("telemetry/anc") == 42
-        assert reopened.reserve_seq("telemetry/audio") == 1
-
-
-def test_a_counter_never_goes_backwards(store: DurableStore) -> None:
-    store.save_seq("s", 10)
-    store.save_seq("s", 4)  # a late writer with an older number
-
-    assert store.reserve_seq("s") == 11
+        assert reopened.last_seq("emergency") == 2
+        assert reopened.last_seq("telemetry/anc") == 41
+        assert reopened.last_seq("telemetry/audio") == 0
 
 
 def numbered(seq: int, size: int = 10) -> StoredMessage:
@@ -248,9 +246,9 @@ def test_a_damaged_store_keeps_the_emergencies_and_counters_it_can_still_read(
     path = tmp_path / STORE_FILE_NAME
     emergencies = [message("emergency", 100) for _ in range(3)]
     with DurableStore(path) as store:
-        for seq, entry in enumerate(emergencies, start=1):
-            store.put(entry, seq=("emergency", seq))
-        store.save_seq("telemetry/anc", 77)
+        for entry in emergencies:
+            store.put_numbered("emergency", lambda seq, entry=entry: entry)
+        count_to(store, "telemetry/anc", 77)
         for _ in range(40):
             store.put(message("telemetry", 1500))
     assert not path.with_name(f"{STORE_FILE_NAME}-wal").exists()  # closing folded the WAL in
@@ -267,8 +265,8 @@ def test_a_damaged_store_keeps_the_emergencies_and_counters_it_can_still_read(
     ):
         assert store.pending() == emergencies
         assert store.stats().bytes == 300
-        assert store.reserve_seq("emergency") == 4
-        assert store.reserve_seq("telemetry/anc") == 78
+        assert store.last_seq("emergency") == 3
+        assert store.last_seq("telemetry/anc") == 77
 
     assert len(list(tmp_path.glob(f"{STORE_FILE_NAME}.corrupt-*Z"))) == 1  # and its -wal, -shm
     assert "holding the 3 pending emergencies and 2 seq counters" in caplog.text
@@ -299,7 +297,8 @@ def test_a_store_file_of_another_user_is_an_error_and_is_left_untouched(mode: in
         path = Path(directory, STORE_FILE_NAME)
         kept = message("emergency")
         with DurableStore(path) as store:
-            store.put(kept, seq=("emergency", 7))
+            count_to(store, "emergency", 6)
+            store.put_numbered("emergency", lambda seq: kept)
         path.chmod(mode)
 
         with as_user_nobody(), pytest.raises(StorageError) as caught:
@@ -312,7 +311,7 @@ def test_a_store_file_of_another_user_is_an_error_and_is_left_untouched(mode: in
         assert os.listdir(directory) == [STORE_FILE_NAME]  # nothing moved aside or created
         with DurableStore(path) as store:
             assert store.pending() == [kept]
-            assert store.reserve_seq("emergency") == 8
+            assert store.last_seq("emergency") == 7
 
 
 def test_a_data_dir_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:

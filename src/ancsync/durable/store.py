@@ -14,6 +14,9 @@ Design choices:
   (``synchronous=NORMAL``; a few milliseconds each on flash, at up to 100 batches a second): a
   power cut may lose the last of them, which means lost telemetry or a duplicate, never a lost
   emergency.
+* **One way to number.** :meth:`DurableStore.put_numbered` takes a stream's next ``seq`` in the
+  commit that stores the message it numbers (or, for a message sent without a safety net, the
+  counter alone), so a number is never used twice nor skipped by a failed write.
 * **Synchronous methods, thread-safe.** SQLite is a blocking library. Every method takes a lock
   and is safe to call from a worker thread; async callers use ``anyio.to_thread.run_sync`` so that
   the fsync never stalls the event loop (and the ANC control loop on it).
@@ -241,13 +244,10 @@ class DurableStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def put(self, message: StoredMessage, *, seq: tuple[str, int] | None = None) -> int:
+    def put(self, message: StoredMessage) -> int:
         """Store ``message`` and return how many telemetry records were evicted to make room.
 
         An emergency is fsynced before this returns; telemetry survives a process crash.
-
-        ``seq`` is ``(stream, value)``: the counter of ``stream`` is raised to ``value`` in the
-        same transaction, so a stored message and the counter that numbered it never disagree.
         Storing a ``msg_id`` that is already stored changes nothing.
 
         Raises :class:`BufferFull` when the message cannot fit even after evicting all telemetry,
@@ -255,29 +255,39 @@ class DurableStore:
         """
         with self._transaction("store a message", fsync=message.lane == "emergency") as conn:
             evicted = self._insert(conn, message)
-            if seq is not None:
-                self._save_seq(conn, *seq)
-        if seq is not None:
-            self._raise_seq(*seq)
         return self._account(message, evicted)
 
-    def put_numbered(self, stream: str, number: Callable[[int], StoredMessage]) -> StoredMessage:
-        """Store the message ``number(seq)`` builds with the next ``seq`` of ``stream``; return it.
+    def put_numbered(
+        self,
+        stream: str,
+        number: Callable[[int], StoredMessage | None],
+        *,
+        fsync: bool = True,
+    ) -> StoredMessage | None:
+        """Take the next ``seq`` of ``stream`` and store the message ``number(seq)`` builds.
 
-        The number is taken in the transaction that inserts the row, under the store's lock, so
-        it is used only if the row is committed (a :class:`BufferFull` or
-        :class:`StorageError` leaves no gap) and row order is ``seq`` order. The commit is
-        fsynced. Do not mix it with :meth:`reserve_seq` on the same stream.
+        The one way to number: the number is taken in the transaction that stores the row (and
+        the counter), under the store's lock, so it is used only if the commit succeeds (a
+        :class:`BufferFull` or :class:`StorageError` leaves no gap), and row order is ``seq``
+        order. When ``number`` returns ``None`` only the counter is stored (a message sent
+        without a safety net still numbers on across restarts). ``fsync=False`` (telemetry)
+        makes the commit survive a process crash but maybe not a power cut.
         """
-        with self._transaction("store a numbered message", fsync=True) as conn:
+        with self._transaction("store a numbered message", fsync=fsync) as conn:
             with self._seq_lock:
                 value = self._seqs.get(stream, 0) + 1
             message = number(value)
-            evicted = self._insert(conn, message)
+            evicted = self._insert(conn, message) if message is not None else None
             self._save_seq(conn, stream, value)
         self._raise_seq(stream, value)
-        self._account(message, evicted)
+        if message is not None:
+            self._account(message, evicted)
         return message
+
+    def last_seq(self, stream: str) -> int:
+        """The last ``seq`` of ``stream`` stored (0 before the first)."""
+        with self._seq_lock:
+            return self._seqs.get(stream, 0)
 
     def _insert(self, conn: sqlite3.Connection, message: StoredMessage) -> _Eviction | None:
         """Insert ``message``, evicting old telemetry; return what was evicted (``None`` if the
@@ -359,23 +369,6 @@ class DurableStore:
             ]
         self._bytes -= sum(freed)
         return len(freed)
-
-    def reserve_seq(self, stream: str) -> int:
-        """Return the next ``seq`` of ``stream`` (1, 2, ...). Made durable by ``put``/``save_seq``.
-
-        Reserving happens in memory so that callers on the event loop get distinct numbers
-        without a thread hop; the number is persisted with the message it numbers.
-        """
-        with self._seq_lock:
-            value = self._seqs.get(stream, 0) + 1
-            self._seqs[stream] = value
-            return value
-
-    def save_seq(self, stream: str, value: int) -> None:
-        """Persist ``value`` as the last used ``seq`` of ``stream`` (for unstored messages)."""
-        with self._transaction("save a sequence counter", fsync=False) as conn:
-            self._save_seq(conn, stream, value)
-        self._raise_seq(stream, value)
 
     def _save_seq(self, conn: sqlite3.Connection, stream: str, value: int) -> None:
         conn.execute(
