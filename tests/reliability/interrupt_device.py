@@ -43,7 +43,7 @@ async def main(device: DataSyncOrchestrator) -> None:
                 )
                 say(f"emergency {event.event_id}")
             if n % 50 == 0:
-                await asyncio.sleep(0.001)  # a control loop's tick
+                await asyncio.sleep(0.001)  # ok: the control loop's tick, not a wait
 
 
 if __name__ == "__main__":

@@ -47,10 +47,8 @@ async def test_ctrl_c_under_load_loses_nothing_accepted(tmp_path: Path) -> None:
                 # Under load: records reach the cloud and emergencies are being reported.
                 await emulator.rules.wait_for(lambda sink: len(sink.emergencies(THING)) >= 2)
                 process.send_signal(signal.SIGINT)
-                interrupted = anyio.current_time()
                 with anyio.fail_after(STOP_TIMEOUT + 5):  # the deadline, and an interpreter exit
                     code = await process.wait()
-                took = anyio.current_time() - interrupted
                 output = []
                 while True:
                     try:
@@ -74,7 +72,6 @@ async def test_ctrl_c_under_load_loses_nothing_accepted(tmp_path: Path) -> None:
             cloud_records = emulator.rules.record_count(THING, "anc")
             gaps = emulator.rules.gaps(THING)
 
-    assert took < STOP_TIMEOUT + 5
     assert anc["accepted"] > 0
     assert (anc["dropped"], anc["failed"], anc["unsent"], anc["unconfirmed"]) == (0, 0, 0, 0)
     assert anc["delivered"] + anc["stored"] == anc["accepted"]
