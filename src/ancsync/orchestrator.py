@@ -145,8 +145,11 @@ class DataSyncOrchestrator(Component):
             **{"stop_timeout": stop_timeout, **(connection_options or {})},
         )
         # Emergencies are always durable: without a data_dir they go to the user's state
-        # directory. Telemetry is durable only in a data_dir the user chose.
-        self.store = DurableStore.in_dir(settings.data_dir or default_data_dir(self.thing_name))
+        # directory. Telemetry is durable only in a data_dir the user chose. The file is opened
+        # (and a corrupt one recovered) by run, in a worker thread, not on the event loop.
+        self.store = DurableStore.in_dir(
+            settings.data_dir or default_data_dir(self.thing_name), open_now=False
+        )
         self.shadow = DeviceShadowSync(self.connection, stop_timeout=stop_timeout)
         self.shadow.on_delta(self._apply_desired)
         self.shadow.report_when_stopping(self._offline_report)
@@ -197,6 +200,7 @@ class DataSyncOrchestrator(Component):
         """Run the connection and the supervised parts; ready at once (offline is fine)."""
         if self._ended:
             raise NotStarted("this orchestrator was already stopped; create a new one")
+        await anyio.to_thread.run_sync(self.store.open)
         async with anyio.create_task_group() as tg:
             await tg.start(self.connection.run)
             await tg.start(self.supervisor.run)

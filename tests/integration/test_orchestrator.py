@@ -9,6 +9,7 @@ row, under ``fail_after``.
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from ancsync import (
     ShadowOperator,
     utc_now,
 )
+from ancsync.durable.store import STORE_FILE_NAME, DurableStore
 from ancsync.emulator.server import Emulator
 from ancsync.errors import ConfigError, InvalidPayload, NotStarted
 from ancsync.models import new_id
@@ -302,6 +304,34 @@ async def test_an_emergency_reported_offline_is_sent_by_the_next_run(
     [stored] = emulator.rules.emergencies(THING)
     assert stored.event_id == event.event_id
     assert online.get_status()["emergency"]["resent_from_store"] == 1
+
+
+async def test_the_store_is_opened_by_run_in_a_worker_thread(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow disk or a corrupt file's recovery never runs on the event loop's thread."""
+    corrupt = tmp_path / "data" / STORE_FILE_NAME
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"not a database" * 100)
+    opened_in: list[threading.Thread] = []
+    real_open = DurableStore.open
+
+    def recording_open(store: DurableStore) -> None:
+        opened_in.append(threading.current_thread())
+        real_open(store)
+
+    monkeypatch.setattr(DurableStore, "open", recording_open)
+    device = orchestrator(emulator, tmp_path, data_dir=tmp_path / "data")
+    assert corrupt.read_bytes().startswith(b"not a database")  # untouched until run
+    with anyio.fail_after(TIMEOUT):
+        async with device:
+            await device.report_emergency(
+                is_emergency=True, predicted_class="siren", confidence=0.9, action="anc_bypassed"
+            )
+            await emulator.rules.wait_for(lambda sink: len(sink.emergencies(THING)) == 1)
+    assert opened_in
+    assert threading.main_thread() not in opened_in
+    assert list(corrupt.parent.glob(f"{STORE_FILE_NAME}.corrupt-*"))
 
 
 async def test_calls_after_stop_raise_not_started(emulator: Emulator, tmp_path: Path) -> None:

@@ -111,6 +111,33 @@ def test_pending_messages_and_seq_counters_survive_reopening(tmp_path: Path) -> 
         assert reopened.last_seq("telemetry/audio") == 0
 
 
+@pytest.mark.parametrize("first_use", ["open", "last_seq", "pending", "put"])
+def test_a_store_not_opened_now_opens_on_open_or_first_use(tmp_path: Path, first_use: str) -> None:
+    with DurableStore.in_dir(tmp_path) as earlier:
+        count_to(earlier, "emergency", 3)
+        kept = message("emergency", 64)
+        earlier.put(kept)
+
+    store = DurableStore.in_dir(tmp_path / "new", open_now=False)
+    assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new" / STORE_FILE_NAME).exists()
+    store.close()  # closing a store never opened is allowed
+    assert not (tmp_path / "new" / STORE_FILE_NAME).exists()
+
+    with DurableStore.in_dir(tmp_path, open_now=False) as store:
+        if first_use == "open":
+            store.open()
+            store.open()  # a second open changes nothing
+        elif first_use == "put":
+            store.put(message("telemetry", 10))
+        else:
+            getattr(store, first_use)("emergency")
+        # The counters and byte count are those of the file, whatever opened it.
+        assert store.last_seq("emergency") == 3
+        assert store.pending("emergency") == [kept]
+        assert store.stats().bytes == 64 + (10 if first_use == "put" else 0)
+
+
 def numbered(seq: int, size: int = 10) -> StoredMessage:
     """An emergency whose payload carries its ``seq``, as the reporter builds it."""
     return StoredMessage(

@@ -136,9 +136,13 @@ class DurableStore:
 
     Open it with :meth:`in_dir` (the usual ``data_dir`` layout) or with a file path. Every method
     is blocking and thread-safe; from async code call it through ``anyio.to_thread.run_sync``.
+    With ``open_now=False`` the file is opened by :meth:`open` or by the first call that needs it,
+    so an owner on an event loop can open (and maybe recover) it in a worker thread.
     """
 
-    def __init__(self, path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES, open_now: bool = True
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.path = Path(path)
@@ -148,13 +152,20 @@ class DurableStore:
         self._sync_mode = "FULL"
         self._evicted_messages = 0
         self._evicted_records = 0
-        self._conn = self._open_or_recover()
-        self._bytes = self._query_bytes()
-        self._seqs: dict[str, int] = dict(self._conn.execute("SELECT stream, value FROM seqs"))
+        self._conn: sqlite3.Connection | None = None
+        self._bytes = 0
+        self._seqs: dict[str, int] = {}
+        if open_now:
+            self.open()
 
     @classmethod
-    def in_dir(cls, data_dir: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> DurableStore:
-        """Open (or create) ``<data_dir>/outbox.sqlite3``, creating the directory if needed."""
+    def in_dir(
+        cls, data_dir: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES, open_now: bool = True
+    ) -> DurableStore:
+        """Open (or create) ``<data_dir>/outbox.sqlite3``, creating the directory if needed.
+
+        ``open_now=False`` creates the directory only and leaves the file to :meth:`open`.
+        """
         directory = Path(data_dir)
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -163,9 +174,29 @@ class DurableStore:
                 f"cannot create the data directory {str(directory)!r}: {exc.strerror}; "
                 "set data_dir (env ANCSYNC_DATA_DIR) to a writable directory"
             ) from exc
-        return cls(directory / STORE_FILE_NAME, max_bytes=max_bytes)
+        return cls(directory / STORE_FILE_NAME, max_bytes=max_bytes, open_now=open_now)
 
     # -- opening -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the file now: create it, or move a corrupt one aside and rescue its emergencies.
+
+        Does nothing when it is open already. Raises :class:`StorageError` when the file cannot
+        be opened (the message names the file and the fix).
+        """
+        with self._lock:
+            self._connection()
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, opened first if needed; the caller holds ``_lock``."""
+        if self._conn is None:
+            conn = self._open_or_recover()
+            row = conn.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
+            self._bytes = int(row.fetchone()[0])
+            with self._seq_lock:
+                self._seqs = dict(conn.execute("SELECT stream, value FROM seqs"))
+            self._conn = conn
+        return self._conn
 
     def _open_or_recover(self) -> sqlite3.Connection:
         self._refuse_files_without_permission()
@@ -238,10 +269,6 @@ class DurableStore:
             ) from exc
         return target
 
-    def _query_bytes(self) -> int:
-        row = self._conn.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
-        return int(row.fetchone()[0])
-
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, message: StoredMessage) -> int:
@@ -286,6 +313,8 @@ class DurableStore:
 
     def last_seq(self, stream: str) -> int:
         """The last ``seq`` of ``stream`` stored (0 before the first)."""
+        if self._conn is None:
+            self.open()
         with self._seq_lock:
             return self._seqs.get(stream, 0)
 
@@ -428,9 +457,10 @@ class DurableStore:
         )
 
     def close(self) -> None:
-        """Close the file. Pending messages stay in it for the next start."""
+        """Close the file (if it was opened). Pending messages stay in it for the next start."""
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
     def __enter__(self) -> DurableStore:
         return self
@@ -447,7 +477,7 @@ class DurableStore:
         ``fsync`` chooses whether the commit waits for the disk (``synchronous`` FULL/NORMAL).
         """
         with self._lock:
-            conn = self._conn
+            conn = self._connection()
             try:
                 mode = "FULL" if fsync else "NORMAL"
                 if mode != self._sync_mode:
@@ -471,7 +501,7 @@ class DurableStore:
     def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._lock:
             try:
-                return query(self._conn)
+                return query(self._connection())
             except sqlite3.Error as exc:
                 raise self._storage_error("read", exc) from exc
 
