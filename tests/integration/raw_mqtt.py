@@ -1,4 +1,4 @@
-"""A hand-written MQTT 3.1.1 client over TLS, for tests that must see every packet (or its absence).
+"""A hand-written MQTT 3.1.1 client (TLS or plain TCP), for tests that must see every packet.
 
 aiomqtt (paho) hides what a broker did not send: a QoS 1 publish or a subscribe without an ack
 just times out. These tests need to see "no PUBACK, then the socket closed".
@@ -74,8 +74,8 @@ class RawClient:
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
 
-    async def next_packet(self) -> tuple[int, bytes]:
-        """The next packet: (first byte, body). Bound the wait with ``anyio.fail_after``."""
+    async def next_header(self) -> tuple[int, int]:
+        """The next packet's first byte and body length; the body is left in ``reader``."""
         first = (await self.reader.receive_exactly(1))[0]
         length, shift = 0, 0
         while True:
@@ -83,8 +83,20 @@ class RawClient:
             length |= (digit & 0x7F) << shift
             shift += 7
             if not digit & 0x80:
-                break
+                return first, length
+
+    async def next_packet(self) -> tuple[int, bytes]:
+        """The next packet: (first byte, body). Bound the wait with ``anyio.fail_after``."""
+        first, length = await self.next_header()
         return first, await self.reader.receive_exactly(length) if length else b""
+
+    async def connect(self, client_id: str, *, clean_session: bool = True) -> None:
+        """Send CONNECT and check the CONNACK accepts it (sets ``session_present``)."""
+        await self.send(connect_packet(client_id, clean_session=clean_session))
+        first, body = await self.next_packet()
+        assert first == CONNACK, f"expected a CONNACK, got {first:#x}"
+        assert body[1] == 0, f"CONNACK refused with return code {body[1]}"
+        self.session_present = bool(body[0] & 1)
 
     async def packets_until_closed(self) -> list[tuple[int, bytes]]:
         """Every packet the broker sends until it closes the connection."""
@@ -114,12 +126,17 @@ async def raw_device(
         HOST, port, ssl_context=device_tls(certs, thing), tls_standard_compatible=False
     )
     async with stream:
-        await stream.send(connect_packet(thing, clean_session=clean_session))
         client = RawClient(stream, session_present=False)
-        first, body = await client.next_packet()
-        assert first == CONNACK, f"expected a CONNACK, got {first:#x}"
-        assert body[1] == 0, f"CONNACK refused with return code {body[1]}"
-        client.session_present = bool(body[0] & 1)
+        await client.connect(thing, clean_session=clean_session)
+        yield client
+
+
+@asynccontextmanager
+async def raw_plain(port: int, client_id: str) -> AsyncIterator[RawClient]:
+    """A raw MQTT 3.1.1 connection over plain TCP (the broker's ``plain_port``)."""
+    async with await anyio.connect_tcp(HOST, port) as stream:
+        client = RawClient(stream, session_present=False)
+        await client.connect(client_id)
         yield client
 
 
