@@ -8,14 +8,17 @@ even when the broker is gone. Every wait is for an event or a stored row, under 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from device import THING, orchestrator_options
 
 from ancsync import DataSyncOrchestrator
-from ancsync.durable.store import DurableStore
+from ancsync.durable.store import DurableStore, StoredLane, StoredMessage
 from ancsync.emulator.server import Emulator
 from ancsync.models import utc_now
 
@@ -46,12 +49,23 @@ def device(emulator: Emulator, tmp_path: Path, **options: Any) -> DataSyncOrches
     )
 
 
+@asynccontextmanager
+async def running(orchestrator: DataSyncOrchestrator) -> AsyncIterator[TaskGroup]:
+    """Run ``orchestrator`` in a task group until connected; cancel the group to stop it."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(orchestrator.run)
+        await orchestrator.wait_connected(10)
+        yield tg
+
+
+def stored(data_dir: Path, lane: StoredLane) -> list[StoredMessage]:
+    """What the device left in its durable store."""
+    with DurableStore.in_dir(data_dir) as store:
+        return store.pending(lane)
+
+
 def stored_records(data_dir: Path) -> int:
-    store = DurableStore.in_dir(data_dir)
-    try:
-        return sum(message.records for message in store.pending("telemetry"))
-    finally:
-        store.close()
+    return sum(message.records for message in stored(data_dir, "telemetry"))
 
 
 async def test_cancelling_a_busy_device_delivers_or_stores_every_record(
@@ -59,9 +73,7 @@ async def test_cancelling_a_busy_device_delivers_or_stores_every_record(
 ) -> None:
     orchestrator = device(emulator, tmp_path)
     with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            await tg.start(orchestrator.run)
-            await orchestrator.wait_connected(10)
+        async with running(orchestrator) as tg:
             for n in range(RECORDS):
                 orchestrator.publish_metrics(anc_metrics=anc_record(n))
                 if n % 200 == 0:
@@ -89,9 +101,7 @@ async def test_an_emergency_under_way_when_cancelled_is_delivered_or_stored(
     orchestrator = device(emulator, tmp_path)
     reported: list[str] = []
     with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            await tg.start(orchestrator.run)
-            await orchestrator.wait_connected(10)
+        async with running(orchestrator) as tg:
 
             async def report(n: int) -> None:
                 event = await orchestrator.report_emergency(
@@ -107,11 +117,7 @@ async def test_an_emergency_under_way_when_cancelled_is_delivered_or_stored(
             await anyio.wait_all_tasks_blocked()  # the reports are being written
             tg.cancel_scope.cancel()
 
-        store = DurableStore.in_dir(tmp_path / "device-data")
-        try:
-            left = {message.msg_id for message in store.pending("emergency")}
-        finally:
-            store.close()
+        left = {message.msg_id for message in stored(tmp_path / "device-data", "emergency")}
         await emulator.rules.wait_for(
             lambda sink: len(sink.emergencies(THING)) + len(left) >= len(reported)
         )
@@ -126,9 +132,7 @@ async def test_cancelled_while_the_broker_is_gone_it_stores_and_keeps_its_deadli
 ) -> None:
     orchestrator = device(emulator, tmp_path)
     with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            await tg.start(orchestrator.run)
-            await orchestrator.wait_connected(10)
+        async with running(orchestrator) as tg:
             with orchestrator.connection.events() as events:
                 await emulator.broker.stop()  # the network is gone
                 async for event in events:
