@@ -298,7 +298,6 @@ class EmergencyReporter(Component):
                 return
 
     async def _acknowledge(self, event_id: str) -> None:
-        self._handles.pop(event_id, None)
         if event_id not in self._pending or event_id in self._acknowledging:
             return  # already done, or being done, by the other waiter
         self._acknowledging.add(event_id)
@@ -307,7 +306,9 @@ class EmergencyReporter(Component):
             await self._stream.forget_delivered()
         finally:
             self._acknowledging.discard(event_id)
-            del self._pending[event_id]
+        # Only now: a follower cancelled by a stop above leaves the handle for the shutdown.
+        self._handles.pop(event_id, None)
+        del self._pending[event_id]
         self._acknowledged += 1
         if not self._pending and self._all_acknowledged is not None:
             self._all_acknowledged.set()

@@ -123,6 +123,10 @@ class DurableStream:
             msg_ids, self._delivered = self._delivered, []
             try:
                 await anyio.to_thread.run_sync(partial(self._store.ack, *msg_ids))
+            except anyio.get_cancelled_exc_class():
+                # Cancelled before the worker thread started: still to forget, by the next call.
+                self._delivered[:0] = msg_ids
+                raise
             except StorageError as exc:
                 # They stay stored and are sent again on the next start: duplicates, no loss.
                 log.warning(
