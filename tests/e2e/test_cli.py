@@ -256,6 +256,7 @@ async def test_emulator_json_is_one_line_a_script_can_use(tmp_path: Path) -> Non
             )
             assert settings.iot.port == ready["port"] > 0
             assert ready["tls"] is True
+            assert ready["session_expiry"] == 3600
             process.terminate()
             assert await process.wait() == 0
 

@@ -214,3 +214,33 @@ def test_a_taken_console_port_is_refused_in_one_line(tmp_path: Path) -> None:
     error = result.stderr.strip().splitlines()[-1]
     assert f"127.0.0.1:{port}" in error
     assert "--console-port" in error
+
+
+async def test_session_expiry_up_to_aws_seven_days_is_accepted_and_shown(tmp_path: Path) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running_emulator(tmp_path, "--session-expiry", "604800") as (process, lines):
+            [sessions] = [line for line in lines if line.startswith("sessions ")]
+            assert "kept 604800 s after a disconnect" in sessions
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        ("604801", "longer than AWS IoT Core allows: at most 604800 s (7 days)"),
+        ("0", "not a duration; use seconds > 0"),
+        ("-5", "not a duration; use seconds > 0"),
+    ],
+)
+def test_a_session_expiry_out_of_range_is_refused_in_one_line(
+    tmp_path: Path, seconds: str, expected: str
+) -> None:
+    result = run_to_the_end("--session-expiry", seconds, "--certs-dir", str(tmp_path / "dev"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [error] = result.stderr.strip().splitlines()
+    assert error.startswith("error:")
+    assert "--session-expiry" in error
+    assert expected in error
+    assert not (tmp_path / "dev").exists()  # refused before anything was started or written

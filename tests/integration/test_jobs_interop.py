@@ -3,53 +3,25 @@
 The client (awsiotsdk over awscrt, MQTT 3.1.1 over TLS with the device certificate) is used
 exactly as AWS's jobs sample uses it: subscribe to next-job-changed events and to the replies,
 get the pending executions, start the next one, report progress, succeed. Its callbacks run on
-awscrt's threads; they hand what they receive to the test through a thread-safe queue.
+awscrt's threads; they hand what they receive to the test through a thread-safe queue
+(``awsiot_device.Events``).
 """
 
 from __future__ import annotations
 
-import queue
-from concurrent.futures import Future
-from typing import Any
-
 import anyio
 from awscrt import mqtt
-from awsiot import iotjobs, mqtt_connection_builder
+from awsiot import iotjobs
+from awsiot_device import TIMEOUT, Events, awsiot_connection, wait
 
 from ancsync.emulator.server import Emulator
 
 THING = "anc-device-001"
-TIMEOUT = 15
-
-
-async def wait(future: Future[Any]) -> Any:
-    return await anyio.to_thread.run_sync(future.result, TIMEOUT)
-
-
-async def received(events: queue.Queue[tuple[str, Any]], kind: str) -> Any:
-    while True:
-        got, value = await anyio.to_thread.run_sync(events.get, True, TIMEOUT)
-        if got == kind:
-            return value
 
 
 async def test_aws_iot_jobs_client_runs_the_workflow(emulator: Emulator) -> None:
-    device = emulator.certs.device(THING)
-    connection = mqtt_connection_builder.mtls_from_path(
-        endpoint="127.0.0.1",
-        port=emulator.port,
-        cert_filepath=str(device.cert),
-        pri_key_filepath=str(device.key),
-        ca_filepath=str(emulator.certs.ca),
-        client_id=THING,
-        clean_session=True,
-        keep_alive_secs=30,
-    )
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-    def on(kind: str) -> Any:
-        return lambda value: events.put((kind, value))
-
+    connection = awsiot_connection(emulator, THING, clean_session=True)
+    events = Events()
     qos = mqtt.QoS.AT_LEAST_ONCE
     with anyio.fail_after(TIMEOUT * 4):
         await wait(connection.connect())
@@ -59,34 +31,34 @@ async def test_aws_iot_jobs_client_runs_the_workflow(emulator: Emulator) -> None
                 jobs.subscribe_to_next_job_execution_changed_events(
                     iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=THING),
                     qos,
-                    on("next"),
+                    events.on("next"),
                 ),
                 jobs.subscribe_to_get_pending_job_executions_accepted(
                     iotjobs.GetPendingJobExecutionsSubscriptionRequest(thing_name=THING),
                     qos,
-                    on("pending"),
+                    events.on("pending"),
                 ),
                 jobs.subscribe_to_start_next_pending_job_execution_accepted(
                     iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name=THING),
                     qos,
-                    on("started"),
+                    events.on("started"),
                 ),
                 jobs.subscribe_to_update_job_execution_accepted(
                     iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=THING, job_id="+"),
                     qos,
-                    on("updated"),
+                    events.on("updated"),
                 ),
                 jobs.subscribe_to_update_job_execution_rejected(
                     iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=THING, job_id="+"),
                     qos,
-                    on("update-rejected"),
+                    events.on("update-rejected"),
                 ),
             ]
             for future, _topic in subscriptions:
                 await wait(future)
 
             await emulator.jobs.create_job("nm-7", [THING], {"operation": "update_noise_model"})
-            upcoming = await received(events, "next")
+            upcoming = await events.received("next")
             assert upcoming.execution.job_id == "nm-7"
             assert upcoming.execution.job_document == {"operation": "update_noise_model"}
 
@@ -96,7 +68,7 @@ async def test_aws_iot_jobs_client_runs_the_workflow(emulator: Emulator) -> None
                     qos,
                 )
             )
-            pending = await received(events, "pending")
+            pending = await events.received("pending")
             assert pending.client_token == "p1"
             assert [summary.job_id for summary in pending.queued_jobs] == ["nm-7"]
 
@@ -108,7 +80,7 @@ async def test_aws_iot_jobs_client_runs_the_workflow(emulator: Emulator) -> None
                     qos,
                 )
             )
-            started = await received(events, "started")
+            started = await events.received("started")
             assert started.execution.status == "IN_PROGRESS"
             version = started.execution.version_number
 
@@ -126,7 +98,7 @@ async def test_aws_iot_jobs_client_runs_the_workflow(emulator: Emulator) -> None
                         qos,
                     )
                 )
-                updated = await received(events, "updated")
+                updated = await events.received("updated")
                 assert updated.execution_state.status == status
                 version = updated.execution_state.version_number
 
@@ -134,7 +106,7 @@ async def test_aws_iot_jobs_client_runs_the_workflow(emulator: Emulator) -> None
                 thing_name=THING, job_id="nm-7", status="SUCCEEDED", expected_version=1
             )
             await wait(jobs.publish_update_job_execution(stale, qos))
-            rejected = await received(events, "update-rejected")
+            rejected = await events.received("update-rejected")
             assert rejected.code == "InvalidStateTransition"
         finally:
             await wait(connection.disconnect())

@@ -23,6 +23,20 @@ CertsDirOption = Annotated[
 ]
 
 
+def _check_session_expiry(seconds: float) -> float:
+    """``--session-expiry``: seconds > 0, at most what AWS IoT Core allows (7 days)."""
+    from ancsync.emulator.broker import MAX_SESSION_EXPIRY
+
+    if not seconds > 0:
+        raise typer.BadParameter(f"{seconds:g} is not a duration; use seconds > 0, e.g. 3600")
+    if seconds > MAX_SESSION_EXPIRY:
+        raise typer.BadParameter(
+            f"{seconds:g} s is longer than AWS IoT Core allows: at most "
+            f"{MAX_SESSION_EXPIRY:g} s (7 days)"
+        )
+    return seconds
+
+
 def emulator(
     host: Annotated[
         str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on.")
@@ -83,6 +97,17 @@ def emulator(
             help="Allow a non-loopback --console-host (the console acts as the operator).",
         ),
     ] = False,
+    session_expiry: Annotated[
+        float,
+        typer.Option(
+            "--session-expiry",
+            metavar="SECONDS",
+            callback=_check_session_expiry,
+            help="How long a persistent session (clean_session=False) outlives its connection; "
+            "AWS IoT Core allows up to 604800 (7 days).",
+            show_default="3600: one hour, as AWS IoT Core",
+        ),
+    ] = 3600.0,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -116,6 +141,7 @@ def emulator(
         port=port,
         tls=not no_tls,
         db_path=db_path,
+        session_expiry=session_expiry,
     )
     try:
         if console:
@@ -158,6 +184,7 @@ def _emulator_as_dict(local: Emulator, db_path: Path) -> dict[str, Any]:
         "operator_cert": str(local.certs.operator.cert.resolve()) if local.tls else None,
         "operator_key": str(local.certs.operator.key.resolve()) if local.tls else None,
         "rules_db": str(db_path.resolve()),
+        "session_expiry": local.session_expiry,
         "devices": {thing: local.device_settings(thing) for thing in local.things},
     }
 
@@ -170,6 +197,9 @@ def _print_emulator(local: Emulator, db_path: Path, console_url: str | None) -> 
         operator = local.certs.operator
         print_line(f"{'operator':<12} {operator.cert.resolve()}, {operator.key.resolve()}")
     print_line(f"{'rules db':<12} {db_path.resolve()}")
+    print_line(
+        f"{'sessions':<12} persistent sessions kept {local.session_expiry:g} s after a disconnect"
+    )
     for thing in local.things:
         print_line(f"\nDevice settings for {thing} (environment):")
         for name, value in local.device_settings(thing).items():

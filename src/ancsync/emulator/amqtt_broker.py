@@ -152,6 +152,8 @@ def _undo_refused_fields(session: Session) -> None:
 
 # How long a persistent session is kept after its client disconnected (AWS IoT Core's default).
 DEFAULT_SESSION_EXPIRY = 3600.0
+# The longest persistent session expiry AWS IoT Core can be configured with: 7 days.
+MAX_SESSION_EXPIRY = 604800.0
 # Where a session keeps the time (the broker's clock) its last connection ended, and the
 # handler of its latest accepted connection.
 _DISCONNECTED_AT_KEY = "ancsync.disconnected_at"

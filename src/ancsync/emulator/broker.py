@@ -32,7 +32,11 @@ from amqtt.errors import BrokerError
 from anyio.abc import TaskStatus
 
 from ancsync.config import is_loopback
-from ancsync.emulator.amqtt_broker import DEFAULT_SESSION_EXPIRY, AwsLikeBroker
+from ancsync.emulator.amqtt_broker import (
+    DEFAULT_SESSION_EXPIRY,
+    MAX_SESSION_EXPIRY,
+    AwsLikeBroker,
+)
 from ancsync.emulator.auth import AcceptedConnectionPlugin, Authorizer, ClientIdentity
 from ancsync.emulator.certs import DevCerts
 from ancsync.emulator.component import EmulatorComponent
@@ -48,6 +52,7 @@ from ancsync.topics import is_shadow_request_topic
 
 __all__ = [
     "DEFAULT_SESSION_EXPIRY",
+    "MAX_SESSION_EXPIRY",
     "Authorizer",
     "ClientIdentity",
     "EmbeddedBroker",
@@ -110,7 +115,8 @@ class EmbeddedBroker(EmulatorComponent):
         if not session_expiry > 0:
             raise ConfigError(
                 f"session_expiry {session_expiry} is not a duration; use seconds > 0 "
-                "(AWS IoT Core: 3600 by default, up to 604800)"
+                f"(AWS IoT Core: {DEFAULT_SESSION_EXPIRY:g} by default, "
+                f"up to {MAX_SESSION_EXPIRY:g})"
             )
         for name, value in (("port", port), ("plain_port", plain_port)):
             if value is not None and not 0 <= value <= 65535:
