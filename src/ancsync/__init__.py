@@ -83,6 +83,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ConnectionStatus",
         "EmergencyStatus",
         "ErrorInfo",
+        "JobsStatus",
         "LaneStatus",
         "OrchestratorEmergencyStatus",
         "OrchestratorShadowStatus",
@@ -270,6 +271,9 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
     )
     from ancsync.status import (
         ErrorInfo as ErrorInfo,
+    )
+    from ancsync.status import (
+        JobsStatus as JobsStatus,
     )
     from ancsync.status import (
         LaneStatus as LaneStatus,

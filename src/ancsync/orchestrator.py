@@ -440,7 +440,8 @@ class DataSyncOrchestrator(Component):
         ``connection`` (state, reconnects, last error, queues), ``shadow`` (version, sync
         counters, ``in_sync``: reported matches desired), ``telemetry`` (records accepted,
         delivered, dropped), ``emergency`` (reported, acknowledged by the broker, pending,
-        ``cloud_acknowledged``), ``commands`` and ``components`` (running, restarts, last error).
+        ``cloud_acknowledged``), ``jobs`` (the current job, updates by outcome), ``commands`` and
+        ``components`` (running, restarts, last error).
         """
         state = self.shadow.get_state()
         return {
@@ -460,6 +461,7 @@ class DataSyncOrchestrator(Component):
                 **self.emergencies.get_status(),
                 "cloud_acknowledged": len(self._cloud_acknowledged),
             },
+            "jobs": self.device_jobs.get_status(),
             "commands": self.commands.status(),
             "components": self.supervisor.status(),
         }

@@ -17,6 +17,7 @@ __all__ = [
     "ConnectionStatus",
     "EmergencyStatus",
     "ErrorInfo",
+    "JobsStatus",
     "LaneStatus",
     "OrchestratorEmergencyStatus",
     "OrchestratorShadowStatus",
@@ -252,6 +253,41 @@ class EmergencyStatus(TypedDict):
     """The last storage or delivery error."""
 
 
+class JobsStatus(TypedDict):
+    """:meth:`ancsync.DeviceJobs.get_status`."""
+
+    running: bool
+    """The jobs component is running."""
+    current_job: str | None
+    """The jobId being worked on; ``None`` between jobs."""
+    current_status: str | None
+    """Its status as last reported (``QUEUED``, ``IN_PROGRESS``...)."""
+    jobs_received: int
+    """Job executions handed to a handler or to ``async for`` since start."""
+    jobs_resumed: int
+    """Of those, executions that were already IN_PROGRESS (resumed after a restart)."""
+    jobs_succeeded: int
+    """Jobs this device finished as SUCCEEDED."""
+    jobs_failed: int
+    """Jobs this device finished as FAILED (a handler that raised counts here)."""
+    jobs_rejected: int
+    """Jobs this device REJECTED (e.g. a document that does not validate)."""
+    jobs_canceled: int
+    """Jobs canceled, removed or timed out by the service while running here."""
+    updates_unanswered: int
+    """Status updates in the journal the service has not answered yet."""
+    updates_sent: int
+    """Status updates published (first sending)."""
+    updates_resent: int
+    """Status updates sent again after no answer within ``reply_timeout`` or a reconnect."""
+    updates_accepted: int
+    """Status updates the service accepted (or had applied already)."""
+    updates_rejected: int
+    """Status updates the service rejected (VersionMismatch, TerminalStateReached...)."""
+    last_error: str | None
+    """The last rejection or unanswered update."""
+
+
 class ShadowStatus(TypedDict):
     """:meth:`ancsync.DeviceShadowSync.get_status`."""
 
@@ -369,6 +405,8 @@ class OrchestratorStatus(TypedDict):
     """Telemetry records by outcome."""
     emergency: OrchestratorEmergencyStatus
     """Emergency events."""
+    jobs: JobsStatus
+    """AWS IoT Jobs on this device."""
     commands: CommandsStatus
     """Commands from the cloud."""
     components: dict[str, ComponentStatus]

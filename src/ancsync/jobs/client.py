@@ -63,6 +63,7 @@ from ancsync.jobs.models import JobExecution, JobStatus, validate_status_details
 from ancsync.lifecycle import Component
 from ancsync.models import new_id
 from ancsync.mqtt.outbox import Lane
+from ancsync.status import JobsStatus
 from ancsync.topics import JobsTopics
 
 __all__ = ["DeviceJobs", "Job", "JobHandler"]
@@ -185,7 +186,8 @@ class DeviceJobs(Component):
 
     ``data_dir`` holds the journal of status updates (default: the connection's ``data_dir``
     setting, else the per-thing state directory). ``reply_timeout`` bounds the wait for one
-    answer while connected; an unanswered update is sent again after the next reconnect.
+    answer: an update still unanswered after it is sent again, ``reply_timeout`` later while
+    connected and at once after a reconnect, until the service answers.
     """
 
     name = "jobs"
@@ -223,6 +225,21 @@ class DeviceJobs(Component):
         self._current: Job[Any] | None = None
         self._jobs_send, self._jobs_receive = anyio.create_memory_object_stream[Job[Any]](math.inf)
         self._task_group: TaskGroup | None = None
+        self._unanswered = 0  # updates in the journal
+        self._counts = dict.fromkeys(
+            (
+                "jobs_received",
+                "jobs_resumed",
+                "updates_sent",
+                "updates_resent",
+                "updates_accepted",
+                "updates_rejected",
+            ),
+            0,
+        )
+        self._outcome_counts = dict.fromkeys(("succeeded", "failed", "rejected", "canceled"), 0)
+        self._last_error: str | None = None
+        self._sent: set[str] = set()  # tokens of journal updates sent and not yet answered
 
     # -- registration and iteration --------------------------------------------------------
 
@@ -254,6 +271,7 @@ class DeviceJobs(Component):
 
     async def _serve(self, task_status: TaskStatus[None]) -> None:
         self._journal = await anyio.to_thread.run_sync(UpdateJournal, self._data_dir)
+        self._unanswered = len(await self._journal.pending())
         routes = [
             self._iot.subscribe(self.topics.notify_next, self._on_next),
             self._iot.subscribe(self.topics.notify, self._on_list),
@@ -329,7 +347,7 @@ class DeviceJobs(Component):
         }
         if job.job_id not in pending:
             log.warning("job %s was canceled or removed by the operator", job.job_id)
-            self._end(job, canceled=True)
+            self._end(job, "canceled")
 
     # -- handing out jobs ------------------------------------------------------------------
 
@@ -341,11 +359,14 @@ class DeviceJobs(Component):
             return
         if self._current is not None or execution.status.terminal or self._task_group is None:
             return
+        self._counts["jobs_received"] += 1
         operation = execution.job_document.get("operation")
         handler, model = self._handlers.get(str(operation), (None, None))
         document: Any = execution.job_document
         job: Job[Any] = Job(self, execution, document)
         self._current = job
+        if job.resumed:
+            self._counts["jobs_resumed"] += 1
         if model is not None:
             try:
                 job.document = model.model_validate(execution.job_document)
@@ -379,10 +400,12 @@ class DeviceJobs(Component):
                     except JobRejected as rejected:
                         log.warning("could not fail job %s: %s", job.job_id, rejected)
 
-    def _end(self, job: Job[Any], *, canceled: bool) -> None:
-        """``job`` is over: cancel its handler if it was canceled, then ask for the next one."""
+    def _end(self, job: Job[Any], outcome: str) -> None:
+        """``job`` is over (``outcome`` is ``canceled`` or the terminal status it reached):
+        cancel its handler if it was canceled, then ask for the next one."""
         job.finished = True
-        if canceled:
+        self._outcome_counts[outcome] += 1
+        if outcome == "canceled":
             job.canceled.set()
             job._scope.cancel()
         if self._current is job:
@@ -405,6 +428,7 @@ class DeviceJobs(Component):
         done = anyio.Event()
         self._waiting_outcome[token] = done
         await self._journal.put(PendingUpdate(token, self.topics.update(job_id), body))
+        self._unanswered += 1
         if self._iot.connected and self._task_group is not None:
             self._task_group.start_soon(self._flush)
         try:
@@ -423,13 +447,27 @@ class DeviceJobs(Component):
                 return
             for update in await journal.pending():
                 request = orjson.loads(update.payload)
+                again = update.token in self._sent
+                self._counts["updates_resent" if again else "updates_sent"] += 1
+                self._sent.add(update.token)
                 try:
                     reply = await self._request(update.topic, request, update.token)
                 except TimeoutError:
-                    log.warning("no answer to update %s; it is sent again", update.token)
+                    self._last_error = (
+                        f"no answer to update {update.token} within {self.reply_timeout} s"
+                    )
+                    log.warning("%s; it is sent again", self._last_error)
+                    self._flush_later()
                     return
                 error = _outcome(request, reply)
                 await journal.done(update.token)
+                self._sent.discard(update.token)
+                self._unanswered -= 1
+                if error is None:
+                    self._counts["updates_accepted"] += 1
+                else:
+                    self._counts["updates_rejected"] += 1
+                    self._last_error = str(error)
                 self._settle(update.topic, request, error)
                 waiter = self._waiting_outcome.get(update.token)
                 if waiter is not None:
@@ -438,15 +476,46 @@ class DeviceJobs(Component):
                 elif error is not None:
                     log.warning("a status update replayed after a restart: %s", error)
 
+    def _flush_later(self) -> None:
+        """Send the unanswered updates again after ``reply_timeout`` (a reconnect does it too)."""
+        if self._task_group is not None:
+            self._task_group.start_soon(self._flush_after, self.reply_timeout)
+
+    async def _flush_after(self, delay: float) -> None:
+        await anyio.sleep(delay)
+        if self._iot.connected:
+            await self._flush()
+
+    def get_status(self) -> JobsStatus:
+        """The current job, what was received, and the status updates by outcome."""
+        job = self._current
+        return {
+            "running": self.running,
+            "current_job": None if job is None else job.job_id,
+            "current_status": None if job is None else job.status.value,
+            "jobs_received": self._counts["jobs_received"],
+            "jobs_resumed": self._counts["jobs_resumed"],
+            "jobs_succeeded": self._outcome_counts["succeeded"],
+            "jobs_failed": self._outcome_counts["failed"],
+            "jobs_rejected": self._outcome_counts["rejected"],
+            "jobs_canceled": self._outcome_counts["canceled"],
+            "updates_unanswered": self._unanswered,
+            "updates_sent": self._counts["updates_sent"],
+            "updates_resent": self._counts["updates_resent"],
+            "updates_accepted": self._counts["updates_accepted"],
+            "updates_rejected": self._counts["updates_rejected"],
+            "last_error": self._last_error,
+        }
+
     def _settle(self, topic: str, request: dict[str, Any], error: JobRejected | None) -> None:
         """After an answer: the current job ends when it reached a terminal status."""
         job = self._current
         if job is None or topic != self.topics.update(job.job_id):
             return
         if isinstance(error, TerminalStateReached):
-            self._end(job, canceled=True)
+            self._end(job, "canceled")
         elif error is None and JobStatus(request["status"]).terminal:
-            self._end(job, canceled=False)
+            self._end(job, JobStatus(request["status"]).value.lower())
 
 
 def _outcome(request: dict[str, Any], reply: dict[str, Any]) -> JobRejected | None:
