@@ -32,6 +32,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "NotAuthorized",
         "NotStarted",
         "PayloadTooLarge",
+        "ProvisionError",
+        "ProvisioningRejected",
         "PublishTimeout",
         "ShadowRejected",
         "ShadowTimeout",
@@ -73,6 +75,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "ancsync.mqtt.session": ("ConnectionEvent",),
     "ancsync.orchestrator": ("DataSyncOrchestrator",),
+    "ancsync.provisioning.claim": (
+        "FleetProvisioning",
+        "provision_by_claim",
+    ),
+    "ancsync.provisioning.identity": ("DeviceIdentity",),
     "ancsync.shadow": (
         "DeviceShadowSync",
         "ShadowState",
@@ -166,6 +173,12 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
         PayloadTooLarge as PayloadTooLarge,
     )
     from ancsync.errors import (
+        ProvisionError as ProvisionError,
+    )
+    from ancsync.errors import (
+        ProvisioningRejected as ProvisioningRejected,
+    )
+    from ancsync.errors import (
         PublishTimeout as PublishTimeout,
     )
     from ancsync.errors import (
@@ -251,6 +264,13 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
     )
     from ancsync.mqtt.session import ConnectionEvent as ConnectionEvent
     from ancsync.orchestrator import DataSyncOrchestrator as DataSyncOrchestrator
+    from ancsync.provisioning.claim import (
+        FleetProvisioning as FleetProvisioning,
+    )
+    from ancsync.provisioning.claim import (
+        provision_by_claim as provision_by_claim,
+    )
+    from ancsync.provisioning.identity import DeviceIdentity as DeviceIdentity
     from ancsync.shadow import (
         DeviceShadowSync as DeviceShadowSync,
     )

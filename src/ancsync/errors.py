@@ -20,6 +20,7 @@ __all__ = [
     "NotStarted",
     "PayloadTooLarge",
     "ProvisionError",
+    "ProvisioningRejected",
     "PublishTimeout",
     "ShadowRejected",
     "ShadowTimeout",
@@ -135,6 +136,23 @@ class ProvisionError(AncSyncError):
 
     The message says which step failed and what to change.
     """
+
+
+class ProvisioningRejected(ProvisionError):
+    """AWS IoT's fleet provisioning refused a request (its ``/rejected`` reply).
+
+    ``step`` names the request (``CreateCertificateFromCsr``, ``CreateKeysAndCertificate``,
+    ``RegisterThing``); ``status_code``, ``error_code`` and ``error_message`` are AWS's.
+    """
+
+    def __init__(self, step: str, status_code: int, error_code: str, error_message: str) -> None:
+        super().__init__(
+            f"{step} was rejected: {status_code} {error_code}: {error_message or 'no message'}"
+        )
+        self.step = step
+        self.status_code = status_code
+        self.error_code = error_code
+        self.error_message = error_message
 
 
 class StorageError(AncSyncError, OSError):

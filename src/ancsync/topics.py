@@ -30,6 +30,7 @@ __all__ = [
     "commands_topic",
     "emergency_topic",
     "is_jobs_request_topic",
+    "is_provisioning_request_topic",
     "is_shadow_request_topic",
     "matches",
     "parse_shadow_topic",
@@ -134,7 +135,8 @@ def validate_topic(topic: str) -> str:
     Checks: non-empty, no ``+``/``#`` wildcards, no NUL, at most 256 UTF-8 bytes and 7 slashes.
     Topics starting with ``$`` are reserved by AWS IoT (publishing there can end the connection),
     so the only ones allowed are the Device Shadow request topics (``.../get``, ``/update``,
-    ``/delete``) and the Jobs request topics (see :func:`is_jobs_request_topic`).
+    ``/delete``), the Jobs request topics (see :func:`is_jobs_request_topic`) and the fleet
+    provisioning requests (see :func:`is_provisioning_request_topic`).
     """
     _check_common(topic, "topic")
     for wildcard in ("+", "#"):
@@ -147,12 +149,15 @@ def validate_topic(topic: str) -> str:
         topic.startswith("$")
         and not is_shadow_request_topic(topic)
         and not is_jobs_request_topic(topic)
+        and not is_provisioning_request_topic(topic)
     ):
         raise InvalidTopic(
             f"topic {_show(topic)} starts with '$', which AWS IoT reserves; the only '$' topics "
             "a device may publish to are the shadow requests "
-            "$aws/things/{thing}/shadow[/name/{shadow}]/get|update|delete and the jobs requests "
-            "$aws/things/{thing}/jobs/get|start-next|{jobId}/get|{jobId}/update"
+            "$aws/things/{thing}/shadow[/name/{shadow}]/get|update|delete, the jobs requests "
+            "$aws/things/{thing}/jobs/get|start-next|{jobId}/get|{jobId}/update and the fleet "
+            "provisioning requests $aws/certificates/create[-from-csr]/json and "
+            "$aws/provisioning-templates/{template}/provision/json"
         )
     return topic
 
@@ -410,6 +415,22 @@ def split_jobs_topic(topic: str) -> tuple[str, str] | None:
     """``(thing, rest)`` for a topic under ``$aws/things/{thing}/jobs/``; ``None`` otherwise."""
     found = _JOBS_NAMESPACE.fullmatch(topic)
     return None if found is None else (found["thing"], found["rest"])
+
+
+_PROVISIONING_REQUEST = re.compile(
+    r"\$aws/certificates/create(?:-from-csr)?/json"
+    r"|\$aws/provisioning-templates/[0-9A-Za-z_-]{1,36}/provision/json"
+)
+
+
+def is_provisioning_request_topic(topic: str) -> bool:
+    """Whether ``topic`` is a fleet provisioning request a device may publish to.
+
+    ``$aws/certificates/create/json``, ``$aws/certificates/create-from-csr/json`` and
+    ``$aws/provisioning-templates/{template}/provision/json`` (JSON only: ancsync does not speak
+    the CBOR variants).
+    """
+    return _PROVISIONING_REQUEST.fullmatch(topic) is not None
 
 
 def is_jobs_request_topic(topic: str) -> bool:

@@ -17,6 +17,7 @@ from ancsync.topics import (
     commands_topic,
     emergency_topic,
     is_jobs_request_topic,
+    is_provisioning_request_topic,
     is_shadow_request_topic,
     matches,
     parse_shadow_topic,
@@ -114,8 +115,10 @@ def test_builders_refuse_bad_things_and_kinds() -> None:
             "$SYS/broker",
             "topic '$SYS/broker' starts with '$', which AWS IoT reserves; the only '$' topics a "
             "device may publish to are the shadow requests "
-            "$aws/things/{thing}/shadow[/name/{shadow}]/get|update|delete and the jobs requests "
-            "$aws/things/{thing}/jobs/get|start-next|{jobId}/get|{jobId}/update",
+            "$aws/things/{thing}/shadow[/name/{shadow}]/get|update|delete, the jobs requests "
+            "$aws/things/{thing}/jobs/get|start-next|{jobId}/get|{jobId}/update and the fleet "
+            "provisioning requests $aws/certificates/create[-from-csr]/json and "
+            "$aws/provisioning-templates/{template}/provision/json",
         ),
     ],
 )
@@ -439,3 +442,24 @@ def test_every_shadow_topic_parses_back(thing: str, shadow_name: str | None) -> 
 )
 def test_jobs_request_topics(topic: str, is_request: bool) -> None:
     assert is_jobs_request_topic(topic) is is_request
+
+
+@pytest.mark.parametrize(
+    ("topic", "is_request"),
+    [
+        ("$aws/certificates/create/json", True),
+        ("$aws/certificates/create-from-csr/json", True),
+        ("$aws/provisioning-templates/AncFleet_1/provision/json", True),
+        ("$aws/certificates/create/cbor", False),  # ancsync speaks JSON only
+        ("$aws/certificates/create/json/accepted", False),
+        ("$aws/provisioning-templates/a/b/provision/json", False),
+        ("$aws/provisioning-templates/" + "t" * 37 + "/provision/json", False),
+    ],
+)
+def test_fleet_provisioning_request_topics(topic: str, is_request: bool) -> None:
+    assert is_provisioning_request_topic(topic) is is_request
+    if is_request:
+        assert validate_topic(topic) == topic
+    else:
+        with pytest.raises(InvalidTopic, match="reserves"):
+            validate_topic(topic)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ancsync.errors import ProvisionError
+from ancsync.files import write_atomically
+from ancsync.provisioning.identity import CERT_FILE, CONFIG_FILE, KEY_FILE
 from ancsync.topics import validate_thing_name
 
 if TYPE_CHECKING:
@@ -45,9 +47,6 @@ __all__ = [
 logger = logging.getLogger("ancsync.tools.provision")
 
 AMAZON_ROOT_CA_URL = "https://www.amazontrust.com/repository/AmazonRootCA1.pem"
-CERT_FILE = "cert.pem"
-KEY_FILE = "private.key"
-CONFIG_FILE = "ancsync.json"
 
 _NOT_FOUND = "ResourceNotFoundException"
 _BAD_CREDENTIALS = {
@@ -159,18 +158,6 @@ def _existing_files(out_dir: Path) -> tuple[str, str] | None:
             "restore the missing file or remove both to create a new certificate"
         )
     return None
-
-
-def _write_file(path: Path, text: str, mode: int) -> None:
-    """Write ``text`` with ``mode`` from the first byte (no window where a key is readable)."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    temporary.replace(path)
 
 
 def _find_certificate(iot: IoTClient, thing_name: str, cert_pem: str) -> tuple[str, str] | None:
@@ -300,8 +287,8 @@ def provision(
                 iot.attach_policy(policyName=policy_name, target=certificate_arn)
                 iot.attach_thing_principal(thingName=thing_name, principal=certificate_arn)
             try:
-                _write_file(out / KEY_FILE, made["keyPair"]["PrivateKey"], 0o600)
-                _write_file(out / CERT_FILE, made["certificatePem"], 0o644)
+                write_atomically(out / KEY_FILE, made["keyPair"]["PrivateKey"].encode(), 0o600)
+                write_atomically(out / CERT_FILE, made["certificatePem"].encode(), 0o644)
             except OSError as exc:
                 raise ProvisionError(
                     f"cannot write the key and certificate to {out} ({exc}); the new "
@@ -323,7 +310,7 @@ def provision(
             "key_path": KEY_FILE,
         }
     }
-    _write_file(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n", 0o644)
+    write_atomically(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode(), 0o644)
     return ProvisionResult(
         thing_name=thing_name,
         thing_created=thing_created,
