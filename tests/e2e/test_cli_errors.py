@@ -114,6 +114,29 @@ async def test_a_bad_thing_name_is_a_usage_error_everywhere(
     assert "thing name 'bad/name' is not allowed" in error
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "id"], "--thing NAME --policy NAME, or provision by claim with --claim"),
+        (["--out", "id", "--claim"], "--claim needs --claim-cert FILE, --claim-key FILE, "),
+        (
+            [
+                *("--out", "id", "--claim", "--claim-cert", "c", "--claim-key", "k"),
+                *("--template", "T", "--endpoint", "127.0.0.1", "--param", "SerialNumber"),
+            ],
+            "--param 'SerialNumber' is not NAME=VALUE, e.g. SerialNumber=SN123",
+        ),
+    ],
+    ids=["neither way", "claim without its files", "a parameter without a value"],
+)
+async def test_provision_says_which_options_it_needs(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert message in the_error(await ancsync("provision", *args), USAGE)
+    assert not (tmp_path / "id").exists()  # nothing written
+
+
 async def test_a_bad_option_value_is_a_usage_error() -> None:
     error = the_error(await ancsync("demo", "--duration", "1"), USAGE)
     assert "--duration" in error

@@ -90,7 +90,7 @@ def _root(
 
 
 # In the order `ancsync --help` lists them, each with a line short enough not to be cut.
-app.command(short_help="Create a thing and its certificate in AWS IoT.")(
+app.command(short_help="Give a device its certificate: boto3, or by claim.")(
     reports_errors(provision.provision)
 )
 app.command(short_help="Run the local AWS IoT emulator.")(reports_errors(emulator.emulator))
