@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from ancsync.codec import encode
 from ancsync.config import Settings
-from ancsync.errors import ConfigError, InvalidTopic, NotStarted
+from ancsync.errors import ConfigError, ConnectTimeout, InvalidTopic, NotStarted
 from ancsync.lifecycle import Component
 from ancsync.models import new_id
 from ancsync.mqtt.backoff import Backoff, BackoffPolicy
@@ -382,6 +382,28 @@ class IoTConnection(Component):
         if self._session is not None:
             self._session.subscriptions_changed()
         return route
+
+    async def wait_subscribed(self, *filters: str, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until connected and the broker answered the SUBSCRIBE of every filter given.
+
+        For request/response on a connection already up: subscribe to the replies, wait for
+        this, then publish the request, so that no reply comes before its subscription.
+
+        Raises:
+            ConnectTimeout: not subscribed within ``timeout`` seconds.
+        """
+        with anyio.move_on_after(timeout):
+            await self._running().wait_subscribed(filters)
+            return
+        raise ConnectTimeout(f"{', '.join(filters)} not subscribed within {timeout} s")
+
+    def reconnect(self) -> None:
+        """Close the connection and connect again at once, with the certificate files read anew.
+
+        Nothing queued is lost: unacknowledged messages are sent again on the new connection.
+        Use it after replacing ``cert_path`` / ``key_path`` (a certificate rotation).
+        """
+        self._running().reconnect()
 
     def unsubscribe(self, route: Route) -> None:
         """Stop routing to ``route``; the filter is unsubscribed when no route uses it."""

@@ -215,6 +215,41 @@ async def test_subscription_changes_follow_the_router() -> None:
         await rig.broker.wait_until(lambda: rig.broker.subscribed == [])
 
 
+async def test_wait_subscribed_returns_once_the_broker_answered_the_subscribe() -> None:
+    broker = FakeBroker()
+    async with running(Rig(broker)) as rig:
+        await rig.session.wait_connected()
+        rig.router.add_route("anc/replies/+", lambda topic, payload: None)
+        rig.session.subscriptions_changed()
+        await rig.session.wait_subscribed(["anc/replies/+"])
+        assert broker.subscribe_packets[-1] == ["anc/replies/+"]
+        await rig.session.wait_subscribed([])  # nothing to wait for while connected
+
+
+async def test_reconnect_connects_again_at_once_and_resends_what_was_unacknowledged() -> None:
+    broker = FakeBroker()
+    # A backoff of a minute: only a reconnect that skips it ends within the test's deadline.
+    rig = Rig(broker, backoff=Backoff(BackoffPolicy(base=60, cap=60)))
+    async with running(rig):
+        await rig.session.wait_connected()
+        broker.auto_ack = False
+        handle = rig.put("anc/t/1", 1)
+        await broker.wait_until(lambda: len(broker.attempted) == 2)  # status, message
+        broker.auto_ack = True
+        kinds = []
+        with rig.session.events() as events:
+            rig.session.reconnect()
+            async for event in events:
+                kinds.append(event.kind)
+                if event.kind == "connected":
+                    break
+        await handle.delivered()
+        assert len(broker.connects) == 2
+        assert kinds == ["disconnected", "connecting", "connected"]
+        assert rig.session.status()["reconnect_count"] == 1
+    assert [topic for topic, *_ in broker.published].count("anc/t/1") == 1
+
+
 async def test_refused_subscription_is_reported() -> None:
     rig = Rig(FakeBroker(suback={"anc/secret/#": SUBSCRIBE_FAILURE}))
     rig.router.add_route("anc/secret/#", lambda topic, payload: None)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -178,6 +178,7 @@ class MqttSession(Component):
         self._listeners: list[MemoryObjectSendStream[ConnectionEvent]] = []
         self._changed = anyio.Event()
         self._subscriptions_changed = anyio.Event()
+        self._reconnect_now = anyio.Event()
         self._ended = False  # shut down: wait_connected() no longer waits
         self._kept: Transport | None = None  # the connection a shutdown flushes through
         self._window = asyncio.Semaphore(in_flight)  # one per connection, kept by the flush
@@ -211,6 +212,21 @@ class MqttSession(Component):
         """Return once the session is not connected (at once if it is not)."""
         while self.link_state is SessionState.CONNECTED:
             await self._changed.wait()
+
+    async def wait_subscribed(self, filters: Collection[str]) -> None:
+        """Return once connected with the broker's answer to a SUBSCRIBE of every filter in
+        ``filters`` (on this connection: a request published now has its replies routed)."""
+        while not (
+            self.link_state is SessionState.CONNECTED
+            and all(topic_filter in self._subscribed for topic_filter in filters)
+        ):
+            await self._changed.wait()
+
+    def reconnect(self) -> None:
+        """End the connection now and connect again at once, e.g. to use new certificate files
+        (the TLS context is built anew for every attempt). Nothing queued is lost: what was in
+        flight goes back to the outbox, as after any lost connection."""
+        self._reconnect_now.set()
 
     @property
     def ended(self) -> bool:
@@ -281,11 +297,17 @@ class MqttSession(Component):
         task_status.started()
         while True:
             error = await self._connect_and_serve()
-            delay = self._backoff.next_delay(permanent=error is self.permanent_error)
+            if self._reconnect_now.is_set():
+                delay = 0.0
+            else:
+                delay = self._backoff.next_delay(permanent=error is self.permanent_error)
             self._set_state(SessionState.WAITING)
             self._emit(ConnectionEvent("disconnected", self.attempts, error, delay))
             log.info("next connect attempt in %.2f s", delay)
-            await anyio.sleep(delay)
+            with anyio.move_on_after(delay):
+                await self._reconnect_now.wait()
+            if self._reconnect_now.is_set():
+                self._reconnect_now = anyio.Event()
 
     async def _shutdown(self) -> None:
         """Flush through the connection kept at the cancellation, say "offline", disconnect."""
@@ -465,8 +487,7 @@ class MqttSession(Component):
             log.error("cannot connect (retrying cannot fix this): %s", error)
         else:
             log.warning("connection failed: %s", error)
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._note_change()
         return error
 
     async def _serve_connection(self, transport: Transport) -> AncSyncError:
@@ -489,6 +510,7 @@ class MqttSession(Component):
 
             # The reader runs from the start: it is what notices a connection lost during setup.
             tg.start_soon(guard, lambda: self._read(transport), "reader")
+            tg.start_soon(guard, self._until_reconnect_asked, "reconnect")
             tg.start_soon(guard, lambda: self._set_up(transport, tg, guard), "setup")
         return self._failed(lost[0] if lost else ConnectError("connection ended"))
 
@@ -523,6 +545,10 @@ class MqttSession(Component):
             await acked.wait()
             return
         raise ConnectError(f"no PUBACK for the status message within {self._connect_timeout} s")
+
+    async def _until_reconnect_asked(self) -> None:
+        await self._reconnect_now.wait()
+        raise ConnectError("reconnecting, as asked (e.g. for a new certificate)")
 
     async def _read(self, transport: Transport) -> None:
         async for message in transport.messages():
@@ -612,6 +638,7 @@ class MqttSession(Component):
             for topic_filter in chunk:
                 del self._subscribed[topic_filter]
                 self._failed_subscriptions.discard(topic_filter)
+        self._note_change()
 
     async def _run_hook(self, hook: ConnectHook) -> None:
         try:
@@ -623,6 +650,10 @@ class MqttSession(Component):
 
     def _set_state(self, state: SessionState) -> None:
         self.link_state = state
+        self._note_change()
+
+    def _note_change(self) -> None:
+        """Wake whoever waits on the state (connected, subscribed, failed)."""
         self._changed.set()
         self._changed = anyio.Event()
 
