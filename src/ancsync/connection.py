@@ -397,13 +397,17 @@ class IoTConnection(Component):
             return
         raise ConnectTimeout(f"{', '.join(filters)} not subscribed within {timeout} s")
 
-    def reconnect(self) -> None:
+    async def reconnect(self) -> None:
         """Close the connection and connect again at once, with the certificate files read anew.
 
-        Nothing queued is lost: unacknowledged messages are sent again on the new connection.
-        Use it after replacing ``cert_path`` / ``key_path`` (a certificate rotation).
+        Returns once the old connection has ended; :meth:`wait_connected` then waits for the new
+        one (and raises at once if it is refused). Nothing queued is lost: unacknowledged
+        messages are sent again on the new connection. Use it after replacing ``cert_path`` /
+        ``key_path`` (a certificate rotation).
         """
-        self._running().reconnect()
+        session = self._running()
+        session.reconnect()
+        await session.wait_not_connected()
 
     def unsubscribe(self, route: Route) -> None:
         """Stop routing to ``route``; the filter is unsubscribed when no route uses it."""

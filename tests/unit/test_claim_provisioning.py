@@ -22,13 +22,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from ancsync import IoTConnection
 from ancsync.config import Settings
 from ancsync.emulator.certs import CertificateAuthority, generate_ca, issue_certificate
-from ancsync.errors import ProvisionError, ProvisioningRejected
+from ancsync.errors import ProvisionError, ProvisioningRejected, TLSError
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.provisioning.claim import PROGRESS_FILE, provision_by_claim
 from ancsync.provisioning.identity import DeviceIdentity
 from ancsync.provisioning.keys import certificate_id
+from ancsync.provisioning.rotation import finish_interrupted_rotation, rotate_certificate
 from ancsync.testing import FakeBroker
 
 TEMPLATE = "AncFleet"
@@ -330,3 +332,147 @@ async def test_no_answer_is_an_error_that_names_the_step(
                 await provision(service, claim, tmp_path / "id")
     assert DeviceIdentity.find(tmp_path / "id") is None
     assert stat.S_IMODE((tmp_path / "id" / "private.key.new").stat().st_mode) == 0o600
+
+
+# --- rotation -----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def provisioned_device(
+    service: FleetService, claim: tuple[Path, Path], directory: Path
+) -> AsyncIterator[IoTConnection]:
+    """A device provisioned by claim, connected with its own identity (on the FakeBroker)."""
+    identity = await provision(service, claim, directory)
+    async with IoTConnection(
+        identity.thing_name,
+        "127.0.0.1",
+        identity.cert_path,
+        identity.key_path,
+        tls=False,
+        announce_status=False,
+        transport_factory=service.broker.transport,
+        reconnect=BackoffPolicy(base=0.001, cap=0.002),
+    ) as iot:
+        await iot.wait_connected(TIMEOUT)
+        yield iot
+
+
+def pair_matches(cert_path: Path, key_path: Path) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    return bool(cert.public_key() == key.public_key())
+
+
+async def test_a_rotation_switches_to_a_new_pair_and_loses_nothing_queued(
+    claim: tuple[Path, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "id"
+    steps: list[str] = []
+    with anyio.fail_after(TIMEOUT):
+        async with fleet() as service, provisioned_device(service, claim, directory) as iot:
+            old_id = certificate_id((directory / "cert.pem").read_bytes())
+            connects = len(service.broker.connects)
+            service.broker.auto_ack = False
+            handle = await iot.publish("anc/telemetry/anc-SN1/anc", {"n": 1})
+            await service.broker.wait_until(
+                lambda: any(t.startswith("anc/telemetry") for t, *_ in service.broker.attempted)
+            )
+            service.broker.auto_ack = True  # the PUBACK of the first sending never comes
+            new_id = await rotate_certificate(
+                iot, template=TEMPLATE, parameters={"SerialNumber": "SN1"}, on_step=steps.append
+            )
+            await handle.delivered()
+    assert steps == ["key", "certificate", "registered", "switched", "connected"]
+    assert new_id != old_id
+    assert certificate_id((directory / "cert.pem").read_bytes()) == new_id
+    assert pair_matches(directory / "cert.pem", directory / "private.key")
+    assert stat.S_IMODE((directory / "private.key").stat().st_mode) == 0o600
+    assert len(service.broker.connects) == connects + 1
+    assert DeviceIdentity.find(directory) is not None
+    assert DeviceIdentity.find(directory).certificate_id == new_id  # type: ignore[union-attr]
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "ancsync.json",
+        "cert.pem",
+        "identity.json",
+        "private.key",
+    ]
+
+
+async def test_a_new_certificate_the_broker_refuses_is_dropped_for_the_old_one(
+    claim: tuple[Path, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "id"
+    with anyio.fail_after(TIMEOUT):
+        async with fleet() as service, provisioned_device(service, claim, directory) as iot:
+            old_pem = (directory / "cert.pem").read_bytes()
+
+            def refuse_the_new_one(step: str) -> None:
+                if step == "switched":
+                    service.broker.connect_errors.append(TLSError("certificate revoked"))
+
+            with pytest.raises(ProvisionError, match="went back to its old certificate"):
+                await rotate_certificate(
+                    iot,
+                    template=TEMPLATE,
+                    parameters={"SerialNumber": "SN1"},
+                    on_step=refuse_the_new_one,
+                )
+            await iot.wait_connected(TIMEOUT)  # connected again, with the old pair
+    assert (directory / "cert.pem").read_bytes() == old_pem
+    assert pair_matches(directory / "cert.pem", directory / "private.key")
+    assert not list(directory.glob("*.old"))
+
+
+async def test_a_template_that_names_another_thing_changes_nothing(
+    claim: tuple[Path, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "id"
+    with anyio.fail_after(TIMEOUT):
+        async with fleet() as service, provisioned_device(service, claim, directory) as iot:
+            before = {p.name: p.read_bytes() for p in directory.iterdir()}
+            with pytest.raises(ProvisionError, match="registered the certificate for 'anc-SN2'"):
+                await rotate_certificate(iot, template=TEMPLATE, parameters={"SerialNumber": "SN2"})
+    after = {p.name: p.read_bytes() for p in directory.iterdir() if not p.name.endswith(".new")}
+    assert after == before
+
+
+def test_a_switch_interrupted_halfway_is_finished_at_the_next_start(tmp_path: Path) -> None:
+    """Killed after the new key took its place, before the new certificate did."""
+    ca = generate_ca("fleet CA")
+    old_cert, old_key = issue_certificate(ca, "old")
+    new_cert, new_key = issue_certificate(ca, "new")
+    pem = serialization.Encoding.PEM
+    raw = (pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "private.key"
+    cert_path.write_bytes(old_cert.public_bytes(pem))
+    key_path.write_bytes(new_key.private_bytes(*raw))  # the new key, the old certificate
+    (tmp_path / "cert.pem.old").write_bytes(old_cert.public_bytes(pem))
+    (tmp_path / "private.key.old").write_bytes(old_key.private_bytes(*raw))
+    new_pem = new_cert.public_bytes(pem).decode()
+    journal = {"phase": "switching", "certificate_pem": new_pem, "certificate_id": "abc"}
+    (tmp_path / "private.key.rotation.json").write_text(json.dumps(journal))
+    assert not pair_matches(cert_path, key_path)
+
+    assert finish_interrupted_rotation(cert_path, key_path) is True
+    assert pair_matches(cert_path, key_path)
+    assert cert_path.read_text() == new_pem
+    assert not (tmp_path / "private.key.rotation.json").exists()
+    assert finish_interrupted_rotation(cert_path, key_path) is False  # nothing left to finish
+
+
+def test_a_rotation_interrupted_before_its_switch_is_dropped(tmp_path: Path) -> None:
+    cert, key = issue_certificate(generate_ca("fleet CA"), "current")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "private.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "private.key.new").write_bytes(b"a key nobody registered")
+    (tmp_path / "private.key.rotation.json").write_text(json.dumps({"phase": "issued"}))
+    assert finish_interrupted_rotation(cert_path, key_path) is True
+    assert pair_matches(cert_path, key_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cert.pem", "private.key"]

@@ -90,10 +90,11 @@ def template_topic(template: str) -> str:
 class FleetProvisioning:
     """AWS IoT's fleet provisioning MQTT API on an :class:`~ancsync.IoTConnection`.
 
-    Make it before the connection starts: it subscribes to the replies it needs (only those, as
-    a claim policy allows nothing else), and the service answers on the connection that asked.
-    One request at a time; each raises :class:`~ancsync.errors.ProvisioningRejected` with AWS's
-    codes when rejected and :class:`~ancsync.errors.ProvisionError` when unanswered.
+    It subscribes to the replies it needs, only those (a claim policy allows nothing else),
+    and each request waits for those subscriptions first: the service answers on the connection
+    that asked. One request at a time; each raises :class:`~ancsync.errors.ProvisioningRejected`
+    with AWS's codes when rejected and :class:`~ancsync.errors.ProvisionError` when unanswered.
+    :meth:`close` unsubscribes.
     """
 
     def __init__(
@@ -109,16 +110,30 @@ class FleetProvisioning:
         self.reply_timeout = reply_timeout
         create = CREATE_FROM_CSR if key_on_device else CREATE_KEYS
         self._reply: tuple[str, Any] | None = None
-        self._answered = anyio.Event()
-        for request in (create, template_topic(template)):
-            for outcome in ("accepted", "rejected"):
-                iot.subscribe(f"{request}/{outcome}", self._on_reply)
+        self._answered: anyio.Event | None = None
+        self.reply_filters = tuple(
+            f"{request}/{outcome}"
+            for request in (create, template_topic(template))
+            for outcome in ("accepted", "rejected")
+        )
+        self._routes = [iot.subscribe(f, self._on_reply) for f in self.reply_filters]
+
+    def close(self) -> None:
+        """Unsubscribe from the replies."""
+        for route in self._routes:
+            self._iot.unsubscribe(route)
+        self._routes = []
 
     def _on_reply(self, topic: str, payload: Any) -> None:
         self._reply = (topic, payload)
-        self._answered.set()
+        if self._answered is not None:
+            self._answered.set()
 
     async def _request(self, step: str, topic: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            await self._iot.wait_subscribed(*self.reply_filters, timeout=self.reply_timeout)
+        except AncSyncError as exc:
+            raise ProvisionError(f"cannot ask for {step}: {exc}") from exc
         self._reply, self._answered = None, anyio.Event()
         await self._iot.publish(topic, dict(body), lane=Lane.SHADOW)
         with anyio.move_on_after(self.reply_timeout):
