@@ -80,6 +80,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "provision_by_claim",
     ),
     "ancsync.provisioning.identity": ("DeviceIdentity",),
+    "ancsync.provisioning.rotation": (
+        "CertificateRotator",
+        "rotate_certificate",
+    ),
     "ancsync.shadow": (
         "DeviceShadowSync",
         "ShadowState",
@@ -271,6 +275,12 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
         provision_by_claim as provision_by_claim,
     )
     from ancsync.provisioning.identity import DeviceIdentity as DeviceIdentity
+    from ancsync.provisioning.rotation import (
+        CertificateRotator as CertificateRotator,
+    )
+    from ancsync.provisioning.rotation import (
+        rotate_certificate as rotate_certificate,
+    )
     from ancsync.shadow import (
         DeviceShadowSync as DeviceShadowSync,
     )

@@ -25,6 +25,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -41,6 +42,7 @@ from ancsync.errors import ConfigError, NotStarted
 from ancsync.jobs import DeviceJobs, Job, JobHandler
 from ancsync.lifecycle import Component
 from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
+from ancsync.provisioning.rotation import CertificateRotator, finish_interrupted_rotation
 from ancsync.shadow import DeviceShadowSync
 from ancsync.status import OrchestratorStatus
 from ancsync.supervisor import Supervisor
@@ -201,6 +203,9 @@ class DataSyncOrchestrator(Component):
         if self._ended:
             raise NotStarted("this orchestrator was already stopped; create a new one")
         await anyio.to_thread.run_sync(self.store.open)
+        iot = self.settings.iot
+        if iot.tls and iot.cert_path is not None and iot.key_path is not None:
+            await anyio.to_thread.run_sync(finish_interrupted_rotation, iot.cert_path, iot.key_path)
         async with anyio.create_task_group() as tg:
             await tg.start(self.connection.run)
             await tg.start(self.supervisor.run)
@@ -378,6 +383,43 @@ class DataSyncOrchestrator(Component):
         durable: they reach AWS IoT after a reconnect or a restart (see :mod:`ancsync.jobs`).
         """
         return self.device_jobs.on(operation, model)
+
+    def enable_rotation(
+        self,
+        template: str,
+        parameters: Mapping[str, str] | None = None,
+        *,
+        before_expiry: timedelta = timedelta(days=30),
+        job_operation: str | None = "rotate_certificate",
+    ) -> CertificateRotator:
+        """Rotate this device's certificate ``before_expiry`` ahead of its expiry, and when a
+        job whose document's ``operation`` is ``job_operation`` asks for it (``None``: no job).
+
+        ``template`` (with ``parameters``) is the provisioning template that registers the new
+        certificate for this same thing; the device policy must allow its topics. Each rotation
+        is reported in the shadow (``certificate_id``, ``certificate_rotated_at``). Call it
+        before starting the orchestrator.
+        """
+        rotator = CertificateRotator(
+            self.connection,
+            template=template,
+            parameters=parameters,
+            before_expiry=before_expiry,
+            on_rotated=self._report_rotation,
+            stop_timeout=self.stop_timeout,
+        )
+        self.supervisor.add(rotator)
+        if job_operation is not None:
+
+            async def rotate_on_job(job: Job[Any]) -> None:
+                await job.start()
+                await job.succeed({"certificate_id": await rotator.rotate()})
+
+            self.device_jobs.on(job_operation)(rotate_on_job)
+        return rotator
+
+    def _report_rotation(self, certificate_id: str) -> None:
+        self.shadow.report({"certificate_id": certificate_id, "certificate_rotated_at": utc_now()})
 
     def jobs(self) -> AsyncIterator[Job[Any]]:
         """The jobs no :meth:`on_job` handler takes, one at a time: ``async for job in ...``."""

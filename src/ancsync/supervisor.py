@@ -65,6 +65,14 @@ class Supervisor(Component):
         self._restarts = dict.fromkeys((part.name for part in self.parts), 0)
         self._errors: dict[str, ErrorInfo | None] = dict.fromkeys(self._restarts)
 
+    def add(self, part: Component) -> None:
+        """Supervise one more part; only before the supervisor runs."""
+        if self.running:
+            raise RuntimeError(f"add the {part.name} part before the supervisor starts")
+        self.parts.append(part)
+        self._restarts[part.name] = 0
+        self._errors[part.name] = None
+
     async def _serve(self, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             for part in self.parts:

@@ -21,22 +21,27 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
+from cryptography import x509
 
 from ancsync.connection import IoTConnection
 from ancsync.errors import AncSyncError, ProvisionError
 from ancsync.files import write_atomically
+from ancsync.lifecycle import Component
 from ancsync.provisioning.claim import FleetProvisioning, StepCallback
 from ancsync.provisioning.identity import IDENTITY_FILE
 from ancsync.provisioning.keys import certificate_request, new_private_key
 
-__all__ = ["finish_interrupted_rotation", "rotate_certificate"]
+__all__ = ["CertificateRotator", "finish_interrupted_rotation", "rotate_certificate"]
 
 log = logging.getLogger("ancsync.provisioning.rotation")
 
@@ -207,3 +212,81 @@ def _record_certificate_id(files: _Files, certificate_id: str) -> None:
         data = json.loads(record.read_bytes())
         data["certificate_id"] = certificate_id
         write_atomically(record, (json.dumps(data, indent=2) + "\n").encode(), 0o644)
+
+
+class CertificateRotator(Component):
+    """Rotates the certificate of ``iot`` before it expires, and whenever :meth:`rotate` is called
+    (e.g. from a job). One more part on the one lifecycle: the orchestrator supervises it.
+
+    The rotation is due ``before_expiry`` ahead of the certificate's ``notAfter``; a failed one
+    is tried again every ``retry_interval`` seconds. ``on_rotated(certificate_id)`` is called
+    after each rotation (the orchestrator reports it in the shadow).
+    """
+
+    name = "rotation"
+
+    def __init__(
+        self,
+        iot: IoTConnection,
+        *,
+        template: str,
+        parameters: Mapping[str, str] | None = None,
+        before_expiry: timedelta = timedelta(days=30),
+        retry_interval: float = 3600.0,
+        on_rotated: Callable[[str], None] | None = None,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
+        self._iot = iot
+        self.template = template
+        self.parameters = dict(parameters or {})
+        self.before_expiry = before_expiry
+        self.retry_interval = retry_interval
+        self._on_rotated = on_rotated
+        self._lock: anyio.Lock | None = None
+        self.rotations = 0
+        self.last_error: str | None = None
+
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        self._lock = anyio.Lock()
+        task_status.started()
+        while True:
+            due_in = await anyio.to_thread.run_sync(self._seconds_until_due)
+            if due_in > 0:
+                # Looked at again at least every retry_interval: a rotation made another way
+                # (a job) moves the date.
+                await anyio.sleep(min(due_in, self.retry_interval))
+                continue
+            try:
+                await self.rotate()
+            except AncSyncError as exc:
+                log.warning("certificate rotation failed (%s); trying again later", exc)
+                await anyio.sleep(self.retry_interval)
+
+    async def _shutdown(self) -> None:
+        self._lock = None
+
+    def _seconds_until_due(self) -> float:
+        path = self._iot.settings.iot.cert_path
+        if path is None:
+            return math.inf
+        expires = x509.load_pem_x509_certificate(Path(path).read_bytes()).not_valid_after_utc
+        return (expires - self.before_expiry - datetime.now(UTC)).total_seconds()
+
+    async def rotate(self) -> str:
+        """Rotate now (one rotation at a time); return the new certificate's id."""
+        if self._lock is None:
+            raise ProvisionError("the rotation part is not running; start it first")
+        async with self._lock:
+            try:
+                certificate_id = await rotate_certificate(
+                    self._iot, template=self.template, parameters=self.parameters
+                )
+            except AncSyncError as exc:
+                self.last_error = str(exc)
+                raise
+            self.rotations += 1
+            self.last_error = None
+        if self._on_rotated is not None:
+            self._on_rotated(certificate_id)
+        return certificate_id
