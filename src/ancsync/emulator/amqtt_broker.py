@@ -55,7 +55,12 @@ from amqtt.session import OUTGOING, Session
 from ancsync.emulator.auth import identity_of, remember_identity
 from ancsync.emulator.decisions import BrokerDecisions
 
-__all__ = ["MQTT5_UNSUPPORTED_CONNACK", "AwsLikeBroker", "PubackFirstHandler"]
+__all__ = [
+    "MQTT5_UNSUPPORTED_CONNACK",
+    "AwsLikeBroker",
+    "PubackFirstHandler",
+    "server_tls_context",
+]
 
 log = logging.getLogger("ancsync.emulator.amqtt_broker")
 
@@ -255,6 +260,23 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
                 session.inflight_out.pop(packet_id, None)
 
 
+def server_tls_context(
+    listener: ListenerConfig, max_tls_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+) -> ssl.SSLContext:
+    """The server TLS context of a TLS listener: amqtt's, with a client certificate required.
+
+    amqtt makes client certificates optional; AWS IoT (and we) require them, chained to the
+    listener's CA and within their validity. TLS 1.2 by default because with TLS 1.3 a refused
+    client certificate reaches an aiomqtt client only as "Operation timed out", while 1.2 fails
+    its handshake at once, visibly.
+    """
+    context: ssl.SSLContext = Broker._create_ssl_context(listener)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = max_tls_version
+    return context
+
+
 class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's broker with the AWS IoT behaviour the emulator needs (see the module docstring).
 
@@ -282,14 +304,7 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._handlers: weakref.WeakSet[PubackFirstHandler] = weakref.WeakSet()
 
     def _create_ssl_context(self, listener: ListenerConfig) -> ssl.SSLContext:
-        # amqtt makes client certificates optional; AWS IoT (and we) require them. TLS 1.2 by
-        # default because with TLS 1.3 a refused client certificate reaches an aiomqtt client
-        # only as "Operation timed out", while 1.2 fails its handshake at once, visibly.
-        context: ssl.SSLContext = Broker._create_ssl_context(listener)
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.maximum_version = self._max_tls_version
-        return context
+        return server_tls_context(listener, self._max_tls_version)
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str

@@ -32,7 +32,11 @@ from amqtt.errors import BrokerError
 from anyio.abc import TaskStatus
 
 from ancsync.config import is_loopback
-from ancsync.emulator.amqtt_broker import DEFAULT_SESSION_EXPIRY, AwsLikeBroker
+from ancsync.emulator.amqtt_broker import (
+    DEFAULT_SESSION_EXPIRY,
+    AwsLikeBroker,
+    server_tls_context,
+)
 from ancsync.emulator.auth import AcceptedConnectionPlugin, Authorizer, ClientIdentity
 from ancsync.emulator.certs import DevCerts
 from ancsync.emulator.component import EmulatorComponent
@@ -130,6 +134,24 @@ class EmbeddedBroker(EmulatorComponent):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _tls_listener(self, certs: DevCerts) -> ListenerConfig:
+        return ListenerConfig(
+            bind=f"{self.host}:{self._requested_port}",
+            ssl=True,
+            cafile=certs.ca,
+            certfile=certs.server.cert,
+            keyfile=certs.server.key,
+        )
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A server TLS context like the TLS listener's: the server certificate, a client
+        certificate required, chained to the dev CA and within its validity, TLS 1.2 up to
+        ``max_tls_version``. A test can run a handshake against it to see why a client
+        certificate is refused (the client itself sees only a closed connection)."""
+        if self.certs is None:
+            raise ConfigError("this broker has no TLS listener (certs=None)")
+        return server_tls_context(self._tls_listener(self.certs), self.max_tls_version)
+
     def _config(self) -> BrokerConfig:
         listeners: dict[str, ListenerConfig] = {}
         if self._requested_plain_port is not None:
@@ -137,13 +159,7 @@ class EmbeddedBroker(EmulatorComponent):
                 bind=f"{self.host}:{self._requested_plain_port}", ssl=False
             )
         if self.certs is not None:
-            listeners["tls"] = ListenerConfig(
-                bind=f"{self.host}:{self._requested_port}",
-                ssl=True,
-                cafile=self.certs.ca,
-                certfile=self.certs.server.cert,
-                keyfile=self.certs.server.key,
-            )
+            listeners["tls"] = self._tls_listener(self.certs)
         # amqtt needs a listener named "default" and copies its values into every field the
         # others leave at the default, so the plain one (if any) takes that name: a plain
         # listener named otherwise would inherit ssl=True from a TLS default.

@@ -1,0 +1,210 @@
+"""A hostile-input campaign against the running emulator: each case ends in a clear refusal.
+
+Every case runs against the whole emulator (TLS, device policy, shadow service, rules sink) with
+a healthy device, anc-device-002, connected over TLS with its own certificate *before* the
+hostile action. Each test asserts three things:
+
+- the refusal itself: a TLS error, a disconnect (no ack, the socket closed), or a shadow
+  ``/rejected`` reply with AWS's code;
+- the healthy device is still served afterwards: a shadow get round trip through the broker
+  (publish, then the reply on its subscription) and a new QoS 1 telemetry batch stored;
+- nothing accepted before is lost: the QoS 1 telemetry the healthy device published before the
+  hostile action (and, where the hostile client published something valid first, that too)
+  reaches the rules sink.
+
+docs/emulator.md ("Hostile input") lists the cases with what AWS IoT Core does.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import anyio
+import orjson
+import pytest
+from disconnects import until_disconnected
+from helpers import HOST, device_client, foreign_pair, load_ca, mqtt_client
+
+from ancsync.emulator.certs import CertPair, issue_certificate, write_pair
+from ancsync.emulator.server import Emulator
+from ancsync.topics import ShadowTopics
+
+HOSTILE = "anc-device-001"
+HEALTHY = "anc-device-002"
+TIMEOUT = 10
+# A refusal at the TLS layer is immediate; the bound leaves room for a loaded 2-core machine.
+PROMPT = 3.0
+
+
+def telemetry(device: str, seq: int) -> tuple[str, bytes]:
+    """A telemetry batch the rules sink stores: its topic and payload."""
+    payload = {"msg_id": f"{device}-{seq}", "seq": seq, "records": [{"n": seq}]}
+    return f"anc/telemetry/{device}/system", orjson.dumps(payload)
+
+
+class Healthy:
+    """The healthy device: connected before the hostile action, checked after it."""
+
+    def __init__(self, emulator: Emulator, client: aiomqtt.Client) -> None:
+        self.emulator = emulator
+        self.client = client
+        self.topics = ShadowTopics(HEALTHY)
+        self.seq = 0
+        self.round_trips = 0
+
+    async def publish_telemetry(self) -> None:
+        """One more QoS 1 telemetry batch (PUBACKed when this returns)."""
+        self.seq += 1
+        await self.client.publish(*telemetry(HEALTHY, self.seq), qos=1)
+
+    async def assert_still_served(self) -> None:
+        """A shadow get round trip, then a new batch: every batch so far is stored, in order."""
+        self.round_trips += 1
+        token = f"round-trip-{self.round_trips}"
+        await self.client.publish(self.topics.get, orjson.dumps({"clientToken": token}), qos=1)
+        async for message in self.client.messages:
+            assert isinstance(message.payload, bytes)
+            reply = orjson.loads(message.payload)
+            if reply.get("clientToken") == token:
+                break
+        # no shadow exists for the healthy device: AWS answers a get with 404
+        assert message.topic.value == self.topics.get_rejected
+        assert reply["code"] == 404
+        await self.publish_telemetry()
+        rules = self.emulator.rules
+        await rules.wait_for(lambda sink: len(sink.telemetry_batches(HEALTHY)) == self.seq)
+        assert [batch.seq for batch in rules.telemetry_batches(HEALTHY)] == list(
+            range(1, self.seq + 1)
+        )
+
+
+@asynccontextmanager
+async def healthy_device(emulator: Emulator) -> AsyncIterator[Healthy]:
+    """The healthy device, subscribed to its shadow get replies, one batch already accepted."""
+    async with device_client(emulator.port, emulator.certs, HEALTHY) as client:
+        healthy = Healthy(emulator, client)
+        await client.subscribe(f"{healthy.topics.prefix}/get/+", qos=1)
+        await healthy.publish_telemetry()
+        yield healthy
+
+
+async def tls_refusal(emulator: Emulator, pair: CertPair | None) -> aiomqtt.MqttError:
+    """Connect with ``pair`` (None: no certificate); the TLS error, which must come at once."""
+    client = mqtt_client(emulator.port, emulator.certs, pair, HOSTILE, timeout=TIMEOUT)
+    started = time.monotonic()
+    with pytest.raises(aiomqtt.MqttError) as refused:
+        async with client:
+            pass
+    assert time.monotonic() - started < PROMPT, "the refusal must not be a timeout"
+    assert "timed out" not in str(refused.value)
+    return refused.value
+
+
+# -- 1-3: certificates --------------------------------------------------------------------------
+
+
+async def test_no_client_certificate_is_a_tls_error(emulator: Emulator) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            refused = await tls_refusal(emulator, None)
+            await healthy.assert_still_served()
+    assert "SSL" in str(refused)
+    assert emulator.broker.stats()["connects_denied"] == 0  # refused before MQTT
+
+
+async def test_a_certificate_from_another_ca_is_a_tls_error(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    _, stranger = foreign_pair(tmp_path, HOSTILE)  # a valid thing name, the wrong issuer
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            refused = await tls_refusal(emulator, stranger)
+            await healthy.assert_still_served()
+    assert "SSL" in str(refused)
+
+
+def _expired_pair(emulator: Emulator, directory: Path) -> CertPair:
+    """The hostile thing's certificate from the right CA, expired yesterday."""
+    past = datetime.now(UTC) - timedelta(days=30)
+    cert, key = issue_certificate(
+        load_ca(emulator.certs), HOSTILE, not_before=past, not_after=past + timedelta(days=29)
+    )
+    return write_pair(directory, cert, key)
+
+
+async def test_an_expired_certificate_is_a_tls_error(emulator: Emulator, tmp_path: Path) -> None:
+    expired = _expired_pair(emulator, tmp_path / "expired")
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            refused = await tls_refusal(emulator, expired)
+            await healthy.assert_still_served()
+    assert "SSL" in str(refused)
+
+
+def test_the_emulators_tls_context_refuses_an_expired_certificate_as_expired(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The reason, which the client cannot see (asyncio closes without an alert): a handshake in
+    memory between the broker's own server context and a client presenting the expired one."""
+    expired = _expired_pair(emulator, tmp_path / "expired")
+    server = emulator.broker.tls_context()
+    client = ssl.create_default_context(cafile=str(emulator.certs.ca))
+    client.load_cert_chain(expired.cert, expired.key)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate has expired"):
+        _handshake_in_memory(server, client)
+
+
+def _handshake_in_memory(server: ssl.SSLContext, client: ssl.SSLContext) -> None:
+    """Run a TLS handshake between the two contexts over memory buffers; the server's error."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_side = server.wrap_bio(to_server, to_client, server_side=True)
+    client_side = client.wrap_bio(to_client, to_server, server_hostname=HOST)
+    for _ in range(10):
+        for side in (client_side, server_side):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                if side is server_side:
+                    raise
+    raise AssertionError("the handshake did not fail on the server side")
+
+
+# -- 4: wildcard subscriptions beyond the device's own topics -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "topic_filter",
+    [
+        "#",
+        "$aws/things/+/shadow/#",
+        f"$aws/things/{HEALTHY}/shadow/#",
+        "$aws/things/+/shadow/update/accepted",
+        "anc/telemetry/+/system",
+        f"anc/telemetry/{HEALTHY}/#",
+        "anc/devices/+/commands",
+    ],
+)
+async def test_a_wildcard_subscription_beyond_its_own_topics_disconnects(
+    emulator: Emulator, topic_filter: str
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            async with device_client(emulator.port, emulator.certs, HOSTILE) as hostile:
+                await until_disconnected(hostile, lambda: hostile.subscribe(topic_filter, qos=1))
+            await healthy.assert_still_served()
+    [violation] = emulator.broker.violations()
+    assert (violation.client_id, violation.request, violation.topic) == (
+        HOSTILE,
+        "subscribe",
+        topic_filter,
+    )
+    assert emulator.broker.stats()["subscribes_denied"] == 1
