@@ -34,8 +34,10 @@ def packet(first_byte: int, body: bytes) -> bytes:
     return bytes([first_byte]) + _remaining_length(len(body)) + body
 
 
-def string(text: str) -> bytes:
-    return struct.pack("!H", len(text.encode())) + text.encode()
+def string(text: str | bytes) -> bytes:
+    """An MQTT string: its length, then its bytes (UTF-8 for a ``str``, as given for ``bytes``)."""
+    data = text.encode() if isinstance(text, str) else text
+    return struct.pack("!H", len(data)) + data
 
 
 def connect_packet(client_id: str, *, clean_session: bool = True, keep_alive: int = 60) -> bytes:
@@ -45,7 +47,7 @@ def connect_packet(client_id: str, *, clean_session: bool = True, keep_alive: in
 
 
 def publish_packet(
-    topic: str, payload: bytes, *, qos: int = 0, packet_id: int = 1, retain: bool = False
+    topic: str | bytes, payload: bytes, *, qos: int = 0, packet_id: int = 1, retain: bool = False
 ) -> bytes:
     first = PUBLISH | (qos << 1) | (1 if retain else 0)
     ident = struct.pack("!H", packet_id) if qos else b""

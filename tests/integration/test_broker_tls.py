@@ -305,6 +305,8 @@ async def test_authorizer_decides_connect_publish_and_subscribe(dev_certs: DevCe
         "subscribes_denied": 1,
         "qos2_publishes_ignored": 0,
         "qos2_subscribes_ignored": 0,
+        "publishes_too_large": 0,
+        "malformed_packets": 0,
     }
     assert [(v.request, v.topic) for v in broker.violations()] == [
         ("subscribe", "forbidden/#"),

@@ -17,6 +17,8 @@ docs/emulator.md ("Hostile input") lists the cases with what AWS IoT Core does.
 
 from __future__ import annotations
 
+import logging
+import random
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +32,11 @@ import orjson
 import pytest
 from disconnects import until_disconnected
 from helpers import HOST, device_client, foreign_pair, load_ca, mqtt_client
+from publish_log import PublishLog
+from raw_mqtt import PUBACK, RawClient, device_tls, publish_packet, raw_device
+from test_shadow_service import shadow_client
 
+from ancsync.codec import MAX_PAYLOAD_BYTES
 from ancsync.emulator.certs import CertPair, issue_certificate, write_pair
 from ancsync.emulator.server import Emulator
 from ancsync.topics import ShadowTopics
@@ -208,3 +214,178 @@ async def test_a_wildcard_subscription_beyond_its_own_topics_disconnects(
         topic_filter,
     )
     assert emulator.broker.stats()["subscribes_denied"] == 1
+
+
+# -- 5: garbage after the TLS handshake ----------------------------------------------------------
+
+
+def garbage(seed: int) -> bytes:
+    """4 KB of random bytes, the same for a seed."""
+    return random.Random(seed).randbytes(4096)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+async def test_garbage_instead_of_a_connect_closes_the_connection(
+    emulator: Emulator, seed: int
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            stream = await anyio.connect_tcp(
+                HOST,
+                emulator.port,
+                ssl_context=device_tls(emulator.certs, HOSTILE),
+                tls_standard_compatible=False,
+            )
+            async with stream:
+                await stream.send(garbage(seed))
+                received = await RawClient(stream, session_present=False).packets_until_closed()
+            await healthy.assert_still_served()
+    assert received == []  # no CONNACK, nothing: the socket closed
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+async def test_garbage_after_the_connect_closes_the_connection(
+    emulator: Emulator, seed: int
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            async with raw_device(emulator.port, emulator.certs, HOSTILE) as raw:
+                await raw.send(publish_packet(*telemetry(HOSTILE, 1), qos=1, packet_id=1))
+                assert await raw.next_packet() == (PUBACK, b"\x00\x01")
+                await raw.send(garbage(seed))
+                received = await raw.packets_until_closed()
+            await emulator.rules.wait_for(lambda sink: len(sink.telemetry_batches(HOSTILE)) == 1)
+            await healthy.assert_still_served()
+    assert received == []
+
+
+# -- 6: payload size -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [MAX_PAYLOAD_BYTES + 1, 200 * 1024])
+async def test_a_publish_over_128_kb_disconnects_and_what_came_before_is_kept(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture, size: int
+) -> None:
+    caplog.set_level(logging.WARNING, "ancsync.emulator")
+    status = f"anc/devices/{HOSTILE}/status"
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            async with raw_device(emulator.port, emulator.certs, HOSTILE) as raw:
+                await raw.send(
+                    publish_packet(*telemetry(HOSTILE, 1), qos=1, packet_id=1)
+                    + publish_packet(status, b"x" * size, qos=1, packet_id=2)
+                    + publish_packet(*telemetry(HOSTILE, 2), qos=1, packet_id=3)
+                )
+                received = await raw.packets_until_closed()
+            await emulator.rules.wait_for(lambda sink: len(sink.telemetry_batches(HOSTILE)) == 1)
+            await healthy.assert_still_served()
+    assert received == [(PUBACK, b"\x00\x01")]  # no PUBACK for the big one, nothing after it
+    assert [batch.seq for batch in emulator.rules.telemetry_batches(HOSTILE)] == [1]
+    assert emulator.broker.stats()["publishes_too_large"] == 1
+    assert emulator.broker.violations() == []  # a protocol limit, not the policy
+    [line] = [r.getMessage() for r in caplog.records if "too large" in r.getMessage()]
+    assert HOSTILE in line
+    assert status in line
+    assert str(size) in line
+
+
+@pytest.mark.parametrize("size", [127 * 1024, MAX_PAYLOAD_BYTES])
+async def test_a_publish_up_to_128_kb_is_delivered(emulator: Emulator, size: int) -> None:
+    status = f"anc/devices/{HOSTILE}/status"
+    payload = random.Random(size).randbytes(size)
+    log = PublishLog()
+    emulator.broker.add_publish_listener(log)
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            async with raw_device(emulator.port, emulator.certs, HOSTILE) as raw:
+                await raw.send(publish_packet(status, payload, qos=1, packet_id=7))
+                assert await raw.next_packet() == (PUBACK, b"\x00\x07")
+            await log.wait_for(lambda seen: seen.on(status) != [])
+            await healthy.assert_still_served()
+    assert log.on(status) == [payload]
+    assert emulator.broker.stats()["publishes_too_large"] == 0
+
+
+# -- 7-8: shadow documents -----------------------------------------------------------------------
+
+
+def _nested(levels: int) -> object:
+    """`levels` objects and arrays inside one another, the section counting as level 1."""
+    value: object = 1
+    for level in range(levels):
+        value = [value] if level == 0 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "message"),
+    [
+        pytest.param(
+            orjson.dumps({"state": {"reported": {"blob": "x" * 9 * 1024}}}),
+            413,
+            "The payload exceeds the maximum size allowed",
+            id="9-kb-document",
+        ),
+        pytest.param(b'{"state": {"reported": {"a": 1}', 400, "Invalid JSON", id="invalid-json"),
+        pytest.param(
+            orjson.dumps({"state": {"reported": _nested(7)}}),
+            400,
+            "JSON contains too many levels of nesting; maximum is 6",
+            id="nested-7-levels",
+        ),
+        pytest.param(
+            b'{"state": {"reported": {"a": "\xff\xfe"}}}',
+            415,
+            "Unsupported documented encoding; supported encoding is UTF-8",
+            id="non-utf-8",
+        ),
+    ],
+)
+async def test_a_bad_shadow_update_is_rejected_with_the_aws_code(
+    emulator: Emulator, payload: bytes, code: int, message: str
+) -> None:
+    """The device gets the /rejected reply and stays connected; the document it had is kept."""
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            async with shadow_client(emulator, HOSTILE) as hostile:
+                accepted = await hostile.request("update", {"state": {"reported": {"mode": "on"}}})
+                assert accepted.suffixes[0] == "update/accepted"
+                rejected = await hostile.request("update", payload)
+                document = (await hostile.request("get")).one("get/accepted")
+            await healthy.assert_still_served()
+    assert rejected.error("update") == (code, message)
+    assert (document["state"], document["version"]) == ({"reported": {"mode": "on"}}, 1)
+
+
+# -- 9: invalid topic names in a PUBLISH --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        pytest.param(f"anc/devices/{HOSTILE}/status/\xff".encode("latin-1"), id="non-utf-8"),
+        pytest.param(b"anc/devices/\xc3\x28/status", id="invalid-utf-8-sequence"),
+        pytest.param(b"anc/devices/+/status", id="plus-wildcard"),
+        pytest.param(f"anc/devices/{HOSTILE}/#".encode(), id="hash-wildcard"),
+        pytest.param(b"#", id="hash-alone"),
+    ],
+)
+async def test_a_publish_to_an_invalid_topic_name_disconnects(
+    emulator: Emulator, topic: bytes
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            async with raw_device(emulator.port, emulator.certs, HOSTILE) as raw:
+                await raw.send(
+                    publish_packet(*telemetry(HOSTILE, 1), qos=1, packet_id=1)
+                    + publish_packet(topic, b"{}", qos=1, packet_id=2)
+                    + publish_packet(*telemetry(HOSTILE, 2), qos=1, packet_id=3)
+                )
+                received = await raw.packets_until_closed()
+            await emulator.rules.wait_for(lambda sink: len(sink.telemetry_batches(HOSTILE)) == 1)
+            await healthy.assert_still_served()
+    assert received == [(PUBACK, b"\x00\x01")]
+    assert [batch.seq for batch in emulator.rules.telemetry_batches(HOSTILE)] == [1]
+    # refused as an invalid topic, before the policy is asked
+    assert emulator.broker.violations() == []
+    assert emulator.broker.stats()["publishes_denied"] == 1
