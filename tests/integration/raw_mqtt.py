@@ -21,7 +21,7 @@ from ancsync.emulator.certs import DevCerts
 CONNACK, PUBLISH, PUBACK, PUBREC, SUBACK = 0x20, 0x30, 0x40, 0x50, 0x90
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
@@ -31,7 +31,7 @@ def _remaining_length(n: int) -> bytes:
 
 
 def packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + _remaining_length(len(body)) + body
+    return bytes([first_byte]) + remaining_length(len(body)) + body
 
 
 def string(text: str | bytes) -> bytes:

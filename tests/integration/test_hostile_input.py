@@ -31,12 +31,29 @@ import anyio
 import orjson
 import pytest
 from disconnects import until_disconnected
-from helpers import HOST, device_client, foreign_pair, load_ca, mqtt_client
+from helpers import (
+    HOST,
+    client_tls_context,
+    device_client,
+    foreign_pair,
+    load_ca,
+    mqtt_client,
+)
 from publish_log import PublishLog
-from raw_mqtt import PUBACK, RawClient, device_tls, publish_packet, raw_device
+from raw_mqtt import (
+    CONNACK,
+    PUBACK,
+    RawClient,
+    connect_packet,
+    device_tls,
+    publish_packet,
+    raw_device,
+    remaining_length,
+)
 from test_shadow_service import shadow_client
 
 from ancsync.codec import MAX_PAYLOAD_BYTES
+from ancsync.emulator.amqtt_broker import MAX_PACKET_BYTES
 from ancsync.emulator.certs import CertPair, issue_certificate, write_pair
 from ancsync.emulator.server import Emulator
 from ancsync.topics import ShadowTopics
@@ -241,6 +258,7 @@ async def test_garbage_instead_of_a_connect_closes_the_connection(
                 received = await RawClient(stream, session_present=False).packets_until_closed()
             await healthy.assert_still_served()
     assert received == []  # no CONNACK, nothing: the socket closed
+    assert emulator.broker.stats()["malformed_packets"] == 1
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
@@ -257,6 +275,35 @@ async def test_garbage_after_the_connect_closes_the_connection(
             await emulator.rules.wait_for(lambda sink: len(sink.telemetry_batches(HOSTILE)) == 1)
             await healthy.assert_still_served()
     assert received == []
+    assert emulator.broker.stats()["malformed_packets"] == 1
+
+
+@pytest.mark.parametrize("first_packet", [False, True], ids=["after-connect", "first-packet"])
+async def test_a_packet_declared_over_1_mib_closes_at_once_unread(
+    emulator: Emulator, first_packet: bool
+) -> None:
+    """Only the fixed header is sent: the broker must not wait for the 2 MiB it announces."""
+    length = remaining_length(2 * MAX_PACKET_BYTES)
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            if first_packet:
+                stream = await anyio.connect_tcp(
+                    HOST,
+                    emulator.port,
+                    ssl_context=device_tls(emulator.certs, HOSTILE),
+                    tls_standard_compatible=False,
+                )
+                async with stream:
+                    await stream.send(b"\x10" + length)
+                    raw = RawClient(stream, session_present=False)
+                    received = await raw.packets_until_closed()
+            else:
+                async with raw_device(emulator.port, emulator.certs, HOSTILE) as raw:
+                    await raw.send(b"\x32" + length)
+                    received = await raw.packets_until_closed()
+            await healthy.assert_still_served()
+    assert received == []
+    assert emulator.broker.stats()["malformed_packets"] == 1
 
 
 # -- 6: payload size -----------------------------------------------------------------------------
@@ -389,3 +436,78 @@ async def test_a_publish_to_an_invalid_topic_name_disconnects(
     # refused as an invalid topic, before the policy is asked
     assert emulator.broker.violations() == []
     assert emulator.broker.stats()["publishes_denied"] == 1
+
+
+# -- 10: a thousand connections at once ----------------------------------------------------------
+
+FLOOD = 1000
+
+
+class FloodOutcomes:
+    """What became of each flood connection: served (CONNACK 0), refused or closed."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(("served", "refused", "closed"), 0)
+        self.all_settled = anyio.Event()
+        self.release = anyio.Event()  # the connections served are held open until then
+
+    def settle(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        if sum(self.counts.values()) == FLOOD:
+            self.all_settled.set()
+
+
+async def _flood_connection(
+    port: int, context: ssl.SSLContext, client_id: str, outcomes: FloodOutcomes
+) -> None:
+    """Connect over TLS, send a CONNECT, note what became of it, and hold the connection."""
+    try:
+        stream = await anyio.connect_tcp(
+            HOST, port, ssl_context=context, tls_standard_compatible=False
+        )
+    except OSError:  # refused at TCP or TLS: also clean
+        outcomes.settle("refused")
+        return
+    async with stream:
+        client = RawClient(stream, session_present=False)
+        await client.send(connect_packet(client_id))
+        try:
+            first, body = await client.next_packet()
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+            outcomes.settle("closed")
+            return
+        assert first == CONNACK, f"{client_id}: expected a CONNACK, got {first:#x}"
+        outcomes.settle("served" if body[1] == 0 else "refused")
+        await outcomes.release.wait()
+
+
+async def test_a_thousand_connections_at_once_are_each_served_or_refused(
+    emulator: Emulator,
+) -> None:
+    """1,000 TLS connections (the operator certificate, each its own client id) opened at
+    once, each a CONNECT: every one is answered; the healthy device is served while they
+    open and, promptly, once they are all open."""
+    context = client_tls_context(emulator.certs.ca, emulator.certs.operator)
+    outcomes = FloodOutcomes()
+    started = time.monotonic()
+    with anyio.fail_after(60):
+        async with healthy_device(emulator) as healthy, anyio.create_task_group() as flood:
+            for index in range(FLOOD):
+                flood.start_soon(
+                    _flood_connection, emulator.port, context, f"flood-{index:04}", outcomes
+                )
+            await healthy.assert_still_served()  # while the connections open
+            during = time.monotonic() - started
+            await outcomes.all_settled.wait()
+            opened = time.monotonic() - started
+            after = time.monotonic()
+            await healthy.assert_still_served()  # all of them open
+            round_trip = time.monotonic() - after
+            outcomes.release.set()
+    print(
+        f"{FLOOD} connections in {opened:.1f} s: {outcomes.counts}; healthy round trip "
+        f"{during:.2f} s into the flood, {round_trip:.2f} s with all open"
+    )
+    assert outcomes.counts == {"served": FLOOD, "refused": 0, "closed": 0}
+    assert round_trip < PROMPT
+    assert emulator.broker.stats()["malformed_packets"] == 0
