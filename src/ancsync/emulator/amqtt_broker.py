@@ -207,7 +207,7 @@ class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     def __init__(
         self, first: bytes, reader: asyncio.StreamReader, on_malformed: Callable[[str], None]
     ) -> None:
-        self._packet = first
+        self._packet, self._offset = first, 0  # amqtt has read the packet up to the offset
         self._reader = reader
         self._on_malformed = on_malformed
         self._invalid_topics: deque[tuple[str, str]] = deque()
@@ -215,14 +215,15 @@ class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     async def read(self, n: int = -1) -> bytes:
         if n == 0:
             return b""
-        if not self._packet:
-            self._packet = await self._next_packet()
+        if self._offset == len(self._packet):
+            self._packet, self._offset = await self._next_packet(), 0
+        left = len(self._packet) - self._offset
         if n == -1:
-            n = len(self._packet)
-        if n > len(self._packet):
-            self._refuse(f"a field of {n} bytes where {len(self._packet)} are left in its packet")
-        taken, self._packet = self._packet[:n], self._packet[n:]
-        return taken
+            n = left
+        if n > left:
+            self._refuse(f"a field of {n} bytes where {left} are left in its packet")
+        start, self._offset = self._offset, self._offset + n
+        return self._packet[start : self._offset]
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()
