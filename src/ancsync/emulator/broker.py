@@ -8,6 +8,9 @@
 - an :class:`~ancsync.emulator.auth.Authorizer` deciding every connect (its last will included),
   publish (with its retain flag) and subscribe; a denied publish or subscribe disconnects the
   client, as AWS IoT Core does on MQTT 3.1.1, and is kept as a :class:`PolicyViolation`,
+- AWS's 128 KB payload limit (a larger publish disconnects the client) and MQTT 3.1.1's rules
+  for the bytes a client sends (a malformed packet or an invalid topic name closes the
+  connection),
 - reserved AWS request topics (``$aws/things/.../shadow/...(get|update|delete)``, and any a
   service routes with :meth:`EmbeddedBroker.add_reserved_route`) handed to that service instead
   of amqtt closing the client, and
@@ -267,8 +270,10 @@ class EmbeddedBroker(EmulatorComponent):
         self._decisions.add_reserved_route(matches, handler)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
-        ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``."""
+        """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied`` (the policy,
+        a reserved or invalid topic), ``subscribes_denied``, ``qos2_publishes_ignored``,
+        ``qos2_subscribes_ignored``, ``publishes_too_large`` (payload over 128 KB) and
+        ``malformed_packets`` (bytes MQTT 3.1.1 forbids: the connection closed)."""
         return self._decisions.stats()
 
     def violations(self) -> list[PolicyViolation]:
