@@ -109,14 +109,14 @@ def device_tls(certs: DevCerts, thing: str) -> ssl.SSLContext:
 
 @asynccontextmanager
 async def raw_device(
-    port: int, certs: DevCerts, thing: str, *, clean_session: bool = True
+    port: int, certs: DevCerts, thing: str, *, clean_session: bool = True, keep_alive: int = 60
 ) -> AsyncIterator[RawClient]:
     """A raw MQTT 3.1.1 connection over TLS as ``thing`` (its certificate, its client id)."""
     stream = await anyio.connect_tcp(
         HOST, port, ssl_context=device_tls(certs, thing), tls_standard_compatible=False
     )
     async with stream:
-        await stream.send(connect_packet(thing, clean_session=clean_session))
+        await stream.send(connect_packet(thing, clean_session=clean_session, keep_alive=keep_alive))
         client = RawClient(stream, session_present=False)
         first, body = await client.next_packet()
         assert first == CONNACK, f"expected a CONNACK, got {first:#x}"

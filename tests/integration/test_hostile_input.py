@@ -306,6 +306,28 @@ async def test_a_packet_declared_over_1_mib_closes_at_once_unread(
     assert emulator.broker.stats()["malformed_packets"] == 1
 
 
+async def test_a_packet_sent_slower_than_the_keep_alive_is_still_read_whole(
+    emulator: Emulator,
+) -> None:
+    """amqtt bounds its wait for each packet with the keep-alive (1 s here) and reads on after
+    it: the half of a packet received before must not be lost (the stream would be read out of
+    step, the rest taken as a packet of its own)."""
+    topic, payload = telemetry(HOSTILE, 1)
+    whole = publish_packet(topic, payload, qos=1, packet_id=9)
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            async with raw_device(emulator.port, emulator.certs, HOSTILE, keep_alive=1) as raw:
+                await raw.send(whole[:5])
+                # the slowness under test (not a synchronisation): over the keep-alive, under
+                # the 1.5 x keep-alive of silence after which AWS IoT Core disconnects
+                await anyio.sleep(1.25)
+                await raw.send(whole[5:])
+                assert await raw.next_packet() == (PUBACK, b"\x00\x09")
+            await emulator.rules.wait_for(lambda sink: len(sink.telemetry_batches(HOSTILE)) == 1)
+            await healthy.assert_still_served()
+    assert emulator.broker.stats()["malformed_packets"] == 0
+
+
 # -- 6: payload size -----------------------------------------------------------------------------
 
 

@@ -190,6 +190,12 @@ def _encode_remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
+def _retrieve_exception(task: asyncio.Future[bytes]) -> None:
+    """Mark a packet read's error as seen: when its connection ended, no one awaits it."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     """Gives amqtt the client's stream one whole, checked packet at a time.
 
@@ -208,6 +214,7 @@ class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         self, first: bytes, reader: asyncio.StreamReader, on_malformed: Callable[[str], None]
     ) -> None:
         self._packet, self._offset = first, 0  # amqtt has read the packet up to the offset
+        self._pending: asyncio.Future[bytes] | None = None
         self._reader = reader
         self._on_malformed = on_malformed
         self._invalid_topics: deque[tuple[str, str]] = deque()
@@ -216,7 +223,18 @@ class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         if n == 0:
             return b""
         if self._offset == len(self._packet):
-            self._packet, self._offset = await self._next_packet(), 0
+            # amqtt bounds its wait for a packet with the keep-alive and reads on after a
+            # timeout: a packet half read then must not be lost, so it is read in a task of its
+            # own that the timeout does not cancel, and the next read waits for the same one.
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._next_packet())
+                self._pending.add_done_callback(_retrieve_exception)
+            try:
+                packet = await asyncio.shield(self._pending)
+            finally:
+                if self._pending.done():
+                    self._pending = None
+            self._packet, self._offset = packet, 0
         left = len(self._packet) - self._offset
         if n == -1:
             n = left
@@ -227,6 +245,8 @@ class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()
+        if self._pending is not None:
+            self._pending.cancel()
 
     def took_invalid_topic(self, topic: str) -> tuple[str, str] | None:
         """For a PUBLISH amqtt decoded with ``topic``: its real topic name and why it is invalid,
