@@ -108,16 +108,22 @@ def device_tls(certs: DevCerts, thing: str) -> ssl.SSLContext:
 
 
 @asynccontextmanager
-async def raw_device(
-    port: int, certs: DevCerts, thing: str, *, clean_session: bool = True, keep_alive: int = 60
-) -> AsyncIterator[RawClient]:
-    """A raw MQTT 3.1.1 connection over TLS as ``thing`` (its certificate, its client id)."""
+async def raw_tls(port: int, certs: DevCerts, thing: str) -> AsyncIterator[RawClient]:
+    """A TLS connection with ``thing``'s certificate and nothing sent on it yet (no CONNECT)."""
     stream = await anyio.connect_tcp(
         HOST, port, ssl_context=device_tls(certs, thing), tls_standard_compatible=False
     )
     async with stream:
-        await stream.send(connect_packet(thing, clean_session=clean_session, keep_alive=keep_alive))
-        client = RawClient(stream, session_present=False)
+        yield RawClient(stream, session_present=False)
+
+
+@asynccontextmanager
+async def raw_device(
+    port: int, certs: DevCerts, thing: str, *, clean_session: bool = True, keep_alive: int = 60
+) -> AsyncIterator[RawClient]:
+    """A raw MQTT 3.1.1 connection over TLS as ``thing`` (its certificate, its client id)."""
+    async with raw_tls(port, certs, thing) as client:
+        await client.send(connect_packet(thing, clean_session=clean_session, keep_alive=keep_alive))
         first, body = await client.next_packet()
         assert first == CONNACK, f"expected a CONNACK, got {first:#x}"
         assert body[1] == 0, f"CONNACK refused with return code {body[1]}"

@@ -45,9 +45,9 @@ from raw_mqtt import (
     PUBACK,
     RawClient,
     connect_packet,
-    device_tls,
     publish_packet,
     raw_device,
+    raw_tls,
     remaining_length,
 )
 from test_shadow_service import shadow_client
@@ -247,15 +247,9 @@ async def test_garbage_instead_of_a_connect_closes_the_connection(
 ) -> None:
     with anyio.fail_after(TIMEOUT):
         async with healthy_device(emulator) as healthy:
-            stream = await anyio.connect_tcp(
-                HOST,
-                emulator.port,
-                ssl_context=device_tls(emulator.certs, HOSTILE),
-                tls_standard_compatible=False,
-            )
-            async with stream:
-                await stream.send(garbage(seed))
-                received = await RawClient(stream, session_present=False).packets_until_closed()
+            async with raw_tls(emulator.port, emulator.certs, HOSTILE) as raw:
+                await raw.send(garbage(seed))
+                received = await raw.packets_until_closed()
             await healthy.assert_still_served()
     assert received == []  # no CONNACK, nothing: the socket closed
     assert emulator.broker.stats()["malformed_packets"] == 1
@@ -287,15 +281,8 @@ async def test_a_packet_declared_over_1_mib_closes_at_once_unread(
     with anyio.fail_after(TIMEOUT):
         async with healthy_device(emulator) as healthy:
             if first_packet:
-                stream = await anyio.connect_tcp(
-                    HOST,
-                    emulator.port,
-                    ssl_context=device_tls(emulator.certs, HOSTILE),
-                    tls_standard_compatible=False,
-                )
-                async with stream:
-                    await stream.send(b"\x10" + length)
-                    raw = RawClient(stream, session_present=False)
+                async with raw_tls(emulator.port, emulator.certs, HOSTILE) as raw:
+                    await raw.send(b"\x10" + length)
                     received = await raw.packets_until_closed()
             else:
                 async with raw_device(emulator.port, emulator.certs, HOSTILE) as raw:
