@@ -54,11 +54,15 @@ def publish_packet(
     return packet(first, string(topic) + ident + payload)
 
 
-def subscribe_packet(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
+def subscribe_packet(packet_id: int, filters: list[tuple[str | bytes, int]]) -> bytes:
     body = struct.pack("!H", packet_id)
     for topic_filter, qos in filters:
         body += string(topic_filter) + bytes([qos])
     return packet(0x82, body)
+
+
+def unsubscribe_packet(packet_id: int, filters: list[str | bytes]) -> bytes:
+    return packet(0xA2, struct.pack("!H", packet_id) + b"".join(string(f) for f in filters))
 
 
 def puback_packet(packet_id: int) -> bytes:

@@ -49,6 +49,8 @@ from raw_mqtt import (
     raw_device,
     raw_tls,
     remaining_length,
+    subscribe_packet,
+    unsubscribe_packet,
 )
 from test_shadow_service import shadow_client
 
@@ -445,6 +447,32 @@ async def test_a_publish_to_an_invalid_topic_name_disconnects(
     # refused as an invalid topic, before the policy is asked
     assert emulator.broker.violations() == []
     assert emulator.broker.stats()["publishes_denied"] == 1
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(subscribe_packet(2, [(b"anc/devices/\xff/commands", 1)]), id="subscribe"),
+        pytest.param(unsubscribe_packet(2, [b"anc/\xff"]), id="unsubscribe"),
+    ],
+)
+async def test_a_topic_filter_that_is_not_utf_8_closes_the_connection(
+    emulator: Emulator, packet: bytes
+) -> None:
+    """Not a policy question (amqtt took the filter in as ``str(the bytes)``, which the policy
+    then judged): the packet is malformed, and the connection closed without an answer."""
+    with anyio.fail_after(TIMEOUT):
+        async with healthy_device(emulator) as healthy:
+            async with raw_device(emulator.port, emulator.certs, HOSTILE) as raw:
+                await raw.send(publish_packet(*telemetry(HOSTILE, 1), qos=1, packet_id=1))
+                assert await raw.next_packet() == (PUBACK, b"\x00\x01")
+                await raw.send(packet)
+                received = await raw.packets_until_closed()
+            await emulator.rules.wait_for(lambda sink: len(sink.telemetry_batches(HOSTILE)) == 1)
+            await healthy.assert_still_served()
+    assert received == []  # no SUBACK or UNSUBACK
+    assert emulator.broker.violations() == []
+    assert emulator.broker.stats()["malformed_packets"] == 1
 
 
 # -- 10: a thousand connections at once ----------------------------------------------------------

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from ancsync.emulator.amqtt_broker import MAX_PACKET_BYTES, _header_problem, _topic_name_problem
+from ancsync.emulator.amqtt_broker import (
+    MAX_PACKET_BYTES,
+    _filters_problem,
+    _header_problem,
+    _topic_name_problem,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,4 +78,26 @@ def test_what_mqtt_forbids_is_named(first: int, length: int, problem: str) -> No
 )
 def test_topic_names(topic: bytes, problem: str | None) -> None:
     found = _topic_name_problem(topic)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def _filter(text: bytes, qos: int | None = None) -> bytes:
+    return len(text).to_bytes(2, "big") + text + (b"" if qos is None else bytes([qos]))
+
+
+@pytest.mark.parametrize(
+    ("body", "with_qos", "problem"),
+    [
+        (b"\x00\x01" + _filter(b"a/#", 1) + _filter(b"$aws/things/x/shadow/+", 0), True, None),
+        (b"\x00\x01" + _filter("ü/+".encode()), False, None),
+        (b"\x00\x01" + _filter(b"a/\xff", 1), True, "not UTF-8"),
+        (b"\x00\x01" + _filter(b"a/\xff"), False, "not UTF-8"),
+        (b"\x00\x01" + _filter(b"", 1), True, "empty"),
+        (b"\x00\x01" + _filter(b"a", 3), True, "QoS byte 0x03"),
+        (b"\x00\x01\x00\x09a/b", False, "past its end"),
+        (b"\x00\x01" + _filter(b"a/b"), True, "past its end"),  # no QoS byte
+    ],
+)
+def test_topic_filters(body: bytes, with_qos: bool, problem: str | None) -> None:
+    found = _filters_problem(body, with_qos=with_qos)
     assert (found is None) if problem is None else (found is not None and problem in found)

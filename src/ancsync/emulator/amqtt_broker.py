@@ -99,7 +99,7 @@ _LEVEL_OFFSET = 6
 # before its body is read; a payload over MAX_PAYLOAD_BYTES in a smaller packet is refused in
 # order, after what the client sent before it (see AwsLikeBroker._admit_publish).
 MAX_PACKET_BYTES = 1024 * 1024
-_CONNECT, _PUBLISH = 1, 3
+_CONNECT, _PUBLISH, _SUBSCRIBE, _UNSUBSCRIBE = 1, 3, 8, 10
 # The packets a client may send after its CONNECT (MQTT 3.1.1, 2.2): the fixed-header flags
 # they must carry (PUBLISH: any but QoS 3) and their remaining length (exact, or a minimum).
 _CLIENT_PACKETS: dict[int, tuple[str, int | None, int, bool]] = {
@@ -176,6 +176,30 @@ def _topic_name_problem(topic: bytes) -> str | None:
     return None
 
 
+def _filters_problem(body: bytes, *, with_qos: bool) -> str | None:
+    """Why the topic filters of a SUBSCRIBE (``with_qos``) or UNSUBSCRIBE body are malformed:
+    one runs past the packet, is empty or not UTF-8, or a requested QoS is over 2 (MQTT 3.1.1,
+    3.8.3 and 3.10.3). amqtt took a filter that is not UTF-8 in as ``str(the bytes)``."""
+    name = "SUBSCRIBE" if with_qos else "UNSUBSCRIBE"
+    position = 2  # after the packet id
+    while position < len(body):
+        size = int.from_bytes(body[position : position + 2], "big")
+        end = position + 2 + size
+        if end + (1 if with_qos else 0) > len(body):
+            return f"a {name} whose topic filter runs past its end"
+        topic_filter = body[position + 2 : end]
+        if not topic_filter:
+            return f"a {name} with an empty topic filter"
+        try:
+            topic_filter.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"a {name} with a topic filter that is not UTF-8 ({topic_filter!r})"
+        if with_qos and body[end] > 2:
+            return f"a {name} asking QoS byte {body[end]:#04x}"
+        position = end + (1 if with_qos else 0)
+    return None
+
+
 def _mqtt_string(text: str) -> bytes:
     data = text.encode()
     return len(data).to_bytes(2, "big") + data
@@ -203,9 +227,11 @@ class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     checked first: a type a client may not send, wrong flags or length, a packet over
     :data:`MAX_PACKET_BYTES`, or a string running past the end of its packet raises
     :class:`ProtocolViolation` (``on_malformed`` is told why), and amqtt's reader ends, closing
-    the connection. A PUBLISH whose topic name is invalid (not UTF-8, a wildcard, U+0000)
-    reaches amqtt with a placeholder topic instead, and :meth:`took_invalid_topic` gives the
-    real one, so that the publish is refused in its turn, after those the client sent before.
+    the connection; so does a SUBSCRIBE or UNSUBSCRIBE with a malformed topic filter (empty,
+    not UTF-8, past the end, QoS over 2). A PUBLISH whose topic name is invalid (not UTF-8, a
+    wildcard, U+0000) reaches amqtt with a placeholder topic instead, and
+    :meth:`took_invalid_topic` gives the real one, so that the publish is refused in its turn,
+    after those the client sent before.
     (amqtt took a non-UTF-8 name in as ``str(the bytes)``, an ordinary-looking topic, and
     discarded a wildcard one but then read its payload as packets.)
     """
@@ -269,6 +295,10 @@ class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         if problem is not None:
             self._refuse(problem)
         body = await self._reader.readexactly(length)
+        if header[0] >> 4 in (_SUBSCRIBE, _UNSUBSCRIBE):
+            problem = _filters_problem(body, with_qos=header[0] >> 4 == _SUBSCRIBE)
+            if problem is not None:
+                self._refuse(problem)
         if header[0] >> 4 != _PUBLISH:
             return header + body
         topic_length = int.from_bytes(body[:2], "big")
