@@ -23,10 +23,20 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from faultproxy import FaultProxy
 
 from ancsync.emulator.auth import ClientIdentity
-from ancsync.emulator.certs import CertPair, DevCerts
+from ancsync.emulator.certs import (
+    CertificateAuthority,
+    CertPair,
+    DevCerts,
+    PrivateKey,
+    generate_ca,
+    issue_certificate,
+    write_pair,
+)
 
 HOST = "127.0.0.1"
 SUBACK_FAILURE = 0x80
@@ -43,6 +53,24 @@ def client_tls_context(
     if max_version is not None:
         context.maximum_version = max_version
     return context
+
+
+def load_ca(certs: DevCerts) -> CertificateAuthority:
+    """The dev CA's certificate and key, to issue certificates of a test's own."""
+    cert = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    assert isinstance(key, PrivateKey)
+    return cert, key
+
+
+def foreign_pair(directory: Path, common_name: str) -> tuple[Path, CertPair]:
+    """A CA unrelated to the dev CA (its PEM file), and a certificate it issued to
+    ``common_name`` (a valid device name, say), written under ``directory``."""
+    ca_cert, ca_key = generate_ca("some other CA")
+    ca_file = directory / "other-ca.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    pair = write_pair(directory / "foreign", *issue_certificate((ca_cert, ca_key), common_name))
+    return ca_file, pair
 
 
 def mqtt_client(

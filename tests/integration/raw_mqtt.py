@@ -21,7 +21,7 @@ from ancsync.emulator.certs import DevCerts
 CONNACK, PUBLISH, PUBACK, PUBREC, SUBACK = 0x20, 0x30, 0x40, 0x50, 0x90
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
@@ -31,11 +31,13 @@ def _remaining_length(n: int) -> bytes:
 
 
 def packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + _remaining_length(len(body)) + body
+    return bytes([first_byte]) + remaining_length(len(body)) + body
 
 
-def string(text: str) -> bytes:
-    return struct.pack("!H", len(text.encode())) + text.encode()
+def string(text: str | bytes) -> bytes:
+    """An MQTT string: its length, then its bytes (UTF-8 for a ``str``, as given for ``bytes``)."""
+    data = text.encode() if isinstance(text, str) else text
+    return struct.pack("!H", len(data)) + data
 
 
 def connect_packet(client_id: str, *, clean_session: bool = True, keep_alive: int = 60) -> bytes:
@@ -45,18 +47,22 @@ def connect_packet(client_id: str, *, clean_session: bool = True, keep_alive: in
 
 
 def publish_packet(
-    topic: str, payload: bytes, *, qos: int = 0, packet_id: int = 1, retain: bool = False
+    topic: str | bytes, payload: bytes, *, qos: int = 0, packet_id: int = 1, retain: bool = False
 ) -> bytes:
     first = PUBLISH | (qos << 1) | (1 if retain else 0)
     ident = struct.pack("!H", packet_id) if qos else b""
     return packet(first, string(topic) + ident + payload)
 
 
-def subscribe_packet(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
+def subscribe_packet(packet_id: int, filters: list[tuple[str | bytes, int]]) -> bytes:
     body = struct.pack("!H", packet_id)
     for topic_filter, qos in filters:
         body += string(topic_filter) + bytes([qos])
     return packet(0x82, body)
+
+
+def unsubscribe_packet(packet_id: int, filters: list[str | bytes]) -> bytes:
+    return packet(0xA2, struct.pack("!H", packet_id) + b"".join(string(f) for f in filters))
 
 
 def puback_packet(packet_id: int) -> bytes:
@@ -90,9 +96,13 @@ class RawClient:
         first, length = await self.next_header()
         return first, await self.reader.receive_exactly(length) if length else b""
 
-    async def connect(self, client_id: str, *, clean_session: bool = True) -> None:
+    async def connect(
+        self, client_id: str, *, clean_session: bool = True, keep_alive: int = 60
+    ) -> None:
         """Send CONNECT and check the CONNACK accepts it (sets ``session_present``)."""
-        await self.send(connect_packet(client_id, clean_session=clean_session))
+        await self.send(
+            connect_packet(client_id, clean_session=clean_session, keep_alive=keep_alive)
+        )
         first, body = await self.next_packet()
         assert first == CONNACK, f"expected a CONNACK, got {first:#x}"
         assert body[1] == 0, f"CONNACK refused with return code {body[1]}"
@@ -118,16 +128,22 @@ def device_tls(certs: DevCerts, thing: str) -> ssl.SSLContext:
 
 
 @asynccontextmanager
-async def raw_device(
-    port: int, certs: DevCerts, thing: str, *, clean_session: bool = True
-) -> AsyncIterator[RawClient]:
-    """A raw MQTT 3.1.1 connection over TLS as ``thing`` (its certificate, its client id)."""
+async def raw_tls(port: int, certs: DevCerts, thing: str) -> AsyncIterator[RawClient]:
+    """A TLS connection with ``thing``'s certificate and nothing sent on it yet (no CONNECT)."""
     stream = await anyio.connect_tcp(
         HOST, port, ssl_context=device_tls(certs, thing), tls_standard_compatible=False
     )
     async with stream:
-        client = RawClient(stream, session_present=False)
-        await client.connect(thing, clean_session=clean_session)
+        yield RawClient(stream, session_present=False)
+
+
+@asynccontextmanager
+async def raw_device(
+    port: int, certs: DevCerts, thing: str, *, clean_session: bool = True, keep_alive: int = 60
+) -> AsyncIterator[RawClient]:
+    """A raw MQTT 3.1.1 connection over TLS as ``thing`` (its certificate, its client id)."""
+    async with raw_tls(port, certs, thing) as client:
+        await client.connect(thing, clean_session=clean_session, keep_alive=keep_alive)
         yield client
 
 

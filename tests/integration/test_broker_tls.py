@@ -13,7 +13,6 @@ import aiomqtt
 import anyio
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
 from disconnects import until_disconnected
 from faultproxy import FaultProxy
 from helpers import (
@@ -22,6 +21,7 @@ from helpers import (
     MosquittoBroker,
     cut_off,
     device_client,
+    foreign_pair,
     granted,
     mqtt_client,
     next_message,
@@ -31,7 +31,7 @@ from helpers import (
 
 from ancsync.emulator.amqtt_broker import AwsLikeBroker
 from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker
-from ancsync.emulator.certs import CertPair, DevCerts, generate_ca, issue_certificate, write_pair
+from ancsync.emulator.certs import CertPair, DevCerts
 from ancsync.errors import ConfigError, NotStarted
 
 DEVICE = "anc-device-001"
@@ -69,15 +69,6 @@ async def test_device_publishes_json_and_receives_it_back(
     assert orjson.loads(message.payload) == document
 
 
-def _foreign_pair(tmp_path: Path) -> tuple[Path, CertPair]:
-    """A CA unrelated to the dev CA, and a certificate it issued with a valid device name."""
-    ca_cert, ca_key = generate_ca("some other CA")
-    ca_file = tmp_path / "other-ca.pem"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    pair = write_pair(tmp_path / "foreign", *issue_certificate((ca_cert, ca_key), DEVICE))
-    return ca_file, pair
-
-
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
@@ -93,10 +84,10 @@ async def test_bad_certificates_are_refused_at_once_with_a_tls_error(
     case: str,
     expected: str,
 ) -> None:
-    foreign_ca, foreign_pair = _foreign_pair(tmp_path)
+    foreign_ca, foreign = foreign_pair(tmp_path, DEVICE)
     pair: CertPair | None = {
         "no client certificate": None,
-        "certificate from another CA": foreign_pair,
+        "certificate from another CA": foreign,
         "client trusts another CA": dev_certs.device(DEVICE),
     }[case]
     ca = foreign_ca if case == "client trusts another CA" else dev_certs.ca
@@ -314,6 +305,8 @@ async def test_authorizer_decides_connect_publish_and_subscribe(dev_certs: DevCe
         "subscribes_denied": 1,
         "qos2_publishes_ignored": 0,
         "qos2_subscribes_ignored": 0,
+        "publishes_too_large": 0,
+        "malformed_packets": 0,
     }
     assert [(v.request, v.topic) for v in broker.violations()] == [
         ("subscribe", "forbidden/#"),

@@ -10,10 +10,8 @@ from typing import cast
 
 import anyio
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from device import HOST, THING, device_connection
-from helpers import AllowEverything, MosquittoBroker, mqtt_client
+from helpers import AllowEverything, MosquittoBroker, load_ca, mqtt_client
 
 from ancsync import (
     Command,
@@ -33,7 +31,6 @@ from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import (
     DevCerts,
-    PrivateKey,
     generate_ca,
     issue_certificate,
     write_pair,
@@ -245,7 +242,7 @@ async def test_key_not_matching_certificate(
 async def test_expired_certificate(
     dev_certs: DevCerts, tls_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    ca = _load_ca(dev_certs)
+    ca = load_ca(dev_certs)
     past = datetime.now(UTC) - timedelta(days=30)
     cert, key = issue_certificate(ca, THING, not_before=past, not_after=past + timedelta(days=1))
     pair = write_pair(tmp_path / "expired", cert, key)
@@ -333,13 +330,6 @@ async def test_plaintext_allowed_to_loopback_only_when_asked(
             await iot.wait_connected()
             assert iot.get_status().keys() == before.keys()  # same shape before start
     assert before["state"] == "stopped"
-
-
-def _load_ca(certs: DevCerts) -> tuple[x509.Certificate, PrivateKey]:
-    cert = x509.load_pem_x509_certificate(certs.ca.read_bytes())
-    key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
-    assert isinstance(key, PrivateKey)
-    return cert, key
 
 
 async def test_a_native_cancel_during_stop_still_closes_the_connection(

@@ -39,10 +39,11 @@ import math
 import ssl
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
-from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig
 from amqtt.errors import MQTTError
@@ -52,17 +53,29 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, Session
 
+from ancsync.codec import MAX_PAYLOAD_BYTES
 from ancsync.emulator.auth import identity_of, remember_identity
 from ancsync.emulator.decisions import BrokerDecisions
 
-__all__ = ["MQTT5_UNSUPPORTED_CONNACK", "AwsLikeBroker", "PubackFirstHandler"]
+__all__ = [
+    "MAX_PACKET_BYTES",
+    "MQTT5_UNSUPPORTED_CONNACK",
+    "AwsLikeBroker",
+    "ProtocolViolation",
+    "PubackFirstHandler",
+    "server_tls_context",
+]
 
 log = logging.getLogger("ancsync.emulator.amqtt_broker")
 
 
 def _is_ordinary_topic(topic: str) -> bool:
-    """A topic a client may publish to in MQTT: not empty, no wildcard, not a `$` topic."""
-    return bool(topic) and topic[0] != "$" and "+" not in topic and "#" not in topic
+    """A topic a client may publish to in MQTT: not empty, no wildcard or U+0000, not `$...`."""
+    return bool(topic) and topic[0] != "$" and not any(c in topic for c in "+#\x00")
+
+
+# The client id of each connection's reader, once amqtt has read its CONNECT (for the log).
+_client_ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 async def _refuse_connection(writer: Any) -> None:
@@ -81,6 +94,36 @@ _MQTT5_LEVEL = 5
 _LEVEL_OFFSET = 6
 
 
+# The largest packet the emulator reads: a PUBLISH of AWS's largest payload with the longest
+# topic fits many times over. A larger one (hostile or broken) closes the connection at once,
+# before its body is read; a payload over MAX_PAYLOAD_BYTES in a smaller packet is refused in
+# order, after what the client sent before it (see AwsLikeBroker._admit_publish).
+MAX_PACKET_BYTES = 1024 * 1024
+_CONNECT, _PUBLISH, _SUBSCRIBE, _UNSUBSCRIBE = 1, 3, 8, 10
+# The packets a client may send after its CONNECT (MQTT 3.1.1, 2.2): the fixed-header flags
+# they must carry (PUBLISH: any but QoS 3) and their remaining length (exact, or a minimum).
+_CLIENT_PACKETS: dict[int, tuple[str, int | None, int, bool]] = {
+    # type: (name, flags, length, exact)
+    3: ("PUBLISH", None, 2, False),
+    4: ("PUBACK", 0, 2, True),
+    5: ("PUBREC", 0, 2, True),
+    6: ("PUBREL", 2, 2, True),
+    7: ("PUBCOMP", 0, 2, True),
+    8: ("SUBSCRIBE", 2, 5, False),
+    10: ("UNSUBSCRIBE", 2, 4, False),
+    12: ("PINGREQ", 0, 0, True),
+    14: ("DISCONNECT", 0, 0, True),
+}
+
+
+class ProtocolViolation(Exception):
+    """Bytes MQTT 3.1.1 forbids from a client; amqtt's reader ends and the socket is closed.
+
+    Deliberately not an amqtt ``MQTTError``: amqtt discards a packet on those and reads on,
+    out of step with the stream.
+    """
+
+
 async def _read_fixed_header(reader: asyncio.StreamReader) -> bytes:
     """The first byte and the remaining-length bytes of the next MQTT packet."""
     header = await reader.readexactly(1)
@@ -88,8 +131,8 @@ async def _read_fixed_header(reader: asyncio.StreamReader) -> bytes:
         byte = await reader.readexactly(1)
         header += byte
         if not byte[0] & 0x80:
-            break
-    return header
+            return header
+    raise ProtocolViolation(f"a remaining length longer than four bytes ({header[1:].hex()})")
 
 
 def _remaining_length(header: bytes) -> int:
@@ -99,25 +142,177 @@ def _remaining_length(header: bytes) -> int:
     return length
 
 
-class _ReplayingReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
-    """Gives amqtt the bytes of the CONNECT we read first, then the rest of the stream."""
+def _header_problem(first: int, length: int) -> str | None:
+    """Why a client may not send a packet with this fixed header after its CONNECT, or None."""
+    kind, flags = first >> 4, first & 0x0F
+    if length > MAX_PACKET_BYTES:
+        return f"a packet of {length} bytes (the emulator reads at most {MAX_PACKET_BYTES})"
+    if kind not in _CLIENT_PACKETS:
+        return f"packet type {kind} (first byte {first:#04x}), which a client may not send"
+    name, wanted_flags, wanted_length, exact = _CLIENT_PACKETS[kind]
+    if wanted_flags is None and (flags >> 1) & 3 == 3:
+        return "a PUBLISH with QoS 3"
+    if wanted_flags is not None and flags != wanted_flags:
+        return f"a {name} with the flags {flags:#x} (MQTT 3.1.1 requires {wanted_flags:#x})"
+    if length != wanted_length if exact else length < wanted_length:
+        return f"a {name} of {length} bytes"
+    return None
 
-    def __init__(self, first: bytes, reader: asyncio.StreamReader) -> None:
-        self._first = first
-        self._rest = StreamReaderAdapter(reader)
+
+# What amqtt is given instead of a PUBLISH's invalid topic name: a `$` topic, refused in any case.
+_INVALID_TOPIC_PLACEHOLDER = "$ancsync/invalid-topic-name"
+
+
+def _topic_name_problem(topic: bytes) -> str | None:
+    """Why a PUBLISH may not carry this topic name (MQTT 3.1.1, 1.5.3 and 3.3.2), or None."""
+    try:
+        text = topic.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a topic name that is not UTF-8"
+    if "+" in text or "#" in text:
+        return "a topic name with a wildcard"
+    if "\x00" in text:
+        return "a topic name with U+0000"
+    return None
+
+
+def _filters_problem(body: bytes, *, with_qos: bool) -> str | None:
+    """Why the topic filters of a SUBSCRIBE (``with_qos``) or UNSUBSCRIBE body are malformed:
+    one runs past the packet, is empty or not UTF-8, or a requested QoS is over 2 (MQTT 3.1.1,
+    3.8.3 and 3.10.3). amqtt took a filter that is not UTF-8 in as ``str(the bytes)``."""
+    name = "SUBSCRIBE" if with_qos else "UNSUBSCRIBE"
+    position = 2  # after the packet id
+    while position < len(body):
+        size = int.from_bytes(body[position : position + 2], "big")
+        end = position + 2 + size
+        if end + (1 if with_qos else 0) > len(body):
+            return f"a {name} whose topic filter runs past its end"
+        topic_filter = body[position + 2 : end]
+        if not topic_filter:
+            return f"a {name} with an empty topic filter"
+        try:
+            topic_filter.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"a {name} with a topic filter that is not UTF-8 ({topic_filter!r})"
+        if with_qos and body[end] > 2:
+            return f"a {name} asking QoS byte {body[end]:#04x}"
+        position = end + (1 if with_qos else 0)
+    return None
+
+
+def _mqtt_string(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def _encode_remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _retrieve_exception(task: asyncio.Future[bytes]) -> None:
+    """Mark a packet read's error as seen: when its connection ended, no one awaits it."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _CheckedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
+    """Gives amqtt the client's stream one whole, checked packet at a time.
+
+    ``first`` is the CONNECT, read and checked before. Every later packet is read whole and
+    checked first: a type a client may not send, wrong flags or length, a packet over
+    :data:`MAX_PACKET_BYTES`, or a string running past the end of its packet raises
+    :class:`ProtocolViolation` (``on_malformed`` is told why), and amqtt's reader ends, closing
+    the connection; so does a SUBSCRIBE or UNSUBSCRIBE with a malformed topic filter (empty,
+    not UTF-8, past the end, QoS over 2). A PUBLISH whose topic name is invalid (not UTF-8, a
+    wildcard, U+0000) reaches amqtt with a placeholder topic instead, and
+    :meth:`took_invalid_topic` gives the real one, so that the publish is refused in its turn,
+    after those the client sent before.
+    (amqtt took a non-UTF-8 name in as ``str(the bytes)``, an ordinary-looking topic, and
+    discarded a wildcard one but then read its payload as packets.)
+    """
+
+    def __init__(
+        self, first: bytes, reader: asyncio.StreamReader, on_malformed: Callable[[str], None]
+    ) -> None:
+        self._packet, self._offset = first, 0  # amqtt has read the packet up to the offset
+        self._pending: asyncio.Future[bytes] | None = None
+        self._reader = reader
+        self._on_malformed = on_malformed
+        self._invalid_topics: deque[tuple[str, str]] = deque()
 
     async def read(self, n: int = -1) -> bytes:
-        if not self._first:
-            return bytes(await self._rest.read(n))
+        if n == 0:
+            return b""
+        if self._offset == len(self._packet):
+            # amqtt bounds its wait for a packet with the keep-alive and reads on after a
+            # timeout: a packet half read then must not be lost, so it is read in a task of its
+            # own that the timeout does not cancel, and the next read waits for the same one.
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._next_packet())
+                self._pending.add_done_callback(_retrieve_exception)
+            try:
+                packet = await asyncio.shield(self._pending)
+            finally:
+                if self._pending.done():
+                    self._pending = None
+            self._packet, self._offset = packet, 0
+        left = len(self._packet) - self._offset
         if n == -1:
-            n = len(self._first)
-        taken, self._first = self._first[:n], self._first[n:]
-        if len(taken) < n:
-            taken += await self._rest.read(n - len(taken))
-        return taken
+            n = left
+        if n > left:
+            self._refuse(f"a field of {n} bytes where {left} are left in its packet")
+        start, self._offset = self._offset, self._offset + n
+        return self._packet[start : self._offset]
 
     def feed_eof(self) -> None:
-        self._rest.feed_eof()
+        self._reader.feed_eof()
+        if self._pending is not None:
+            self._pending.cancel()
+
+    def took_invalid_topic(self, topic: str) -> tuple[str, str] | None:
+        """For a PUBLISH amqtt decoded with ``topic``: its real topic name and why it is invalid,
+        or None for a valid one. Ask once per PUBLISH, in the order they were read."""
+        if topic == _INVALID_TOPIC_PLACEHOLDER and self._invalid_topics:
+            return self._invalid_topics.popleft()
+        return None
+
+    def _refuse(self, problem: str) -> NoReturn:
+        self._on_malformed(problem)
+        raise ProtocolViolation(problem)
+
+    async def _next_packet(self) -> bytes:
+        try:
+            header = await _read_fixed_header(self._reader)
+        except ProtocolViolation as exc:
+            self._refuse(str(exc))
+        length = _remaining_length(header)
+        problem = _header_problem(header[0], length)
+        if problem is not None:
+            self._refuse(problem)
+        body = await self._reader.readexactly(length)
+        if header[0] >> 4 in (_SUBSCRIBE, _UNSUBSCRIBE):
+            problem = _filters_problem(body, with_qos=header[0] >> 4 == _SUBSCRIBE)
+            if problem is not None:
+                self._refuse(problem)
+        if header[0] >> 4 != _PUBLISH:
+            return header + body
+        topic_length = int.from_bytes(body[:2], "big")
+        if 2 + topic_length > length:
+            self._refuse(f"a PUBLISH whose topic name runs past its end ({length} bytes)")
+        topic = body[2 : 2 + topic_length]
+        why = _topic_name_problem(topic)
+        if why is None:
+            return header + body
+        # amqtt would discard it (wildcards) and read its payload as packets, or take it in under
+        # a made-up topic (not UTF-8): it gets a placeholder topic, to be refused in its turn.
+        self._invalid_topics.append((topic.decode("utf-8", "backslashreplace"), why))
+        body = _mqtt_string(_INVALID_TOPIC_PLACEHOLDER) + body[2 + topic_length :]
+        return bytes([header[0]]) + _encode_remaining_length(len(body)) + body
 
 
 # The TLS object of the connection whose CONNECT amqtt is processing in this task.
@@ -168,7 +363,8 @@ _READER_STOP_RETRY = 0.2
 # What becomes of an incoming PUBLISH, decided before amqtt queues (and acknowledges) it:
 # taken in, ignored (no ack, not delivered, the client stays), or refused (the client is cut off).
 Admission = Literal["admit", "ignore", "refuse"]
-PublishAdmission = Callable[[Session, PublishPacket], Admission]
+# (the session, the packet, (its real topic name, why it is invalid) or None) -> its fate
+PublishAdmission = Callable[[Session, PublishPacket, tuple[str, str] | None], Admission]
 
 
 class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
@@ -194,8 +390,13 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
     async def handle_publish(self, publish_packet: PublishPacket) -> None:
         if self.refused:
             return  # the connection is ending: nothing after a refusal is taken in
-        admit, session = self.admit_publish, self.session
-        admission = "admit" if admit is None or session is None else admit(session, publish_packet)
+        admit, session, reader = self.admit_publish, self.session, self.reader
+        invalid = None
+        if isinstance(reader, _CheckedReader):
+            invalid = reader.took_invalid_topic(publish_packet.topic_name or "")
+        admission = (
+            "admit" if admit is None or session is None else admit(session, publish_packet, invalid)
+        )
         if admission == "refuse":
             await self.refuse()
         elif admission == "admit":
@@ -257,6 +458,23 @@ class PubackFirstHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt 
                 session.inflight_out.pop(packet_id, None)
 
 
+def server_tls_context(
+    listener: ListenerConfig, max_tls_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+) -> ssl.SSLContext:
+    """The server TLS context of a TLS listener: amqtt's, with a client certificate required.
+
+    amqtt makes client certificates optional; AWS IoT (and we) require them, chained to the
+    listener's CA and within their validity. TLS 1.2 by default because with TLS 1.3 a refused
+    client certificate reaches an aiomqtt client only as "Operation timed out", while 1.2 fails
+    its handshake at once, visibly.
+    """
+    context: ssl.SSLContext = Broker._create_ssl_context(listener)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = max_tls_version
+    return context
+
+
 class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's broker with the AWS IoT behaviour the emulator needs (see the module docstring).
 
@@ -284,42 +502,59 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._handlers: weakref.WeakSet[PubackFirstHandler] = weakref.WeakSet()
 
     def _create_ssl_context(self, listener: ListenerConfig) -> ssl.SSLContext:
-        # amqtt makes client certificates optional; AWS IoT (and we) require them. TLS 1.2 by
-        # default because with TLS 1.3 a refused client certificate reaches an aiomqtt client
-        # only as "Operation timed out", while 1.2 fails its handshake at once, visibly.
-        context: ssl.SSLContext = Broker._create_ssl_context(listener)
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.maximum_version = self._max_tls_version
-        return context
+        return server_tls_context(listener, self._max_tls_version)
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
+        peer = writer.get_extra_info("peername")
         try:
             first = await self._read_connect(reader, writer)
             if first is None:
                 return
-            await self.external_connected(
-                _ReplayingReader(first, reader), StreamWriterAdapter(writer), listener_name
-            )
+            checked: _CheckedReader
+
+            def malformed(problem: str) -> None:
+                who = _client_ids.get(checked, f"the client at {peer}")
+                self._decisions.count_malformed_packet(who, problem)
+
+            checked = _CheckedReader(first, reader, malformed)
+            await self.external_connected(checked, StreamWriterAdapter(writer), listener_name)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             # amqtt lets a reset while closing a refused client escape as an asyncio error
             log.debug("client connection ended abruptly: %s", exc)
+        except ProtocolViolation:
+            writer.close()  # a CONNECT amqtt read past its end (counted and logged)
 
     async def _read_connect(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bytes | None:
-        """The first packet's bytes, or None after refusing an MQTT 5 CONNECT (socket closed).
+        """The first packet's bytes, or None after refusing it (the socket closed).
 
-        Anything that is not an MQTT 5 CONNECT goes on to amqtt unchanged, which refuses what
-        is not a valid 3.1.1 CONNECT itself.
+        An MQTT 5 CONNECT gets an MQTT 5 CONNACK 0x84 first. Anything but a CONNECT (MQTT
+        3.1.1, 3.1: the first packet must be one), or a CONNECT over :data:`MAX_PACKET_BYTES`,
+        is closed at once (counted as a malformed packet). A 3.1.1 CONNECT goes on to amqtt
+        unchanged, which refuses an invalid one itself.
         """
-        header = await _read_fixed_header(reader)
-        body = await reader.readexactly(_remaining_length(header))
-        is_connect = header[0] >> 4 == 1
-        if is_connect and len(body) > _LEVEL_OFFSET and body[_LEVEL_OFFSET] == _MQTT5_LEVEL:
-            self._decisions.count_refused_protocol(writer.get_extra_info("peername"))
+        peer = writer.get_extra_info("peername")
+        try:
+            header = await _read_fixed_header(reader)
+        except ProtocolViolation as exc:
+            problem: str | None = str(exc)
+        else:
+            length = _remaining_length(header)
+            problem = None
+            if header[0] != _CONNECT << 4:
+                problem = f"a first packet of type {header[0] >> 4} (first byte {header[0]:#04x})"
+            elif length > MAX_PACKET_BYTES:
+                problem = f"a CONNECT of {length} bytes (at most {MAX_PACKET_BYTES} are read)"
+        if problem is not None:
+            self._decisions.count_malformed_packet(f"the client at {peer}", problem)
+            writer.close()
+            return None
+        body = await reader.readexactly(length)
+        if len(body) > _LEVEL_OFFSET and body[_LEVEL_OFFSET] == _MQTT5_LEVEL:
+            self._decisions.count_refused_protocol(peer)
             writer.write(MQTT5_UNSUPPORTED_CONNACK)
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
@@ -346,6 +581,8 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         handler.__class__ = PubackFirstHandler
         handler.admit_publish = self._admit_publish
         self._handlers.add(handler)
+        if isinstance(reader, _CheckedReader):
+            _client_ids[reader] = repr(session.client_id)
         # For a resumed persistent session amqtt keeps the will's retain flag of the session's
         # first CONNECT (it copies topic, payload and QoS only): check the will it will publish.
         will_topic = session.will_topic if session.will_flag else None
@@ -559,17 +796,30 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 client_session.client_id,
             )
 
-    def _admit_publish(self, session: Session, packet: PublishPacket) -> Admission:
+    def _admit_publish(
+        self, session: Session, packet: PublishPacket, invalid_topic: tuple[str, str] | None
+    ) -> Admission:
         """Whether an incoming PUBLISH is taken in (queued, acknowledged), before amqtt sees it.
 
-        A QoS 2 publish is ignored: no PUBREC, not delivered, counted (AWS IoT Core: "QoS 0
-        and 1 only; QoS 2 gets no ack"). A publish the authorizer denies is refused (recorded
+        A publish whose topic name is invalid (``invalid_topic``: not UTF-8, a wildcard, U+0000;
+        see :class:`_CheckedReader`) or whose payload is over 128 KB
+        (:data:`~ancsync.codec.MAX_PAYLOAD_BYTES`, AWS IoT Core's limit) is refused (counted,
+        logged). A QoS 2 publish is ignored: no PUBREC, not delivered, counted (AWS IoT Core:
+        "QoS 0 and 1 only; QoS 2 gets no ack"). A publish the authorizer denies is refused (recorded
         as a policy violation); so is one on a `$` topic no service answers or on an invalid
         topic, which amqtt would refuse only after acknowledging it. The handler then ends the
         connection.
         """
         topic: str = packet.topic_name or ""
         identity = identity_of(session)
+        if invalid_topic is not None:
+            real_topic, why = invalid_topic
+            self._decisions.count_refused_publish(identity, real_topic, f"which is {why}")
+            return "refuse"
+        size = len(packet.data or b"")
+        if size > MAX_PAYLOAD_BYTES:
+            self._decisions.count_too_large_publish(identity, topic, size)
+            return "refuse"
         if packet.qos == QOS_2:
             self._decisions.count_qos2_publish(identity, topic)
             return "ignore"

@@ -8,6 +8,9 @@
 - an :class:`~ancsync.emulator.auth.Authorizer` deciding every connect (its last will included),
   publish (with its retain flag) and subscribe; a denied publish or subscribe disconnects the
   client, as AWS IoT Core does on MQTT 3.1.1, and is kept as a :class:`PolicyViolation`,
+- AWS's 128 KB payload limit (a larger publish disconnects the client) and MQTT 3.1.1's rules
+  for the bytes a client sends (a malformed packet or an invalid topic name closes the
+  connection),
 - reserved AWS request topics (``$aws/things/.../shadow/...(get|update|delete)``, and any a
   service routes with :meth:`EmbeddedBroker.add_reserved_route`) handed to that service instead
   of amqtt closing the client, and
@@ -36,6 +39,7 @@ from ancsync.emulator.amqtt_broker import (
     DEFAULT_SESSION_EXPIRY,
     MAX_SESSION_EXPIRY,
     AwsLikeBroker,
+    server_tls_context,
 )
 from ancsync.emulator.auth import AcceptedConnectionPlugin, Authorizer, ClientIdentity
 from ancsync.emulator.certs import DevCerts
@@ -136,6 +140,24 @@ class EmbeddedBroker(EmulatorComponent):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _tls_listener(self, certs: DevCerts) -> ListenerConfig:
+        return ListenerConfig(
+            bind=f"{self.host}:{self._requested_port}",
+            ssl=True,
+            cafile=certs.ca,
+            certfile=certs.server.cert,
+            keyfile=certs.server.key,
+        )
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A server TLS context like the TLS listener's: the server certificate, a client
+        certificate required, chained to the dev CA and within its validity, TLS 1.2 up to
+        ``max_tls_version``. A test can run a handshake against it to see why a client
+        certificate is refused (the client itself sees only a closed connection)."""
+        if self.certs is None:
+            raise ConfigError("this broker has no TLS listener (certs=None)")
+        return server_tls_context(self._tls_listener(self.certs), self.max_tls_version)
+
     def _config(self) -> BrokerConfig:
         listeners: dict[str, ListenerConfig] = {}
         if self._requested_plain_port is not None:
@@ -143,13 +165,7 @@ class EmbeddedBroker(EmulatorComponent):
                 bind=f"{self.host}:{self._requested_plain_port}", ssl=False
             )
         if self.certs is not None:
-            listeners["tls"] = ListenerConfig(
-                bind=f"{self.host}:{self._requested_port}",
-                ssl=True,
-                cafile=self.certs.ca,
-                certfile=self.certs.server.cert,
-                keyfile=self.certs.server.key,
-            )
+            listeners["tls"] = self._tls_listener(self.certs)
         # amqtt needs a listener named "default" and copies its values into every field the
         # others leave at the default, so the plain one (if any) takes that name: a plain
         # listener named otherwise would inherit ssl=True from a TLS default.
@@ -257,8 +273,10 @@ class EmbeddedBroker(EmulatorComponent):
         self._decisions.add_reserved_route(matches, handler)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
-        ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``."""
+        """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied`` (the policy,
+        a reserved or invalid topic), ``subscribes_denied``, ``qos2_publishes_ignored``,
+        ``qos2_subscribes_ignored``, ``publishes_too_large`` (payload over 128 KB) and
+        ``malformed_packets`` (bytes MQTT 3.1.1 forbids: the connection closed)."""
         return self._decisions.stats()
 
     def violations(self) -> list[PolicyViolation]:

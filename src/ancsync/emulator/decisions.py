@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ancsync.codec import MAX_PAYLOAD_BYTES
 from ancsync.emulator.auth import (
     Authorizer,
     ClientIdentity,
@@ -110,6 +111,8 @@ class BrokerDecisions:
                 "subscribes_denied",
                 "qos2_publishes_ignored",
                 "qos2_subscribes_ignored",
+                "publishes_too_large",
+                "malformed_packets",
             ),
             0,
         )
@@ -125,7 +128,8 @@ class BrokerDecisions:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
-        ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``."""
+        ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``,
+        ``publishes_too_large``, ``malformed_packets``."""
         return dict(self._stats)
 
     def violations(self) -> list[PolicyViolation]:
@@ -241,14 +245,30 @@ class BrokerDecisions:
             topic,
         )
 
-    def count_refused_publish(self, identity: ClientIdentity, topic: str) -> None:
-        """Count a publish amqtt refused (invalid or reserved topic); the client is disconnected."""
+    def count_refused_publish(
+        self, identity: ClientIdentity, topic: str, why: str = "which is invalid or reserved"
+    ) -> None:
+        """Count a publish refused for its topic (invalid, reserved, not UTF-8); the client is
+        disconnected."""
         self._stats["publishes_denied"] += 1
+        log.warning("disconnected %r: it published to %r, %s", identity.client_id, topic, why)
+
+    def count_too_large_publish(self, identity: ClientIdentity, topic: str, size: int) -> None:
+        """Count a publish over AWS IoT Core's 128 KB payload limit; the client is disconnected."""
+        self._stats["publishes_too_large"] += 1
         log.warning(
-            "disconnected %r: it published to %r, which is invalid or reserved",
+            "disconnected %r: its publish to %r is too large: %d bytes of payload, AWS IoT Core "
+            "takes at most %d (128 KB); split the message",
             identity.client_id,
             topic,
+            size,
+            MAX_PAYLOAD_BYTES,
         )
+
+    def count_malformed_packet(self, who: str, problem: str) -> None:
+        """Count bytes MQTT 3.1.1 forbids from a client (garbage); the connection is closed."""
+        self._stats["malformed_packets"] += 1
+        log.warning("closed the connection of %s: it sent %s (not MQTT 3.1.1)", who, problem)
 
     def _route(self, topic: str) -> ReservedTopicHandler | None:
         for matches, handler in self._routes:
