@@ -304,3 +304,35 @@ async def test_an_inactive_certificate_is_refused_until_activated(
         async with device_client(emulator.port, emulator.certs, OTHER) as device:
             await device.publish(f"anc/telemetry/{OTHER}/anc", b"{}", qos=1)
     assert emulator.broker.stats()["connects_denied"] == 1
+
+
+async def test_a_device_rotates_its_certificate_then_the_old_one_is_revoked(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    old = emulator.certificate_of(DEVICE)
+    with anyio.fail_after(TIMEOUT * 2):
+        async with device_client(emulator.port, emulator.certs, DEVICE) as device:
+            outcome, created = await request(device, CREATE_KEYS_AND_CERTIFICATE_TOPIC, {})
+            assert outcome == "accepted", created
+            outcome, registered = await request(
+                device,
+                register_thing_topic(TEMPLATE),
+                {
+                    "certificateOwnershipToken": created["certificateOwnershipToken"],
+                    "parameters": {"SerialNumber": "device-001"},
+                },
+            )
+            assert (outcome, registered["thingName"]) == ("accepted", DEVICE)
+            pair = save_pair(
+                tmp_path / "rotated", created["certificatePem"], created["privateKey"].encode()
+            )
+            # the new certificate works while the old connection is still up...
+            assert emulator.certificate_of(DEVICE).certificate_id == created["certificateId"]
+            await emulator.revoke_certificate(old.certificate_id)
+            # ...and revoking the old one drops that connection
+            with pytest.raises(aiomqtt.MqttError):
+                await next_message(device)
+        await shadow_update_accepted(emulator, pair, DEVICE)
+        with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+            async with device_client(emulator.port, emulator.certs, DEVICE):
+                pass
