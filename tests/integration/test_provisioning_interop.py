@@ -1,4 +1,4 @@
-"""Interop: AWS's own ``awsiot.iotidentity.IotIdentityClient`` provisions a device on the emulator.
+"""Interop: AWS's own ``awsiot.iotidentity`` clients provision a device on the emulator.
 
 The client (awsiotsdk over awscrt, MQTT 3.1.1 over TLS) is used as AWS's fleet provisioning
 sample uses it: connect with the claim certificate, subscribe to the accepted and rejected
@@ -12,9 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
-from awscrt import mqtt
+from awscrt import mqtt, mqtt_request_response
 from awsiot import iotidentity, iotshadow
 from awsiot_device import TIMEOUT, Events, awsiot_connection, wait
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ancsync.emulator.certificates import CertificateStatus
 from ancsync.emulator.certs import CertPair
@@ -115,3 +119,45 @@ async def test_aws_iot_identity_client_provisions_a_device(
             assert updated.state.reported == {"mode": "adaptive"}
         finally:
             await wait(device.disconnect())
+
+
+async def test_aws_iot_identity_client_v2_provisions_a_device_from_a_csr(
+    emulator: Emulator,
+) -> None:
+    """The request-response client (``IotIdentityClientV2``), as AWS's current samples use it."""
+    assert emulator.certs.claim is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anc-SN-8")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    claim = awsiot_connection(emulator, "factory-8", clean_session=True, pair=emulator.certs.claim)
+    with anyio.fail_after(TIMEOUT * 4):
+        await wait(claim.connect())
+        try:
+            identity = iotidentity.IotIdentityClientV2(
+                claim,
+                mqtt_request_response.ClientOptions(
+                    max_request_response_subscriptions=2,
+                    max_streaming_subscriptions=0,
+                    operation_timeout_in_seconds=TIMEOUT,
+                ),
+            )
+            csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+            created = await wait(
+                identity.create_certificate_from_csr(
+                    iotidentity.CreateCertificateFromCsrRequest(certificate_signing_request=csr_pem)
+                )
+            )
+            registered = await wait(
+                identity.register_thing(
+                    iotidentity.RegisterThingRequest(
+                        template_name=TEMPLATE,
+                        certificate_ownership_token=created.certificate_ownership_token,
+                        parameters={"SerialNumber": "SN-8"},
+                    )
+                )
+            )
+        finally:
+            await wait(claim.disconnect())
+    assert registered.thing_name == "anc-SN-8"
+    record = emulator.certificates.require(created.certificate_id)
+    assert (record.status, record.thing_name) == (CertificateStatus.ACTIVE, "anc-SN-8")
