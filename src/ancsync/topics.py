@@ -15,6 +15,8 @@ from typing import Literal, cast, get_args
 from ancsync.errors import InvalidTopic
 
 __all__ = [
+    "CREATE_CERTIFICATE_FROM_CSR_TOPIC",
+    "CREATE_KEYS_AND_CERTIFICATE_TOPIC",
     "MAX_FILTERS_PER_SUBSCRIBE",
     "MAX_SUBSCRIPTIONS",
     "MAX_TOPIC_BYTES",
@@ -22,6 +24,7 @@ __all__ = [
     "OPERATOR_JOBS_PREFIX",
     "TELEMETRY_KINDS",
     "JobsTopics",
+    "ProvisioningOperation",
     "ShadowOperation",
     "ShadowSuffix",
     "ShadowTopic",
@@ -33,7 +36,9 @@ __all__ = [
     "is_provisioning_request_topic",
     "is_shadow_request_topic",
     "matches",
+    "parse_provisioning_topic",
     "parse_shadow_topic",
+    "register_thing_topic",
     "split_jobs_topic",
     "status_topic",
     "telemetry_topic",
@@ -441,3 +446,34 @@ def is_jobs_request_topic(topic: str) -> bool:
     """
     split = split_jobs_topic(topic)
     return split is not None and _JOBS_REQUEST.fullmatch(split[1]) is not None
+
+
+# -- fleet provisioning ----------------------------------------------------------------------
+
+CREATE_KEYS_AND_CERTIFICATE_TOPIC = "$aws/certificates/create/json"
+"""CreateKeysAndCertificate's request topic (JSON); replies on ``/accepted`` and ``/rejected``."""
+CREATE_CERTIFICATE_FROM_CSR_TOPIC = "$aws/certificates/create-from-csr/json"
+"""CreateCertificateFromCsr's request topic (JSON); replies on ``/accepted`` and ``/rejected``."""
+
+ProvisioningOperation = Literal[
+    "CreateKeysAndCertificate", "CreateCertificateFromCsr", "RegisterThing"
+]
+_REGISTER_THING_TOPIC = re.compile(
+    r"\$aws/provisioning-templates/(?P<template>[0-9A-Za-z_-]{1,36})/provision/json"
+)
+
+
+def register_thing_topic(template_name: str) -> str:
+    """RegisterThing's request topic (JSON) for ``template_name``."""
+    return f"$aws/provisioning-templates/{template_name}/provision/json"
+
+
+def parse_provisioning_topic(topic: str) -> tuple[ProvisioningOperation, str | None] | None:
+    """``(operation, template name or None)`` for a fleet provisioning request topic (JSON),
+    else None (also for the ``/accepted`` and ``/rejected`` reply topics)."""
+    if topic == CREATE_KEYS_AND_CERTIFICATE_TOPIC:
+        return "CreateKeysAndCertificate", None
+    if topic == CREATE_CERTIFICATE_FROM_CSR_TOPIC:
+        return "CreateCertificateFromCsr", None
+    found = _REGISTER_THING_TOPIC.fullmatch(topic)
+    return None if found is None else ("RegisterThing", found["template"])

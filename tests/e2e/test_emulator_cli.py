@@ -60,6 +60,9 @@ async def test_a_device_round_trips_a_shadow_update_with_the_printed_settings(
             lines,
         ):
             printed = printed_settings(lines)
+            [claim] = [line for line in lines if line.startswith("claim ")]
+            assert "claim/cert.pem" in claim
+            assert "anc-fleet" in claim
             assert set(printed) == {
                 "IOT_ENDPOINT",
                 "IOT_PORT",

@@ -17,14 +17,20 @@ import anyio
 from awscrt import mqtt
 from awsiot import mqtt_connection_builder
 
+from ancsync.emulator.certs import CertPair
 from ancsync.emulator.server import Emulator
 
 TIMEOUT = 15
 
 
-def awsiot_connection(emulator: Emulator, thing: str, *, clean_session: bool) -> mqtt.Connection:
-    """An unconnected awscrt connection as ``thing`` (its certificate, its name as client id)."""
-    device = emulator.certs.device(thing)
+def awsiot_connection(
+    emulator: Emulator, thing: str, *, clean_session: bool, pair: CertPair | None = None
+) -> mqtt.Connection:
+    """An unconnected awscrt connection as ``thing`` (its certificate, its name as client id).
+
+    ``pair`` connects with another certificate (the claim one, a provisioned one) instead.
+    """
+    device = pair or emulator.certs.device(thing)
     return mqtt_connection_builder.mtls_from_path(
         endpoint="127.0.0.1",
         port=emulator.port,

@@ -31,6 +31,7 @@ from helpers import (
 
 from ancsync.emulator.amqtt_broker import AwsLikeBroker
 from ancsync.emulator.broker import ClientIdentity, EmbeddedBroker
+from ancsync.emulator.certificates import certificate_id
 from ancsync.emulator.certs import CertPair, DevCerts
 from ancsync.errors import ConfigError, NotStarted
 
@@ -206,7 +207,8 @@ async def test_shadow_requests_go_to_the_handler_and_are_not_broadcast(dev_certs
             await wildcard.subscribe("#")
             await device.publish(get_topic, b'{"clientToken":"t-1"}', qos=1)
             identity, topic, payload = await recorder.receive.receive()
-            assert identity == ClientIdentity(DEVICE, DEVICE)
+            cert_id = certificate_id(dev_certs.device(DEVICE).cert.read_text())
+            assert identity == ClientIdentity(DEVICE, DEVICE, cert_id)
             assert (topic, payload) == (get_topic, b'{"clientToken":"t-1"}')
 
             # the service answers; had the request been broadcast, the operator would see it first
@@ -307,6 +309,7 @@ async def test_authorizer_decides_connect_publish_and_subscribe(dev_certs: DevCe
         "qos2_subscribes_ignored": 0,
         "publishes_too_large": 0,
         "malformed_packets": 0,
+        "certificate_disconnects": 0,
     }
     assert [(v.request, v.topic) for v in broker.violations()] == [
         ("subscribe", "forbidden/#"),
@@ -449,7 +452,8 @@ async def test_a_resumed_session_is_identified_by_its_new_certificate(
             ) as client:
                 await client.publish("who/am/i", thing.encode(), qos=1)
                 identity, _topic, payload = await recorder.receive.receive()
-            assert identity == ClientIdentity("shared-session", thing)
+            cert_id = certificate_id(dev_certs.device(thing).cert.read_text())
+            assert identity == ClientIdentity("shared-session", thing, cert_id)
             assert payload == thing.encode()
 
 

@@ -232,10 +232,17 @@ def test_the_packaged_policy_scopes_every_resource_to_the_thing() -> None:
         "iot:Subscribe",
         "iot:Receive",
     }
+    # the fleet provisioning API (certificate rotation) has no per-thing topics in AWS
+    rotation = {"RotateOwnCertificate", "SubscribeCertificateRotationReplies"}
     for statement in statements:
         for resource in statement.resources:
             assert resource.startswith("arn:aws:iot:eu-west-1:123456789012:")
-            assert "${iot:Connection.Thing.ThingName}" in resource
+            if statement.sid in rotation:
+                assert (
+                    "/$aws/certificates/" in resource or "/$aws/provisioning-templates/" in resource
+                )
+            else:
+                assert "${iot:Connection.Thing.ThingName}" in resource
 
 
 def test_retained_publishes_are_limited_to_the_status_topic() -> None:

@@ -24,6 +24,7 @@ from helpers import AllowEverything
 
 from ancsync.emulator.amqtt_broker import _RESUMED_FIELDS
 from ancsync.emulator.auth import ClientIdentity, connect_refusal, publish_allowed
+from ancsync.emulator.certificates import certificate_id
 from ancsync.emulator.certs import DevCerts
 
 # name -> (parameters, is a coroutine function)
@@ -225,8 +226,9 @@ def test_a_client_id_amqtt_generated_is_refused(dev_certs: DevCerts) -> None:
 
 def test_identities_of_accepted_connections(dev_certs: DevCerts) -> None:
     tls = device_tls(dev_certs, "anc-device-001")
+    cert_id = certificate_id(dev_certs.device("anc-device-001").cert.read_text())
     assert connect_refusal("anc-device-001", tls, None) == (
-        ClientIdentity("anc-device-001", "anc-device-001"),
+        ClientIdentity("anc-device-001", "anc-device-001", cert_id),
         None,
     )
     assert connect_refusal("local-tool", None, None) == (ClientIdentity("local-tool", None), None)

@@ -176,6 +176,7 @@ def _address_in_use(exc: BaseException) -> bool:
 
 
 def _emulator_as_dict(local: Emulator, db_path: Path) -> dict[str, Any]:
+    claim = local.certs.claim if local.tls else None
     return {
         "endpoint": local.host,
         "port": local.port,
@@ -183,6 +184,9 @@ def _emulator_as_dict(local: Emulator, db_path: Path) -> dict[str, Any]:
         "root_ca": str(local.certs.ca.resolve()) if local.tls else None,
         "operator_cert": str(local.certs.operator.cert.resolve()) if local.tls else None,
         "operator_key": str(local.certs.operator.key.resolve()) if local.tls else None,
+        "claim_cert": str(claim.cert.resolve()) if claim is not None else None,
+        "claim_key": str(claim.key.resolve()) if claim is not None else None,
+        "provisioning_templates": [t.name for t in local.provisioning.templates()],
         "rules_db": str(db_path.resolve()),
         "session_expiry": local.session_expiry,
         "devices": {thing: local.device_settings(thing) for thing in local.things},
@@ -196,6 +200,13 @@ def _print_emulator(local: Emulator, db_path: Path, console_url: str | None) -> 
         print_line(f"{'root CA':<12} {local.certs.ca.resolve()}")
         operator = local.certs.operator
         print_line(f"{'operator':<12} {operator.cert.resolve()}, {operator.key.resolve()}")
+        claim = local.certs.claim
+        if claim is not None:
+            templates = ", ".join(t.name for t in local.provisioning.templates()) or "none"
+            print_line(
+                f"{'claim':<12} {claim.cert.resolve()}, {claim.key.resolve()} (fleet provisioning "
+                f"by claim, any client id; templates: {templates}; see docs/emulator.md)"
+            )
     print_line(f"{'rules db':<12} {db_path.resolve()}")
     print_line(
         f"{'sessions':<12} persistent sessions kept {local.session_expiry:g} s after a disconnect"

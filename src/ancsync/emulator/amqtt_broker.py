@@ -54,7 +54,7 @@ from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, Session
 
 from ancsync.codec import MAX_PAYLOAD_BYTES
-from ancsync.emulator.auth import identity_of, remember_identity
+from ancsync.emulator.auth import ClientIdentity, identity_of, remember_identity
 from ancsync.emulator.decisions import BrokerDecisions
 
 __all__ = [
@@ -500,6 +500,8 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._clock = clock
         # every connection's handler, also those amqtt has already let go while shutting down
         self._handlers: weakref.WeakSet[PubackFirstHandler] = weakref.WeakSet()
+        # messages sent to one client (publish_to_client), kept until delivered
+        self._client_replies: set[asyncio.Future[Any]] = set()
 
     def _create_ssl_context(self, listener: ListenerConfig) -> ssl.SSLContext:
         return server_tls_context(listener, self._max_tls_version)
@@ -650,6 +652,57 @@ class AwsLikeBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             tasks.append(asyncio.ensure_future(publish))
         if tasks:
             await asyncio.wait(tasks)
+
+    async def disconnect_certificate(self, certificate_id: str, status: str) -> int:
+        """Drop every connection made with ``certificate_id``, now ``status`` (e.g. REVOKED).
+
+        Each is recorded (:meth:`BrokerDecisions.record_certificate_disconnect`) and ended like
+        a connection refused for a policy violation (:meth:`PubackFirstHandler.refuse`).
+        Returns how many were dropped.
+        """
+        dropped = 0
+        for session, _handler in list(self._sessions.values()):
+            handler = session.attributes.get(_CONNECTION_KEY)
+            identity = identity_of(session)
+            if (
+                identity.certificate_id != certificate_id
+                or session.transitions.state != "connected"
+                or not isinstance(handler, PubackFirstHandler)
+                or handler.refused
+            ):
+                continue
+            self._decisions.record_certificate_disconnect(identity, status)
+            await handler.refuse()
+            dropped += 1
+        return dropped
+
+    def publish_to_client(
+        self, identity: ClientIdentity, topic: str, payload: bytes, qos: int
+    ) -> bool:
+        """Send one message to the connection of ``identity`` only, if a subscription of its
+        matches ``topic`` (AWS answers a fleet provisioning request on the requesting
+        connection alone). Returns whether it was queued for that client."""
+        session, _handler = self._sessions.get(identity.client_id, (None, None))
+        if session is None or session.transitions.state != "connected":
+            return False
+        handler = session.attributes.get(_CONNECTION_KEY)
+        if handler is None or identity_of(session).certificate_id != identity.certificate_id:
+            return False
+        granted = [
+            sub_qos
+            for topic_filter, subscriptions in self._subscriptions.items()
+            if self._matches(topic, topic_filter)
+            for subscriber, sub_qos in subscriptions
+            if subscriber is session
+        ]
+        if not granted:
+            return False
+        task = asyncio.ensure_future(
+            handler.mqtt_publish(topic, payload, min(qos, max(granted)), retain=False)
+        )
+        self._client_replies.add(task)
+        task.add_done_callback(self._client_replies.discard)
+        return True
 
     def bound_ports(self) -> dict[str, int]:
         """The port each listener bound, by amqtt's listener name."""

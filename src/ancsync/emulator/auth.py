@@ -1,7 +1,8 @@
 """Who a broker client is, and the hooks that decide what it may do.
 
 The embedded broker identifies a client by the certificate it verified during the TLS handshake
-(its subject CN, which for a device is the thing name) and the MQTT client id. An
+(its subject CN, which for a dev device certificate is the thing name, and its AWS certificate
+id) and the MQTT client id. An
 :class:`Authorizer` (the emulator's device policy) then decides each connect, publish and
 subscribe. :func:`connect_refusal` is the connect decision; :class:`AcceptedConnectionPlugin`
 is the amqtt authentication plugin, listed explicitly in the broker's plugin list, that lets
@@ -20,6 +21,8 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+from ancsync.emulator.certificates import certificate_id
 
 __all__ = [
     "AcceptedConnectionPlugin",
@@ -44,13 +47,16 @@ _GENERATED_CLIENT_ID = re.compile(r"amqtt/[A-Za-z0-9]{16}")
 
 @dataclass(frozen=True)
 class ClientIdentity:
-    """A connected client: its MQTT client id and the CN of its verified certificate.
+    """A connected client: its MQTT client id, the CN and the id of its verified certificate.
 
-    ``common_name`` is None on the plain (loopback, no TLS) listener.
+    ``certificate_id`` is AWS's certificate id (SHA-256 hex of the DER certificate, see
+    :func:`ancsync.emulator.certificates.certificate_id`). Both are None on the plain
+    (loopback, no TLS) listener.
     """
 
     client_id: str
     common_name: str | None
+    certificate_id: str | None = None
 
 
 class Authorizer(Protocol):
@@ -100,15 +106,14 @@ class ExplainsDenials(Protocol):
         """None if the subscription is allowed, else why not."""
 
 
-def _peer_common_name(tls: ssl.SSLObject | None) -> str | None:
-    """CN of the certificate the TLS handshake verified, or None if there is none."""
-    if tls is None:
-        return None
-    der = tls.getpeercert(binary_form=True)
+def _peer_identity(client_id: str, tls: ssl.SSLObject | None) -> ClientIdentity:
+    """The identity of a client: the CN and id of the certificate the TLS handshake verified."""
+    der = tls.getpeercert(binary_form=True) if tls is not None else None
     if not der:
-        return None
+        return ClientIdentity(client_id, None)
     names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else None
+    common_name = str(names[0].value) if names else None
+    return ClientIdentity(client_id, common_name, certificate_id(der))
 
 
 def identity_of(session: Session) -> ClientIdentity:
@@ -116,7 +121,7 @@ def identity_of(session: Session) -> ClientIdentity:
     identity = session.attributes.get(_IDENTITY_KEY)
     if isinstance(identity, ClientIdentity):
         return identity
-    return ClientIdentity(session.client_id or "", _peer_common_name(session.ssl_object))
+    return _peer_identity(session.client_id or "", session.ssl_object)
 
 
 def remember_identity(session: Session, identity: ClientIdentity) -> None:
@@ -153,7 +158,7 @@ def connect_refusal(
     included: like AWS IoT, the client must be allowed to publish its will (and to retain it,
     for a retained will) on the will topic.
     """
-    identity = ClientIdentity(client_id, _peer_common_name(tls))
+    identity = _peer_identity(client_id, tls)
     if tls is not None and identity.common_name is None:
         return identity, "no verified client certificate with a subject CN; use the device's"
     if not client_id or _GENERATED_CLIENT_ID.fullmatch(client_id):

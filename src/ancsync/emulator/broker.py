@@ -46,6 +46,7 @@ from ancsync.emulator.certs import DevCerts
 from ancsync.emulator.component import EmulatorComponent
 from ancsync.emulator.decisions import (
     BrokerDecisions,
+    CertificateDisconnect,
     PolicyViolation,
     PublishListener,
     ReservedTopicHandler,
@@ -58,6 +59,7 @@ __all__ = [
     "DEFAULT_SESSION_EXPIRY",
     "MAX_SESSION_EXPIRY",
     "Authorizer",
+    "CertificateDisconnect",
     "ClientIdentity",
     "EmbeddedBroker",
     "PolicyViolation",
@@ -272,11 +274,38 @@ class EmbeddedBroker(EmulatorComponent):
         """
         self._decisions.add_reserved_route(matches, handler)
 
+    async def publish_to_client(
+        self, identity: ClientIdentity, topic: str, payload: bytes, *, qos: int = 1
+    ) -> bool:
+        """Send a service's reply to the connection of ``identity`` alone, if it subscribed to
+        a filter matching ``topic`` (AWS answers fleet provisioning requests on the connection
+        that sent them). Returns whether it was queued for that client."""
+        if self._broker is None:
+            raise NotStarted("the broker is not running; run it (async with) first")
+        if qos not in (0, 1):
+            raise ValueError(f"qos {qos} is not served: AWS IoT Core supports QoS 0 and 1 only")
+        return self._broker.publish_to_client(identity, topic, payload, qos)
+
+    async def disconnect_certificate(self, certificate_id: str, status: str) -> int:
+        """Drop every connection made with ``certificate_id`` at once (its certificate is now
+        ``status``, e.g. REVOKED), as a policy violation drops one: recorded in
+        :meth:`certificate_disconnects` and counted (``certificate_disconnects``). Returns how
+        many connections were dropped (0 when the broker is not running)."""
+        if self._broker is None:
+            return 0
+        return await self._broker.disconnect_certificate(certificate_id, status)
+
+    def certificate_disconnects(self) -> list[CertificateDisconnect]:
+        """The connections dropped because their certificate left ACTIVE, oldest first."""
+        return self._decisions.certificate_disconnects()
+
     def stats(self) -> dict[str, int]:
         """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied`` (the policy,
         a reserved or invalid topic), ``subscribes_denied``, ``qos2_publishes_ignored``,
-        ``qos2_subscribes_ignored``, ``publishes_too_large`` (payload over 128 KB) and
-        ``malformed_packets`` (bytes MQTT 3.1.1 forbids: the connection closed)."""
+        ``qos2_subscribes_ignored``, ``publishes_too_large`` (payload over 128 KB),
+        ``malformed_packets`` (bytes MQTT 3.1.1 forbids: the connection closed) and
+        ``certificate_disconnects`` (connections dropped when their certificate was revoked
+        or deactivated)."""
         return self._decisions.stats()
 
     def violations(self) -> list[PolicyViolation]:

@@ -6,6 +6,7 @@
     server/cert.pem  server/private.key     the broker (SAN localhost, 127.0.0.1, ::1)
     <thing>/cert.pem  <thing>/private.key   one per device, subject CN = thing name
     operator/cert.pem  operator/private.key the cloud side, CN = operator
+    claim/cert.pem  claim/private.key       fleet provisioning claim, CN = claim (on request)
 
 Keys are EC P-256 and written with mode 0600. Running it again reuses every file that is still
 valid (parses, matches its key, is signed by the current CA, has the expected names and is not
@@ -28,21 +29,27 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ancsync.errors import ConfigError
 from ancsync.topics import validate_thing_name
 
 __all__ = [
+    "CLAIM_NAME",
     "OPERATOR_NAME",
     "SERVER_NAMES",
     "CertPair",
+    "CertificateAuthority",
     "DevCerts",
     "PrivateKey",
     "ensure_dev_certs",
     "generate_ca",
     "issue_certificate",
+    "load_ca",
+    "private_key_pem",
+    "sign_csr",
     "write_pair",
 ]
 
@@ -52,6 +59,7 @@ PrivateKey = ec.EllipticCurvePrivateKey
 CertificateAuthority = tuple[x509.Certificate, PrivateKey]
 
 OPERATOR_NAME = "operator"
+CLAIM_NAME = "claim"
 SERVER_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 CA_COMMON_NAME = "ancsync dev CA"
 
@@ -59,7 +67,7 @@ _CERT_FILE = "cert.pem"
 _KEY_FILE = "private.key"
 _CA_FILE = "ca.pem"
 _CA_KEY_FILE = "ca.key"
-_RESERVED_DIRS = frozenset({"server", OPERATOR_NAME})
+_RESERVED_DIRS = frozenset({"server", OPERATOR_NAME, CLAIM_NAME})
 
 # A dev CA outlives its leaves so that regenerating a device never invalidates the others.
 _CA_LIFETIME = timedelta(days=3650)
@@ -87,6 +95,8 @@ class DevCerts:
     server: CertPair
     operator: CertPair
     devices: dict[str, CertPair] = field(default_factory=dict)
+    #: The fleet provisioning claim certificate (``ensure_dev_certs(..., claim=True)``), or None.
+    claim: CertPair | None = None
 
     def device(self, thing_name: str) -> CertPair:
         """The certificate of ``thing_name``; :class:`ConfigError` if none was generated."""
@@ -160,6 +170,43 @@ def _subject_alternative_names(server_names: Sequence[str]) -> x509.SubjectAlter
     return x509.SubjectAlternativeName(entries)
 
 
+def _leaf_certificate(
+    ca: CertificateAuthority,
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    *,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+    server_names: Sequence[str] = (),
+    client: bool = True,
+) -> x509.Certificate:
+    """A leaf certificate for ``public_key`` signed by ``ca`` (see :func:`issue_certificate`)."""
+    ca_cert, ca_key = ca
+    now = _now()
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server_names else []
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - _CLOCK_SKEW)
+        .not_valid_after(not_after or now + _LEAF_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if server_names:
+        builder = builder.add_extension(_subject_alternative_names(server_names), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
 def issue_certificate(
     ca: CertificateAuthority,
     common_name: str,
@@ -175,31 +222,31 @@ def issue_certificate(
     it usable as a TLS server certificate; ``client`` allows TLS client authentication. The
     validity defaults to now (minus a few minutes of clock skew) plus 825 days.
     """
-    ca_cert, ca_key = ca
     key = _new_key()
-    now = _now()
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server_names else []
-    if client:
-        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or now - _CLOCK_SKEW)
-        .not_valid_after(not_after or now + _LEAF_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
+    cert = _leaf_certificate(
+        ca,
+        _name(common_name),
+        key.public_key(),
+        not_before=not_before,
+        not_after=not_after,
+        server_names=server_names,
+        client=client,
     )
-    if usages:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    if server_names:
-        builder = builder.add_extension(_subject_alternative_names(server_names), critical=False)
-    return builder.sign(ca_key, hashes.SHA256()), key
+    return cert, key
+
+
+def sign_csr(ca: CertificateAuthority, csr: x509.CertificateSigningRequest) -> x509.Certificate:
+    """A TLS client certificate for the key of ``csr``, signed by ``ca`` (its subject kept).
+
+    Raises :class:`ValueError` if the request's signature does not verify (it was not made
+    with the key it carries). The key itself never leaves the device.
+    """
+    if not csr.is_signature_valid:
+        raise ValueError("the certificate signing request's signature does not verify")
+    public_key = csr.public_key()
+    if not isinstance(public_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        raise ValueError("the certificate signing request's key is neither EC nor RSA")  # noqa: TRY004
+    return _leaf_certificate(ca, csr.subject, public_key)
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
@@ -214,7 +261,8 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
     tmp.replace(path)
 
 
-def _key_pem(key: PrivateKey) -> bytes:
+def private_key_pem(key: PrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS #8 PEM (what ``private.key`` files hold)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -226,7 +274,7 @@ def write_pair(directory: Path, cert: x509.Certificate, key: PrivateKey) -> Cert
     """Write ``cert.pem`` (0644) and ``private.key`` (0600) into ``directory`` (created 0700)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     pair = CertPair(cert=directory / _CERT_FILE, key=directory / _KEY_FILE)
-    _write_file(pair.key, _key_pem(key), 0o600)
+    _write_file(pair.key, private_key_pem(key), 0o600)
     _write_file(pair.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return pair
 
@@ -276,7 +324,7 @@ def _ensure_ca(root: Path) -> CertificateAuthority:
         return loaded
     log.info("generating a new dev CA in %s", root)
     cert, key = generate_ca()
-    _write_file(root / _CA_KEY_FILE, _key_pem(key), 0o600)
+    _write_file(root / _CA_KEY_FILE, private_key_pem(key), 0o600)
     _write_file(root / _CA_FILE, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, key
 
@@ -305,10 +353,21 @@ def _ensure_leaf(
     return write_pair(directory, cert, key)
 
 
-def ensure_dev_certs(certs_dir: Path, things: Iterable[str] = ("anc-device-001",)) -> DevCerts:
+def load_ca(certs: DevCerts) -> CertificateAuthority:
+    """The dev CA of ``certs`` (certificate and key), to sign certificates with."""
+    loaded = _load(certs.ca, certs.ca_key)
+    if loaded is None:
+        raise ConfigError(f"cannot read the dev CA {certs.ca} and its key {certs.ca_key}")
+    return loaded
+
+
+def ensure_dev_certs(
+    certs_dir: Path, things: Iterable[str] = ("anc-device-001",), *, claim: bool = False
+) -> DevCerts:
     """Create or reuse the development certificates under ``certs_dir`` and return their paths.
 
     ``things`` are the device thing names; each gets a certificate whose subject CN is the name.
+    ``claim`` adds the fleet provisioning claim certificate (``claim/``, CN ``claim``).
     Invalid thing names raise :class:`~ancsync.errors.InvalidTopic`; the names ``server`` and
     ``operator`` are taken by the layout and raise :class:`~ancsync.errors.ConfigError`.
     """
@@ -329,4 +388,5 @@ def ensure_dev_certs(certs_dir: Path, things: Iterable[str] = ("anc-device-001",
         server=_ensure_leaf(ca, root / "server", "localhost", SERVER_NAMES),
         operator=_ensure_leaf(ca, root / OPERATOR_NAME, OPERATOR_NAME),
         devices={name: _ensure_leaf(ca, root / name, name) for name in names},
+        claim=_ensure_leaf(ca, root / CLAIM_NAME, CLAIM_NAME) if claim else None,
     )

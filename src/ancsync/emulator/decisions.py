@@ -31,6 +31,7 @@ from ancsync.topics import is_shadow_request_topic
 __all__ = [
     "MAX_VIOLATIONS_KEPT",
     "BrokerDecisions",
+    "CertificateDisconnect",
     "PolicyViolation",
     "PublishListener",
     "ReservedTopicHandler",
@@ -91,6 +92,28 @@ class PolicyViolation:
         )
 
 
+@dataclass(frozen=True)
+class CertificateDisconnect:
+    """A connection the broker dropped because its certificate left ``ACTIVE``.
+
+    ``status`` is the certificate's new status (``REVOKED``, ``INACTIVE``); ``at`` the time of
+    the disconnect (epoch seconds).
+    """
+
+    client_id: str
+    common_name: str | None
+    certificate_id: str
+    status: str
+    at: float
+
+    def describe(self) -> str:
+        """One line for a log or a console: who, and what became of its certificate."""
+        return (
+            f"{self.client_id!r} (certificate {self.common_name!r}, id "
+            f"{self.certificate_id[:12]}…): the certificate is now {self.status.lower()}"
+        )
+
+
 class BrokerDecisions:
     """The connect, publish and subscribe decisions of one broker, its routes and its counters.
 
@@ -113,10 +136,14 @@ class BrokerDecisions:
                 "qos2_subscribes_ignored",
                 "publishes_too_large",
                 "malformed_packets",
+                "certificate_disconnects",
             ),
             0,
         )
         self._violations: deque[PolicyViolation] = deque(maxlen=MAX_VIOLATIONS_KEPT)
+        self._certificate_disconnects: deque[CertificateDisconnect] = deque(
+            maxlen=MAX_VIOLATIONS_KEPT
+        )
 
     def add_reserved_route(self, matches: TopicMatcher, handler: ReservedTopicHandler) -> None:
         """Hand client publishes on the ``$`` topics ``matches`` accepts to ``handler``."""
@@ -129,8 +156,30 @@ class BrokerDecisions:
     def stats(self) -> dict[str, int]:
         """Counters: ``mqtt5_refused``, ``connects_denied``, ``publishes_denied``,
         ``subscribes_denied``, ``qos2_publishes_ignored``, ``qos2_subscribes_ignored``,
-        ``publishes_too_large``, ``malformed_packets``."""
+        ``publishes_too_large``, ``malformed_packets``, ``certificate_disconnects``."""
         return dict(self._stats)
+
+    def certificate_disconnects(self) -> list[CertificateDisconnect]:
+        """The connections dropped because their certificate left ACTIVE, oldest first (the
+        last :data:`MAX_VIOLATIONS_KEPT`)."""
+        return list(self._certificate_disconnects)
+
+    def record_certificate_disconnect(
+        self, identity: ClientIdentity, status: str
+    ) -> CertificateDisconnect:
+        """Record, log and count a connection dropped for its certificate's new ``status``
+        (the broker then ends it as it ends one for a policy violation)."""
+        record = CertificateDisconnect(
+            identity.client_id,
+            identity.common_name,
+            identity.certificate_id or "",
+            status,
+            time.time(),
+        )
+        self._certificate_disconnects.append(record)
+        self._stats["certificate_disconnects"] += 1
+        log.warning("disconnected a client whose certificate left ACTIVE: %s", record.describe())
+        return record
 
     def violations(self) -> list[PolicyViolation]:
         """The publishes and subscribes the authorizer denied, oldest first (the last

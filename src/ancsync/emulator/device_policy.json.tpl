@@ -65,6 +65,26 @@
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/*/get/*",
         "arn:aws:iot:${region}:${account_id}:topic/$aws/things/$${iot:Connection.Thing.ThingName}/jobs/*/update/*"
       ]
+    },
+    {
+      "Sid": "RotateOwnCertificate",
+      "Effect": "Allow",
+      "Action": ["iot:Publish", "iot:Receive"],
+      "Resource": [
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/certificates/create/json*",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/certificates/create-from-csr/json*",
+        "arn:aws:iot:${region}:${account_id}:topic/$aws/provisioning-templates/*/provision/json*"
+      ]
+    },
+    {
+      "Sid": "SubscribeCertificateRotationReplies",
+      "Effect": "Allow",
+      "Action": "iot:Subscribe",
+      "Resource": [
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/certificates/create/json*",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/certificates/create-from-csr/json*",
+        "arn:aws:iot:${region}:${account_id}:topicfilter/$aws/provisioning-templates/*/provision/json*"
+      ]
     }
   ]
 }

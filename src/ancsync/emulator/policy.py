@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_REGION",
     "DevicePolicy",
     "PolicyStatement",
+    "load_claim_policy",
     "load_device_policy",
     "render_policy_template",
 ]
@@ -50,6 +51,7 @@ log = logging.getLogger("ancsync.emulator.policy")
 DEFAULT_REGION = "local-1"
 DEFAULT_ACCOUNT_ID = "000000000000"
 TEMPLATE_NAME = "device_policy.json.tpl"
+CLAIM_TEMPLATE_NAME = "claim_policy.json.tpl"
 
 # Terraform template tokens: `$${` is a literal `${`; `${name}` interpolates a variable.
 _TEMPLATE_TOKEN = re.compile(r"\$\$\{|\$\{([^}]*)\}")
@@ -113,13 +115,26 @@ def _parse_policy(document: Any) -> tuple[PolicyStatement, ...]:
     return tuple(parsed)
 
 
+def _load_policy(name: str, variables: dict[str, str]) -> tuple[PolicyStatement, ...]:
+    text = resources.files("ancsync.emulator").joinpath(name).read_text("utf-8")
+    return _parse_policy(orjson.loads(render_policy_template(text, variables)))
+
+
 def load_device_policy(
     region: str = DEFAULT_REGION, account_id: str = DEFAULT_ACCOUNT_ID
 ) -> tuple[PolicyStatement, ...]:
     """Render and parse the packaged ``device_policy.json.tpl``."""
-    text = resources.files("ancsync.emulator").joinpath(TEMPLATE_NAME).read_text("utf-8")
-    rendered = render_policy_template(text, {"region": region, "account_id": account_id})
-    return _parse_policy(orjson.loads(rendered))
+    return _load_policy(TEMPLATE_NAME, {"region": region, "account_id": account_id})
+
+
+def load_claim_policy(
+    region: str = DEFAULT_REGION, account_id: str = DEFAULT_ACCOUNT_ID, template: str = "*"
+) -> tuple[PolicyStatement, ...]:
+    """Render and parse the packaged ``claim_policy.json.tpl``: the fleet provisioning topics
+    only (CreateKeysAndCertificate, CreateCertificateFromCsr, RegisterThing of ``template``;
+    ``*``: every template)."""
+    variables = {"region": region, "account_id": account_id, "template": template}
+    return _load_policy(CLAIM_TEMPLATE_NAME, variables)
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
@@ -164,6 +179,10 @@ class DevicePolicy:
             statements if statements is not None else load_device_policy(region, account_id)
         )
         self._compiled: dict[tuple[str, str], tuple[_CompiledStatement, ...]] = {}
+
+    def add_thing(self, thing_name: str) -> None:
+        """Register one more thing (fleet provisioning creates things at run time)."""
+        self.things = self.things | {validate_thing_name(thing_name)}
 
     def _arn(self, kind: str, name: str) -> str:
         return f"arn:aws:iot:{self.region}:{self.account_id}:{kind}/{name}"
