@@ -336,3 +336,23 @@ async def test_a_device_rotates_its_certificate_then_the_old_one_is_revoked(
         with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
             async with device_client(emulator.port, emulator.certs, DEVICE):
                 pass
+
+
+async def test_replies_go_to_the_requesting_connection_only(emulator: Emulator) -> None:
+    accepted = f"{CREATE_KEYS_AND_CERTIFICATE_TOPIC}/accepted"
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            claim_client(emulator, "factory-a") as first,
+            claim_client(emulator, "factory-b") as second,
+        ):
+            await second.subscribe(accepted, qos=1)
+            outcome, _created = await request(first, CREATE_KEYS_AND_CERTIFICATE_TOPIC, {})
+            assert outcome == "accepted"
+            # the second one's own request is answered to it; it never saw the first's reply
+            await second.publish(CREATE_KEYS_AND_CERTIFICATE_TOPIC, b"{}", qos=1)
+            message = await next_message(second)
+            assert message.topic.value == accepted
+            mine = orjson.loads(message.payload)["certificateId"]
+    ids = [r.certificate_id for r in emulator.list_certificates()]
+    assert ids[-1] == mine
+    assert emulator.provisioning.stats() == {"accepted": 2, "rejected": 0}
