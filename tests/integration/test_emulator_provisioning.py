@@ -28,6 +28,7 @@ from ancsync.emulator.certificates import CertificateStatus
 from ancsync.emulator.certs import CertPair
 from ancsync.emulator.provisioning_templates import HookRequest, HookResult, ProvisioningTemplate
 from ancsync.emulator.server import Emulator
+from ancsync.testing import start_in_task
 from ancsync.topics import (
     CREATE_CERTIFICATE_FROM_CSR_TOPIC,
     CREATE_KEYS_AND_CERTIFICATE_TOPIC,
@@ -336,3 +337,79 @@ async def test_a_device_rotates_its_certificate_then_the_old_one_is_revoked(
         with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
             async with device_client(emulator.port, emulator.certs, DEVICE):
                 pass
+
+
+async def test_replies_go_to_the_requesting_connection_only(emulator: Emulator) -> None:
+    accepted = f"{CREATE_KEYS_AND_CERTIFICATE_TOPIC}/accepted"
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            claim_client(emulator, "factory-a") as first,
+            claim_client(emulator, "factory-b") as second,
+        ):
+            await second.subscribe(accepted, qos=1)
+            outcome, _created = await request(first, CREATE_KEYS_AND_CERTIFICATE_TOPIC, {})
+            assert outcome == "accepted"
+            # the second one's own request is answered to it; it never saw the first's reply
+            await second.publish(CREATE_KEYS_AND_CERTIFICATE_TOPIC, b"{}", qos=1)
+            message = await next_message(second)
+            assert message.topic.value == accepted
+            mine = orjson.loads(message.payload)["certificateId"]
+    ids = [r.certificate_id for r in emulator.list_certificates()]
+    assert ids[-1] == mine
+    assert emulator.provisioning.stats() == {"accepted": 2, "rejected": 0}
+
+
+async def test_an_ownership_token_expires_after_an_hour_and_templates_may_leave_it_inactive(
+    tmp_path: Path,
+) -> None:
+    now = [1_800_000_000.0]
+    inactive = ProvisioningTemplate(
+        "staged",
+        thing_name="anc-{SerialNumber}",
+        parameters={"SerialNumber": None},
+        certificate_status=CertificateStatus.INACTIVE,
+    )
+    started = await start_in_task(
+        Emulator(tmp_path / "certs", [DEVICE], clock=lambda: now[0], templates=[inactive])
+    )
+    emulator = started.part
+    try:
+        with anyio.fail_after(TIMEOUT * 2):
+            async with claim_client(emulator) as claim:
+                _outcome, late = await request(claim, CREATE_KEYS_AND_CERTIFICATE_TOPIC, {})
+                now[0] += 3601
+                register = register_thing_topic("staged")
+                outcome, body = await request(
+                    claim,
+                    register,
+                    {
+                        "certificateOwnershipToken": late["certificateOwnershipToken"],
+                        "parameters": {"SerialNumber": "SN-9"},
+                    },
+                )
+                assert (outcome, body["errorCode"]) == (
+                    "rejected",
+                    "InvalidCertificateOwnershipToken",
+                )
+                _outcome, created = await request(claim, CREATE_KEYS_AND_CERTIFICATE_TOPIC, {})
+                outcome, body = await request(
+                    claim,
+                    register,
+                    {
+                        "certificateOwnershipToken": created["certificateOwnershipToken"],
+                        "parameters": {"SerialNumber": "SN-9"},
+                    },
+                )
+                assert outcome == "accepted", body
+            record = emulator.certificates.require(created["certificateId"])
+            assert record.status is CertificateStatus.INACTIVE
+            pair = save_pair(
+                tmp_path / "staged", created["certificatePem"], created["privateKey"].encode()
+            )
+            with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+                async with mqtt_client(emulator.port, emulator.certs, pair, "anc-SN-9"):
+                    pass
+            await emulator.activate_certificate(created["certificateId"])
+            await shadow_update_accepted(emulator, pair, "anc-SN-9")
+    finally:
+        await started.stop()

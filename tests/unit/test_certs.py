@@ -200,10 +200,22 @@ def test_unknown_device_names_the_fix(tmp_path: Path) -> None:
         certs.device("nope")
 
 
-@pytest.mark.parametrize("thing", ["operator", "server"])
+@pytest.mark.parametrize("thing", ["operator", "server", "claim"])
 def test_layout_names_cannot_be_thing_names(tmp_path: Path, thing: str) -> None:
     with pytest.raises(ConfigError, match=f"thing name '{thing}' is reserved"):
         ensure_dev_certs(tmp_path, [thing])
+
+
+def test_the_claim_certificate_is_made_on_request_and_reused(tmp_path: Path) -> None:
+    assert ensure_dev_certs(tmp_path, THINGS).claim is None
+    certs = ensure_dev_certs(tmp_path, THINGS, claim=True)
+    assert certs.claim is not None
+    assert certs.claim.cert == tmp_path / "claim" / "cert.pem"
+    assert common_name(load(certs.claim.cert)) == "claim"
+    assert stat.S_IMODE(os.stat(certs.claim.key).st_mode) == 0o600
+    again = ensure_dev_certs(tmp_path, THINGS, claim=True)
+    assert again.claim is not None
+    assert again.claim.cert.read_bytes() == certs.claim.cert.read_bytes()
 
 
 def test_invalid_thing_names_are_refused(tmp_path: Path) -> None:

@@ -233,7 +233,7 @@ class Emulator(EmulatorComponent):
 
     @property
     def certs(self) -> DevCerts:
-        """The dev certificate paths (CA, server, operator, one per thing); TLS only."""
+        """The dev certificate paths (CA, server, operator, claim, one per thing); TLS only."""
         self._started()
         if self._certs is None:
             raise ConfigError("this emulator runs without TLS (tls=False): it has no certificates")
