@@ -250,6 +250,18 @@ async def test_reconnect_connects_again_at_once_and_resends_what_was_unacknowled
     assert [topic for topic, *_ in broker.published].count("anc/t/1") == 1
 
 
+async def test_after_reconnect_wait_connected_waits_for_the_new_attempt() -> None:
+    """A refused certificate replaced on disk: the old error must not answer for the new one."""
+    broker = FakeBroker(connect_errors=[TLSError("certificate revoked")])
+    rig = Rig(broker, backoff=Backoff(BackoffPolicy(base=60, cap=60)))
+    async with running(rig):
+        with pytest.raises(TLSError):
+            await rig.session.wait_connected()
+        rig.session.reconnect()  # the files were fixed
+        await rig.session.wait_connected()
+    assert len(broker.connects) == 2
+
+
 async def test_refused_subscription_is_reported() -> None:
     rig = Rig(FakeBroker(suback={"anc/secret/#": SUBSCRIBE_FAILURE}))
     rig.router.add_route("anc/secret/#", lambda topic, payload: None)

@@ -225,7 +225,9 @@ class MqttSession(Component):
     def reconnect(self) -> None:
         """End the connection now and connect again at once, e.g. to use new certificate files
         (the TLS context is built anew for every attempt). Nothing queued is lost: what was in
-        flight goes back to the outbox, as after any lost connection."""
+        flight goes back to the outbox, as after any lost connection. An error retrying could
+        not fix is forgotten: :meth:`wait_connected` waits for the new attempt's outcome."""
+        self.permanent_error = None
         self._reconnect_now.set()
 
     @property
