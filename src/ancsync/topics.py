@@ -422,22 +422,6 @@ def split_jobs_topic(topic: str) -> tuple[str, str] | None:
     return None if found is None else (found["thing"], found["rest"])
 
 
-_PROVISIONING_REQUEST = re.compile(
-    r"\$aws/certificates/create(?:-from-csr)?/json"
-    r"|\$aws/provisioning-templates/[0-9A-Za-z_-]{1,36}/provision/json"
-)
-
-
-def is_provisioning_request_topic(topic: str) -> bool:
-    """Whether ``topic`` is a fleet provisioning request a device may publish to.
-
-    ``$aws/certificates/create/json``, ``$aws/certificates/create-from-csr/json`` and
-    ``$aws/provisioning-templates/{template}/provision/json`` (JSON only: ancsync does not speak
-    the CBOR variants).
-    """
-    return _PROVISIONING_REQUEST.fullmatch(topic) is not None
-
-
 def is_jobs_request_topic(topic: str) -> bool:
     """Whether ``topic`` is a Jobs request a device may publish to.
 
@@ -466,6 +450,16 @@ _REGISTER_THING_TOPIC = re.compile(
 def register_thing_topic(template_name: str) -> str:
     """RegisterThing's request topic (JSON) for ``template_name``."""
     return f"$aws/provisioning-templates/{template_name}/provision/json"
+
+
+def is_provisioning_request_topic(topic: str) -> bool:
+    """Whether ``topic`` is a fleet provisioning request a device may publish to.
+
+    ``$aws/certificates/create/json``, ``$aws/certificates/create-from-csr/json`` and
+    ``$aws/provisioning-templates/{template}/provision/json`` (JSON only: ancsync does not speak
+    the CBOR variants).
+    """
+    return parse_provisioning_topic(topic) is not None
 
 
 def parse_provisioning_topic(topic: str) -> tuple[ProvisioningOperation, str | None] | None:

@@ -14,16 +14,13 @@ registry is pure bookkeeping: disconnecting the clients of a certificate that le
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from ancsync.errors import ConfigError
+from ancsync.provisioning.keys import certificate_id
 
 __all__ = [
     "CLAIM_POLICY",
@@ -50,18 +47,6 @@ class CertificateStatus(StrEnum):
     INACTIVE = "INACTIVE"
     REVOKED = "REVOKED"
     PENDING_ACTIVATION = "PENDING_ACTIVATION"
-
-
-def certificate_id(certificate: x509.Certificate | bytes | str) -> str:
-    """AWS's certificate id: the SHA-256 hex of the DER certificate (64 lowercase hex digits).
-
-    ``certificate`` is a loaded certificate, its DER bytes or its PEM text.
-    """
-    if isinstance(certificate, str):
-        certificate = x509.load_pem_x509_certificate(certificate.encode())
-    if isinstance(certificate, x509.Certificate):
-        certificate = certificate.public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(certificate).hexdigest()
 
 
 @dataclass(frozen=True)

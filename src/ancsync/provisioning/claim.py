@@ -41,6 +41,11 @@ from ancsync.models import new_id
 from ancsync.mqtt.outbox import Lane
 from ancsync.provisioning.identity import DeviceIdentity
 from ancsync.provisioning.keys import certificate_request, new_private_key
+from ancsync.topics import (
+    CREATE_CERTIFICATE_FROM_CSR_TOPIC,
+    CREATE_KEYS_AND_CERTIFICATE_TOPIC,
+    register_thing_topic,
+)
 
 __all__ = [
     "FleetProvisioning",
@@ -51,8 +56,6 @@ __all__ = [
 
 log = logging.getLogger("ancsync.provisioning")
 
-CREATE_FROM_CSR = "$aws/certificates/create-from-csr/json"
-CREATE_KEYS = "$aws/certificates/create/json"
 PROGRESS_FILE = "provisioning.json"
 NEW_KEY_FILE = "private.key.new"
 # AWS's ownership token lives an hour; a resumed registration older than this starts over.
@@ -82,11 +85,6 @@ class Registration:
     device_configuration: dict[str, str]
 
 
-def template_topic(template: str) -> str:
-    """The RegisterThing request topic of provisioning template ``template``."""
-    return f"$aws/provisioning-templates/{template}/provision/json"
-
-
 class FleetProvisioning:
     """AWS IoT's fleet provisioning MQTT API on an :class:`~ancsync.IoTConnection`.
 
@@ -108,12 +106,16 @@ class FleetProvisioning:
         self._iot = iot
         self.template = template
         self.reply_timeout = reply_timeout
-        create = CREATE_FROM_CSR if key_on_device else CREATE_KEYS
+        create = (
+            CREATE_CERTIFICATE_FROM_CSR_TOPIC
+            if key_on_device
+            else CREATE_KEYS_AND_CERTIFICATE_TOPIC
+        )
         self._reply: tuple[str, Any] | None = None
         self._answered: anyio.Event | None = None
         self.reply_filters = tuple(
             f"{request}/{outcome}"
-            for request in (create, template_topic(template))
+            for request in (create, register_thing_topic(template))
             for outcome in ("accepted", "rejected")
         )
         self._routes = [iot.subscribe(f, self._on_reply) for f in self.reply_filters]
@@ -157,13 +159,17 @@ class FleetProvisioning:
     async def create_certificate_from_csr(self, csr_pem: str) -> IssuedCertificate:
         """CreateCertificateFromCsr: a certificate for the key that signed ``csr_pem``."""
         answer = await self._request(
-            "CreateCertificateFromCsr", CREATE_FROM_CSR, {"certificateSigningRequest": csr_pem}
+            "CreateCertificateFromCsr",
+            CREATE_CERTIFICATE_FROM_CSR_TOPIC,
+            {"certificateSigningRequest": csr_pem},
         )
         return _issued("CreateCertificateFromCsr", answer, with_key=False)
 
     async def create_keys_and_certificate(self) -> IssuedCertificate:
         """CreateKeysAndCertificate: a key pair and certificate made by the service."""
-        answer = await self._request("CreateKeysAndCertificate", CREATE_KEYS, {})
+        answer = await self._request(
+            "CreateKeysAndCertificate", CREATE_KEYS_AND_CERTIFICATE_TOPIC, {}
+        )
         return _issued("CreateKeysAndCertificate", answer, with_key=True)
 
     async def register_thing(
@@ -172,7 +178,7 @@ class FleetProvisioning:
         """RegisterThing with the template: the thing, its active certificate and policy."""
         answer = await self._request(
             "RegisterThing",
-            template_topic(self.template),
+            register_thing_topic(self.template),
             {"certificateOwnershipToken": ownership_token, "parameters": dict(parameters)},
         )
         if not isinstance(answer.get("thingName"), str):

@@ -36,8 +36,15 @@ def certificate_request(key_pem: bytes, common_name: str) -> str:
     return request.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def certificate_id(certificate_pem: str | bytes) -> str:
-    """AWS IoT's ``certificateId`` of a certificate: the SHA-256 of its DER bytes, in hex."""
-    data = certificate_pem.encode() if isinstance(certificate_pem, str) else certificate_pem
-    der = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(der).hexdigest()
+def certificate_id(certificate: x509.Certificate | bytes | str) -> str:
+    """AWS IoT's ``certificateId``: the SHA-256 of the DER certificate, 64 lowercase hex digits.
+
+    ``certificate`` is a loaded certificate, its PEM (text or bytes) or its DER bytes.
+    """
+    if isinstance(certificate, str):
+        certificate = certificate.encode()
+    if isinstance(certificate, bytes) and certificate.lstrip().startswith(b"-----BEGIN"):
+        certificate = x509.load_pem_x509_certificate(certificate)
+    if isinstance(certificate, x509.Certificate):
+        certificate = certificate.public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(certificate).hexdigest()
