@@ -48,8 +48,8 @@ def refused(reason: ReasonCode, host: str) -> ConnectError:
     if name in _NOT_AUTHORIZED:
         return NotAuthorized(
             f"the broker at {host} refused the connection: {name}. Check that the certificate "
-            "is active, attached to the thing, and has a policy allowing iot:Connect for this "
-            "client id (the thing name)"
+            "is active (not revoked or inactive), attached to the thing, and has a policy "
+            "allowing iot:Connect for this client id (the thing name)"
         )
     error = ConnectError(f"the broker at {host} refused the connection: {name}")
     error.permanent = name in _PERMANENT
