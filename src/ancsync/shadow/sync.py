@@ -179,6 +179,7 @@ class DeviceShadowSync(Component):
             "resyncs": self._counts["resyncs"],
             "conflicts": self._counts["conflicts"],
             "stale_deltas": self._counts["stale_deltas"],
+            "malformed_deltas": self._counts["malformed_deltas"],
             "sync_errors": self._counts["sync_errors"],
             "deltas": deltas["deltas"],
             "deltas_handled": deltas["deltas_handled"],
@@ -395,9 +396,19 @@ class DeviceShadowSync(Component):
 
     def _on_message(self, topic: str, document: Any) -> None:
         parsed = parse_shadow_topic(topic)
-        if parsed is None or not isinstance(document, dict):
+        if parsed is None:
             return
         operation, suffix = parsed.operation, parsed.suffix
+        if not isinstance(document, dict):
+            if suffix == "delta":
+                self._malformed_delta(f"a JSON {type(document).__name__}, not an object")
+            else:
+                log.warning(
+                    "ignored a message on %s: a JSON %s, not a shadow document (an object)",
+                    topic,
+                    type(document).__name__,
+                )
+            return
         if suffix == "accepted":
             # The copy first, so a caller woken by the reply sees it.
             if operation == "get":
@@ -415,7 +426,11 @@ class DeviceShadowSync(Component):
 
     def _on_delta_message(self, document: JsonObject) -> None:
         version, changes = document.get("version"), document.get("state")
-        if not isinstance(version, int) or not isinstance(changes, dict):
+        if not isinstance(version, int) or isinstance(version, bool):
+            self._malformed_delta(f"its version is {_shown(version)}, not an integer")
+            return
+        if not isinstance(changes, dict):
+            self._malformed_delta(f"its state is {_shown(changes)}, not an object")
             return
         if version <= self._delta_version:
             self._counts["stale_deltas"] += 1
@@ -425,6 +440,16 @@ class DeviceShadowSync(Component):
             return
         self._delta_version = version
         self._post_delta(version, changes)
+
+    def _malformed_delta(self, problem: str) -> None:
+        self._counts["malformed_deltas"] += 1
+        log.warning(
+            "ignored a delta on %s: %s. Nothing was applied; a shadow delta is an object with "
+            "an integer version and an object state (is something other than the Device "
+            "Shadow service publishing on this topic?)",
+            self.topics.update_delta,
+            problem,
+        )
 
     def _changes_now(self, version: int, changes: JsonObject) -> JsonObject:
         """The desired changes to handle now: the local copy's delta, unless the copy is older
@@ -466,3 +491,9 @@ class DeviceShadowSync(Component):
             self._counts["conflicts"] += 1
             log.info("version conflict on %s; re-reading the shadow", self.topics.prefix)
             await self.get()
+
+
+def _shown(value: Any) -> str:
+    """A value from a bad message, short enough for a log line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
