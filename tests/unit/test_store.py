@@ -14,8 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from ancsync.durable.store import STORE_FILE_NAME, DurableStore, StoredLane, StoredMessage
-from ancsync.errors import BufferFull, StorageError
+from ancsync.durable.store import (
+    LOCK_SUFFIX,
+    STORE_FILE_NAME,
+    DurableStore,
+    StoredLane,
+    StoredMessage,
+)
+from ancsync.errors import BufferFull, DataDirInUse, StorageError
 
 
 def message(lane: StoredLane, size: int = 10, records: int = 1) -> StoredMessage:
@@ -308,7 +314,8 @@ def test_a_store_file_of_another_user_is_an_error_and_is_left_untouched(mode: in
             caught.value
         )
         assert f"chown 65534 {path}" in str(caught.value)
-        assert os.listdir(directory) == [STORE_FILE_NAME]  # nothing moved aside or created
+        # Nothing moved aside or created (the lock file is root's, from the first open).
+        assert sorted(os.listdir(directory)) == [STORE_FILE_NAME, STORE_FILE_NAME + LOCK_SUFFIX]
         with DurableStore(path) as store:
             assert store.pending() == [kept]
             assert store.last_seq("emergency") == 7
@@ -385,3 +392,19 @@ def test_a_read_only_file_system_is_a_clear_error(tiny_disk: Path, tmp_path: Pat
             assert len(store.pending("emergency")) == 1
     finally:
         subprocess.run(["umount", str(read_only)], check=True)
+
+
+def test_a_second_store_on_the_same_file_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    first = DurableStore.in_dir(tmp_path)
+    try:
+        with pytest.raises(DataDirInUse) as caught:
+            DurableStore.in_dir(tmp_path)
+        assert f"data directory {str(tmp_path)!r} is in use" in str(caught.value)
+        assert f"process {os.getpid()}" in str(caught.value)
+        assert "one device process per data_dir" in str(caught.value)
+        assert caught.value.holder == os.getpid()
+        first.put(message("emergency"))  # the first store is unaffected
+    finally:
+        first.close()
+    with DurableStore.in_dir(tmp_path) as second:
+        assert len(second.pending()) == 1
