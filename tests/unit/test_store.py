@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import read_only_view, tmpfs
 
 from ancsync.durable.store import (
     LOCK_SUFFIX,
@@ -346,22 +347,8 @@ def test_sqlite_running_out_of_room_is_a_storage_error(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"cannot mount a tmpfs here ({result.stderr.decode().strip()}): the full-disk tests "
-            "need root with mount allowed"
-        )
-    try:
+    with tmpfs(tmp_path / "tiny", "256k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def test_a_full_disk_is_a_clear_error_and_nothing_stored_is_lost(tiny_disk: Path) -> None:
@@ -380,18 +367,12 @@ def test_a_full_disk_is_a_clear_error_and_nothing_stored_is_lost(tiny_disk: Path
 def test_a_read_only_file_system_is_a_clear_error(tiny_disk: Path, tmp_path: Path) -> None:
     with DurableStore.in_dir(tiny_disk) as store:
         store.put(message("emergency"))
-    read_only = tmp_path / "read-only"
-    read_only.mkdir()
-    subprocess.run(["mount", "--bind", str(tiny_disk), str(read_only)], check=True)
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+    with read_only_view(tiny_disk, tmp_path / "read-only") as read_only:
         with pytest.raises(StorageError, match="read-only file system"):
             DurableStore.in_dir(read_only)
         # Nothing was moved aside or deleted: the file still holds its emergency.
         with DurableStore.in_dir(tiny_disk) as store:
             assert len(store.pending("emergency")) == 1
-    finally:
-        subprocess.run(["umount", str(read_only)], check=True)
 
 
 def test_a_second_store_on_the_same_file_is_refused_until_the_first_closes(tmp_path: Path) -> None:
