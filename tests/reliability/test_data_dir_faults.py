@@ -114,6 +114,7 @@ async def test_a_second_process_on_a_data_dir_is_refused_naming_it(tmp_path: Pat
                 assert await first.line() == "ready"
                 async with device(settings, log) as second:
                     refusal = await second.line()
+                    assert refusal.startswith("error DataDirInUse: "), refusal
                     assert await second.process.wait() == CANNOT_START
                 # The first device carries on, and its emergencies get through.
                 event_id, seq = await first.emergency()
@@ -127,7 +128,6 @@ async def test_a_second_process_on_a_data_dir_is_refused_naming_it(tmp_path: Pat
                 await emulator.rules.wait_for(lambda _: later_id in delivered(emulator))
                 assert await third.stop() == 0
 
-    assert refusal.startswith("error DataDirInUse: ")
     assert f"the data directory {str(data_dir)!r} is in use" in refusal
     assert f"already open in process {first.process.pid}" in refusal
     assert "Run one device process per data_dir" in refusal
@@ -155,6 +155,7 @@ async def test_a_read_only_data_dir_is_a_clear_error_and_its_emergencies_wait(
         with read_only_view(data_dir, tmp_path / "read-only") as read_only:
             async with device(environment(offline, read_only), log) as refused:
                 error = await refused.line()
+                assert error.startswith("error StorageError: "), error
                 assert await refused.process.wait() == CANNOT_START
         assert contents(data_dir) == before  # nothing moved aside, written or deleted
 
@@ -167,7 +168,6 @@ async def test_a_read_only_data_dir_is_a_clear_error_and_its_emergencies_wait(
             await emulator.rules.wait_for(lambda _: event_id in delivered(emulator))
             assert await again.stop() == 0
 
-    assert error.startswith("error StorageError: ")
     assert str(read_only / STORE_FILE_NAME) in error
     assert "read-only file system" in error
     assert "point data_dir (env ANCSYNC_DATA_DIR) at a writable directory" in error
