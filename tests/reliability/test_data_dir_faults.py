@@ -23,7 +23,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from helpers import read_only_view, tmpfs
 
-from ancsync.durable.store import STORE_FILE_NAME
+from ancsync.durable.store import STORE_FILE_NAME, DurableStore
 from ancsync.emulator.server import Emulator
 
 pytestmark = pytest.mark.slow
@@ -230,6 +230,8 @@ async def test_a_full_disk_refuses_new_emergencies_clearly_and_keeps_the_accepte
                 await emulator.rules.wait_for(lambda _: event_id in delivered(emulator))
                 gaps = emulator.rules.gaps(THING)
             assert await running.stop() == 0
+        with DurableStore.in_dir(data_dir) as store:
+            left = store.pending("emergency")
 
     assert answer.startswith("refused StorageError: ")
     assert str(data_dir / STORE_FILE_NAME) in answer
@@ -243,6 +245,10 @@ async def test_a_full_disk_refuses_new_emergencies_clearly_and_keeps_the_accepte
     assert gaps == []
     device_log = log.read_text()
     assert "NOT reported" in device_log
+    # The deletes that failed on the full disk were retried once it had room: the next start
+    # will not send those emergencies again.
+    assert left == []
+    assert "stay stored for now (deleting them is retried" in device_log
 
 
 # -- a corrupt store file -------------------------------------------------------------------
