@@ -177,3 +177,62 @@ async def test_garbage_from_the_broker_is_refused_and_the_device_carries_on(
     assert emulator.rules.gaps(THING) == []
     assert status["emergency"]["pending"] == 0
     assert status["telemetry"]["records"]["anc"]["delivered"] == 4
+
+
+async def test_shadow_messages_with_versions_from_nowhere_do_not_stall_the_device(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Version numbers the Shadow service never had (a documents message and deltas ahead of
+    the shadow) must not leave the device unable to report, or deaf to the next real delta."""
+    applied: list[dict[str, Any]] = []
+    handled = anyio.Event()
+
+    def apply(changes: dict[str, Any]) -> dict[str, Any]:
+        applied.append(changes)
+        handled.set()
+        return changes
+
+    # No periodic re-sync to the rescue within the test: the device must heal by itself.
+    device = DataSyncOrchestrator(**orchestrator_options(emulator, tmp_path, sync_interval=600))
+    device.on_desired_state(apply)
+    topics = ShadowTopics(THING)
+    bogus = 1_000_000_000
+
+    def reported(key: str, value: Any) -> Any:
+        return lambda d: d.reported.get(key) == value and d.converged
+
+    with anyio.fail_after(TIMEOUT):
+        async with cloud(emulator) as operator, device:
+            await device.update_anc_state(intensity=0.5, algorithm="nlms", wait=True)
+
+            # A copy of the shadow from nowhere, then a delta ahead of it: the device applies
+            # the delta (it came on the service's topic), and must still be able to report it.
+            document = {"current": {"version": bogus, "state": {"reported": {}}}, "timestamp": 1}
+            await emulator.broker.publish(topics.update_documents, orjson.dumps(document), qos=1)
+            with operator.watch() as documents:
+                await emulator.broker.publish(
+                    DELTA, delta(bogus + 1, {"anc_algorithm": "fxlms"}), qos=1
+                )
+                await until(documents, lambda d: d.reported.get("anc_algorithm") == "fxlms")
+                # ... and a real change after that is applied at once.
+                await operator.update_desired({"anc_intensity": 0.9})
+                await until(documents, reported("anc_intensity", 0.9))
+
+                # A delta far ahead alone (the copy is right): the next real one still counts.
+                handled = anyio.Event()
+                await emulator.broker.publish(
+                    DELTA, delta(2 * bogus, {"anc_enabled": False}), qos=1
+                )
+                await handled.wait()
+                await operator.update_desired({"anc_intensity": 0.3})
+                final = await until(documents, reported("anc_intensity", 0.3))
+
+    assert applied == [
+        {"anc_algorithm": "fxlms"},
+        {"anc_intensity": 0.9},
+        {"anc_enabled": False},
+        {"anc_intensity": 0.3},
+    ]
+    assert final.reported["anc_enabled"] is False
+    assert final.version < bogus  # the service's numbering, not the bogus one
+    assert device.shadow.version == final.version

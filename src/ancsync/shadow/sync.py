@@ -207,10 +207,38 @@ class DeviceShadowSync(Component):
         version = document.get("version")
         state = document.get("state")
         if isinstance(version, int) and isinstance(state, dict):
-            self._delta_version = max(self._delta_version, version)
+            self._trust_the_service(version, document)
             if isinstance(state.get("delta"), dict):
                 self._post_delta(version, state["delta"])
         return self.get_state()
+
+    def _trust_the_service(self, version: int, document: JsonObject) -> None:
+        """After the reply to this device's own get: versions above the service's are wrong.
+
+        A message on the shadow topics that the service never sent (or one that arrived very
+        late) may carry a version the shadow never had. Believed, it would make every update
+        fail with 409 (the copy's version) or every delta look stale; the service's word wins.
+        """
+        if version < self._local.version:
+            log.warning(
+                "the copy of %s was at version %d, ahead of the service's %d: a message on the "
+                "shadow topics carried a version the service never had (or arrived out of "
+                "order); took the service's document",
+                self.topics.prefix,
+                self._local.version,
+                version,
+            )
+            self._local.apply_get(document, force=True)
+        if self._delta_version > version:
+            log.warning(
+                "a delta of %s had version %d, ahead of the shadow's %d (not from the Shadow "
+                "service, or out of order): deltas from version %d on are handled again",
+                self.topics.prefix,
+                self._delta_version,
+                version,
+                version + 1,
+            )
+        self._delta_version = version
 
     def report(self, state: Mapping[str, Any] | BaseModel) -> None:
         """Queue reported values and return at once; the sync task sends them, coalesced.
@@ -437,6 +465,11 @@ class DeviceShadowSync(Component):
             log.info(
                 "discarded a stale delta (version %d, applied %d)", version, self._delta_version
             )
+            if version >= self._local.version:
+                # Stale, yet not older than the copy: the delta that made it look stale had a
+                # version the shadow may never have had. Ask the service (it decides).
+                self._resync_due = True
+                self._wakeup.set()
             return
         self._delta_version = version
         self._post_delta(version, changes)
