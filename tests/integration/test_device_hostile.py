@@ -22,7 +22,7 @@ from device import THING, cloud, orchestrator_options, until
 
 from ancsync import DataSyncOrchestrator, ShadowDocument
 from ancsync.emulator.server import Emulator
-from ancsync.topics import ShadowTopics, commands_topic
+from ancsync.topics import JobsTopics, ShadowTopics, commands_topic
 
 TIMEOUT = 30
 MEGABYTE = 1024 * 1024
@@ -45,6 +45,35 @@ class Rejections:
         while len(self.seen) < count:
             self._changed = anyio.Event()
             await self._changed.wait()
+
+
+class LogWatch(logging.Handler):
+    """Counts the log records of ``logger`` whose message holds ``text``, and wakes waiters:
+    how a test knows a route's worker has handled a message (it logs nothing else)."""
+
+    def __init__(self, logger: str, text: str) -> None:
+        super().__init__(logging.WARNING)
+        self.logger = logging.getLogger(logger)
+        self.text = text
+        self.count = 0
+        self._changed = anyio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count += 1
+            self._changed.set()
+
+    async def wait_for(self, count: int) -> None:
+        while self.count < count:
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def __enter__(self) -> LogWatch:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.logger.removeHandler(self)
 
 
 def delta(version: int, state: Any) -> bytes:
@@ -236,3 +265,66 @@ async def test_shadow_messages_with_versions_from_nowhere_do_not_stall_the_devic
     assert final.reported["anc_enabled"] is False
     assert final.version < bogus  # the service's numbering, not the bogus one
     assert device.shadow.version == final.version
+
+
+async def test_garbage_on_the_jobs_topics_is_refused_and_jobs_still_run(
+    emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not JSON, JSON of the wrong shape, and an execution of the wrong types, on notify-next
+    and notify, before and while a job runs: logged, and the job runs to SUCCEEDED."""
+    rejections = Rejections()
+    options = orchestrator_options(emulator, tmp_path)
+    options["connection_options"] = {**options["connection_options"], "on_invalid": rejections}
+    device = DataSyncOrchestrator(**options)
+    topics = JobsTopics(THING)
+    started: list[str] = []
+    running, finish = anyio.Event(), anyio.Event()
+
+    @device.on_job("recalibrate")
+    async def recalibrate(job: Any) -> None:
+        started.append(job.job_id)
+        running.set()
+        await finish.wait()
+        await job.succeed({"offset_db": "0.4"})
+
+    garbage = [
+        b"\xff\xfe not json",
+        b"[1, 2, 3]",
+        orjson.dumps({"execution": {"jobId": 5, "status": []}}),
+        orjson.dumps({"jobs": "all of them"}),
+        orjson.dumps({"jobs": {"IN_PROGRESS": [1, "x"]}}),
+    ]
+    caplog.set_level(logging.WARNING, logger="ancsync.jobs")
+    notify_ignored = LogWatch("ancsync.jobs", f"ignored a message on {topics.notify}:")
+    with notify_ignored, anyio.fail_after(TIMEOUT):
+        async with device:
+            # A first job shows the device is subscribed to the jobs topics.
+            finish.set()
+            await emulator.jobs.create_job("cal-0", [THING], {"operation": "recalibrate"})
+            await emulator.jobs.wait_for_status("cal-0", THING, "SUCCEEDED")
+            running, finish = anyio.Event(), anyio.Event()
+
+            for payload in garbage:  # while no job runs
+                await emulator.broker.publish(topics.notify_next, payload, qos=1)
+            await rejections.wait_for(1)
+            await emulator.jobs.create_job("cal-1", [THING], {"operation": "recalibrate"})
+            await running.wait()
+            for payload in garbage:  # while it runs
+                await emulator.broker.publish(topics.notify, payload, qos=1)
+                await emulator.broker.publish(topics.notify_next, payload, qos=1)
+            await rejections.wait_for(3)
+            # The notify worker has handled the four JSON ones (each could end the job).
+            await notify_ignored.wait_for(4)
+            finish.set()
+            status = await emulator.jobs.wait_for_status("cal-1", THING, "SUCCEEDED", "FAILED")
+            components = device.get_status()["components"]
+
+    assert status == "SUCCEEDED"
+    assert started == ["cal-0", "cal-1"]
+    assert all(c["running"] and c["restarts"] == 0 for c in components.values())
+    assert {topic for topic, _, _ in rejections.seen} == {topics.notify, topics.notify_next}
+    logged = caplog.text
+    assert "Traceback" not in logged  # a clear line, not a handler crash
+    assert "was canceled or removed" not in logged  # (what a notify without "jobs" did)
+    assert "ignored a job execution that does not validate" in logged
+    assert "ignored a message on" in logged
