@@ -251,6 +251,37 @@ async def test_a_full_disk_refuses_new_emergencies_clearly_and_keeps_the_accepte
     assert "stay stored for now (deleting them is retried" in device_log
 
 
+async def test_a_device_started_on_a_full_disk_says_so_and_sends_its_emergency_later(
+    tmp_path: Path,
+) -> None:
+    certs_dir, log = tmp_path / "certs", tmp_path / "device.log"
+    with tmpfs(tmp_path / "disk", "256k") as disk, anyio.fail_after(60):
+        data_dir = disk / "data"
+        port, offline = await emulator_gone(certs_dir)
+        async with device(environment(offline, data_dir), log) as first:
+            assert await first.line() == "ready"
+            event_id, _ = await first.emergency()
+            assert await first.stop() == 0
+        with filled(disk):
+            async with device(environment(offline, data_dir), log) as refused:
+                error = await refused.line()
+                assert error.startswith("error StorageError: "), error
+                assert await refused.process.wait() == CANNOT_START
+        # Room again: the next start sends the emergency that waited.
+        async with (
+            Emulator(certs_dir, things=(THING,), port=port) as emulator,
+            device(environment(emulator.device_settings(THING), data_dir), log) as again,
+        ):
+            assert await again.line() == "ready"
+            await emulator.rules.wait_for(lambda _: event_id in delivered(emulator))
+            assert await again.stop() == 0
+
+    assert str(data_dir / STORE_FILE_NAME) in error
+    # (SQLite says "disk I/O error": it cannot grow its shared-memory file)
+    assert "the disk is full; free space on the device or lower the store's max_bytes" in error
+    assert "check the storage device" not in error
+
+
 # -- a corrupt store file -------------------------------------------------------------------
 
 

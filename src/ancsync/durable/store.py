@@ -108,6 +108,10 @@ _ERROR_ADVICE = {
     "SQLITE_CANTOPEN": "the file cannot be opened; check that data_dir exists and is writable",
 }
 
+# Errors that a full disk may cause, and how little free space makes it the likely cause.
+_MAYBE_FULL = {"SQLITE_IOERR", "SQLITE_CANTOPEN"}
+_NEARLY_FULL = 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
@@ -546,6 +550,11 @@ class DurableStore:
     def _storage_error(self, doing: str, exc: sqlite3.Error) -> StorageError:
         name = _error_name(exc)
         advice = _ERROR_ADVICE.get(name, f"SQLite error {name}")
+        free = _free_bytes(self.path.parent)
+        if name in _MAYBE_FULL and free is not None and free < _NEARLY_FULL:
+            # SQLite reports a disk that cannot grow its shared-memory or WAL file as an I/O
+            # error (SQLITE_IOERR_SHMSIZE...): say what is really wrong.
+            advice = f"{_ERROR_ADVICE['SQLITE_FULL']} ({free} bytes free)"
         return StorageError(f"durable outbox {str(self.path)!r} could not {doing}: {exc}; {advice}")
 
 
@@ -561,6 +570,15 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Bytes this user may still write on the file system of ``directory`` (None: unknown)."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
 
 
 def _read_pid(fd: int) -> int | None:
