@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import importlib.util
+import os
 import shutil
 import socket
 import ssl
@@ -296,3 +297,50 @@ def load_script(path: Path, name: str | None = None) -> Any:
 def load_docs_script(name: str) -> Any:
     """Import ``docs/<name>.py`` (a page generator) for a test."""
     return load_script(Path(__file__).parent.parent / "docs" / f"{name}.py")
+
+
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real, small file system at ``mount_point`` (created) for full-disk tests: root only.
+
+    Fails the test (not a skip) where mounting is not allowed: a full disk cannot be faked.
+    """
+    mount_point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"cannot mount a tmpfs here ({result.stderr.decode().strip()}): the full-disk tests "
+            "need root with mount allowed"
+        )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+@contextlib.contextmanager
+def read_only_view(source: Path, target: Path) -> Iterator[Path]:
+    """``source`` seen read-only at ``target`` (created).
+
+    As root, mode bits do not stop a write: a read-only bind mount (``EROFS``, as on a
+    read-only file system). Otherwise ``target`` is ``source`` itself, made ``0555``.
+    """
+    if os.geteuid() != 0:
+        mode = source.stat().st_mode
+        source.chmod(0o555)
+        try:
+            yield source
+        finally:
+            source.chmod(mode)
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)

@@ -26,6 +26,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ConfigError",
         "ConnectError",
         "ConnectTimeout",
+        "DataDirInUse",
         "InvalidPayload",
         "InvalidTopic",
         "JobRejected",
@@ -157,6 +158,9 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
     )
     from ancsync.errors import (
         ConnectTimeout as ConnectTimeout,
+    )
+    from ancsync.errors import (
+        DataDirInUse as DataDirInUse,
     )
     from ancsync.errors import (
         InvalidPayload as InvalidPayload,

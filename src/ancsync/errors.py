@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectTimeout",
+    "DataDirInUse",
     "InvalidPayload",
     "InvalidTopic",
     "JobRejected",
@@ -157,6 +158,20 @@ class ProvisioningRejected(ProvisionError):
 
 class StorageError(AncSyncError, OSError):
     """The durable outbox could not write (disk full, read-only or corrupt store)."""
+
+
+class DataDirInUse(StorageError):
+    """Another process already has this durable store open: one device process per data_dir.
+
+    Two processes writing one outbox would send each other's messages and reuse ``seq``
+    numbers, so the second is refused. ``path`` is the store file; ``holder`` the process id
+    written in its lock file by the process holding it, when known.
+    """
+
+    def __init__(self, message: str, *, path: str, holder: int | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.holder = holder
 
 
 class JobRejected(AncSyncError):

@@ -311,6 +311,9 @@ class ShadowStatus(TypedDict):
     """Updates the service refused with 409 (version conflict) and retried."""
     stale_deltas: int
     """Deltas ignored because a newer version was already handled."""
+    malformed_deltas: int
+    """Messages on ``update/delta`` that are JSON but no shadow delta (not an object, or no
+    integer ``version`` and object ``state``): logged with what is wrong, and ignored."""
     sync_errors: int
     """Sync-task failures (it keeps running)."""
     deltas: int

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from ancsync import IoTConnection
+from ancsync import IoTConnection, OperatorCredentials, ShadowDocument, ShadowOperator
 from ancsync.emulator.certs import DevCerts
 from ancsync.emulator.server import Emulator
 from ancsync.mqtt.backoff import BackoffPolicy
@@ -52,3 +54,21 @@ def orchestrator_options(emulator: Emulator, tmp_path: Path, **options: Any) -> 
         "connection_options": {"reconnect": BackoffPolicy(base=0.02, cap=0.1)},
         **options,
     }
+
+
+@asynccontextmanager
+async def cloud(emulator: Emulator, thing: str = THING) -> AsyncIterator[ShadowOperator]:
+    """The cloud side of ``thing``'s shadow: a running ShadowOperator with the operator
+    certificate (its ``connection`` also publishes commands)."""
+    credentials = OperatorCredentials.from_certs_dir(emulator.certs.root, port=emulator.port)
+    reconnect = BackoffPolicy(base=0.02, cap=0.1)
+    async with ShadowOperator(credentials.connection(reconnect=reconnect), thing) as operator:
+        yield operator
+
+
+async def until(documents: Any, holds: Any) -> ShadowDocument:
+    """The first document of an ``operator.watch()`` stream for which ``holds``."""
+    async for document in documents:
+        if holds(document):
+            return document  # type: ignore[no-any-return]
+    raise AssertionError("the watch ended")

@@ -45,6 +45,10 @@ async def provision(emulator: Emulator, directory: Path, serial: str = "SN0001")
     )
 
 
+def anc(n: int) -> dict[str, float]:
+    return {"latency_ms": n, "cancellation_db": 40.0, "snr_improvement_db": 9.0}
+
+
 def device(identity: DeviceIdentity, tmp_path: Path, **options: Any) -> DataSyncOrchestrator:
     """The orchestrator as a device starts it: from the files provisioning wrote."""
     return DataSyncOrchestrator.from_config_file(
@@ -66,10 +70,9 @@ async def test_a_device_with_only_a_claim_certificate_reaches_full_operation(
         record = emulator.certificate_of(identity.thing_name)
         assert record.certificate_id == identity.certificate_id
         assert record.status is CertificateStatus.ACTIVE
-        async with (
-            device(identity, tmp_path) as orchestrator,
-            cloud(emulator, identity.thing_name) as operator,
-        ):
+        orchestrator = device(identity, tmp_path)
+        orchestrator.on_desired_state(lambda changes: changes)  # the device applies it all
+        async with orchestrator, cloud(emulator, identity.thing_name) as operator:
             await orchestrator.wait_connected(TIMEOUT)
             await orchestrator.update_anc_state(enabled=True, intensity=0.7, wait=True)
             await operator.update_desired({"anc_intensity": 0.4})
@@ -79,14 +82,20 @@ async def test_a_device_with_only_a_claim_certificate_reaches_full_operation(
             )
             for n in range(4):
                 orchestrator.publish_metrics(
-                    anc_metrics={"latency_ms": 30 + n, "cancellation_db": 40.0}
+                    anc_metrics={
+                        "latency_ms": 30 + n,
+                        "cancellation_db": 40.0,
+                        "snr_improvement_db": 9,
+                    }
                 )
             event = await orchestrator.report_emergency(
                 is_emergency=True, predicted_class="siren", confidence=0.9, action="anc_bypassed"
             )
             await emulator.rules.wait_for(
-                lambda sink: sink.record_count(identity.thing_name, "anc") == 4
-                and len(sink.emergencies(identity.thing_name)) == 1
+                lambda sink: (
+                    sink.record_count(identity.thing_name, "anc") == 4
+                    and len(sink.emergencies(identity.thing_name)) == 1
+                )
             )
     [stored] = emulator.rules.emergencies(identity.thing_name)
     assert stored.event_id == event.event_id
@@ -122,7 +131,7 @@ async def test_a_rotation_on_the_emulator_keeps_the_device_running_with_a_new_ce
         async with device(identity, tmp_path) as orchestrator:
             await orchestrator.wait_connected(TIMEOUT)
             for n in range(6):
-                orchestrator.publish_metrics(anc_metrics={"latency_ms": n, "cancellation_db": 1})
+                orchestrator.publish_metrics(anc_metrics=anc(n))
             new_id = await rotate_certificate(
                 orchestrator.connection,
                 template=TEMPLATE,
@@ -130,7 +139,7 @@ async def test_a_rotation_on_the_emulator_keeps_the_device_running_with_a_new_ce
             )
             await emulator.revoke_certificate(old_id)  # what the operator does next
             for n in range(6, 10):
-                orchestrator.publish_metrics(anc_metrics={"latency_ms": n, "cancellation_db": 1})
+                orchestrator.publish_metrics(anc_metrics=anc(n))
             await emulator.rules.wait_for(
                 lambda sink: sink.record_count(identity.thing_name, "anc") == 10
             )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +101,13 @@ async def test_when_report_emergency_returns_the_event_is_on_disk(
         ):
             event = await reporter.report_emergency(alarm())
 
-            with DurableStore.in_dir(tmp_path) as other_reader:
-                (stored,) = other_reader.pending()
-            assert stored.msg_id == event.event_id
-            assert decode_model(stored.payload, EmergencyEvent) == event
+            # Another SQLite connection, read-only (a second DurableStore would be refused:
+            # the store is locked for its process).
+            path = (tmp_path / STORE_FILE_NAME).resolve()
+            with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as other_reader:
+                ((msg_id, payload),) = other_reader.execute("SELECT msg_id, payload FROM messages")
+            assert msg_id == event.event_id
+            assert decode_model(payload, EmergencyEvent) == event
             status = reporter.get_status()
             assert status["pending"] == 1
             assert status["oldest_pending_age_s"] >= 0

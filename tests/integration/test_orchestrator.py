@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import anyio
 import orjson
 import pytest
 from anyio.abc import TaskStatus
-from device import THING, orchestrator_options
+from device import THING, cloud, orchestrator_options, until
 from helpers import assert_typed
 
 import ancsync.orchestrator
@@ -27,8 +25,6 @@ from ancsync import (
     Command,
     DataSyncOrchestrator,
     DeviceStatus,
-    OperatorCredentials,
-    ShadowDocument,
     ShadowOperator,
     utc_now,
 )
@@ -47,20 +43,6 @@ FAST = BackoffPolicy(base=0.02, cap=0.1)
 
 def orchestrator(emulator: Emulator, tmp_path: Path, **options: Any) -> DataSyncOrchestrator:
     return DataSyncOrchestrator(**orchestrator_options(emulator, tmp_path, **options))
-
-
-@asynccontextmanager
-async def cloud(emulator: Emulator) -> AsyncIterator[ShadowOperator]:
-    credentials = OperatorCredentials.from_certs_dir(emulator.certs.root, port=emulator.port)
-    async with ShadowOperator(credentials.connection(reconnect=FAST), THING) as operator:
-        yield operator
-
-
-async def until(documents: Any, holds: Any) -> ShadowDocument:
-    async for document in documents:
-        if holds(document):
-            return document  # type: ignore[no-any-return]
-    raise AssertionError("the watch ended")
 
 
 def command(name: str, **params: Any) -> Command:

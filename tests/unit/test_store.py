@@ -13,9 +13,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import read_only_view, tmpfs
 
-from ancsync.durable.store import STORE_FILE_NAME, DurableStore, StoredLane, StoredMessage
-from ancsync.errors import BufferFull, StorageError
+from ancsync.durable.store import (
+    LOCK_SUFFIX,
+    STORE_FILE_NAME,
+    DurableStore,
+    StoredLane,
+    StoredMessage,
+)
+from ancsync.errors import BufferFull, DataDirInUse, StorageError
 
 
 def message(lane: StoredLane, size: int = 10, records: int = 1) -> StoredMessage:
@@ -335,7 +342,8 @@ def test_a_store_file_of_another_user_is_an_error_and_is_left_untouched(mode: in
             caught.value
         )
         assert f"chown 65534 {path}" in str(caught.value)
-        assert os.listdir(directory) == [STORE_FILE_NAME]  # nothing moved aside or created
+        # Nothing moved aside or created (the lock file is root's, from the first open).
+        assert sorted(os.listdir(directory)) == [STORE_FILE_NAME, STORE_FILE_NAME + LOCK_SUFFIX]
         with DurableStore(path) as store:
             assert store.pending() == [kept]
             assert store.last_seq("emergency") == 7
@@ -366,22 +374,8 @@ def test_sqlite_running_out_of_room_is_a_storage_error(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"cannot mount a tmpfs here ({result.stderr.decode().strip()}): the full-disk tests "
-            "need root with mount allowed"
-        )
-    try:
+    with tmpfs(tmp_path / "tiny", "256k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def test_a_full_disk_is_a_clear_error_and_nothing_stored_is_lost(tiny_disk: Path) -> None:
@@ -400,15 +394,25 @@ def test_a_full_disk_is_a_clear_error_and_nothing_stored_is_lost(tiny_disk: Path
 def test_a_read_only_file_system_is_a_clear_error(tiny_disk: Path, tmp_path: Path) -> None:
     with DurableStore.in_dir(tiny_disk) as store:
         store.put(message("emergency"))
-    read_only = tmp_path / "read-only"
-    read_only.mkdir()
-    subprocess.run(["mount", "--bind", str(tiny_disk), str(read_only)], check=True)
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+    with read_only_view(tiny_disk, tmp_path / "read-only") as read_only:
         with pytest.raises(StorageError, match="read-only file system"):
             DurableStore.in_dir(read_only)
         # Nothing was moved aside or deleted: the file still holds its emergency.
         with DurableStore.in_dir(tiny_disk) as store:
             assert len(store.pending("emergency")) == 1
+
+
+def test_a_second_store_on_the_same_file_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    first = DurableStore.in_dir(tmp_path)
+    try:
+        with pytest.raises(DataDirInUse) as caught:
+            DurableStore.in_dir(tmp_path)
+        assert f"data directory {str(tmp_path)!r} is in use" in str(caught.value)
+        assert f"process {os.getpid()}" in str(caught.value)
+        assert "one device process per data_dir" in str(caught.value)
+        assert caught.value.holder == os.getpid()
+        first.put(message("emergency"))  # the first store is unaffected
     finally:
-        subprocess.run(["umount", str(read_only)], check=True)
+        first.close()
+    with DurableStore.in_dir(tmp_path) as second:
+        assert len(second.pending()) == 1

@@ -29,12 +29,18 @@ Design choices:
 * **A permission problem is an error, not corruption.** A file this user cannot read and write
   (say, created once under ``sudo``) is left alone and :class:`~ancsync.errors.StorageError` says
   how to fix it: moving it aside would orphan the emergencies in it.
+* **One process per store.** A store holds an exclusive ``flock`` on ``outbox.sqlite3.lock`` (its
+  file name plus ``.lock``) for as long as it is open. A second process (or a second store on the
+  same file) gets :class:`~ancsync.errors.DataDirInUse` naming the directory, the process holding
+  it and the fix. The kernel drops the lock when the holder dies, even by ``SIGKILL``: a stale
+  lock file never blocks the next start.
 * **Clear errors.** SQLite failures (disk full, read-only file system, I/O errors) become
   :class:`~ancsync.errors.StorageError` naming the file, the cause and what to do.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -47,10 +53,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from ancsync.errors import BufferFull, StorageError
+from ancsync.errors import BufferFull, DataDirInUse, StorageError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "LOCK_SUFFIX",
     "STORE_FILE_NAME",
     "DurableStore",
     "StoreStats",
@@ -61,6 +68,7 @@ __all__ = [
 logger = logging.getLogger("ancsync.durable.store")
 
 STORE_FILE_NAME = "outbox.sqlite3"
+LOCK_SUFFIX = ".lock"
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 StoredLane = Literal["emergency", "telemetry"]
@@ -99,6 +107,10 @@ _ERROR_ADVICE = {
     "SQLITE_BUSY": "another process holds the store locked; run one device process per data_dir",
     "SQLITE_CANTOPEN": "the file cannot be opened; check that data_dir exists and is writable",
 }
+
+# Errors that a full disk may cause, and how little free space makes it the likely cause.
+_MAYBE_FULL = {"SQLITE_IOERR", "SQLITE_CANTOPEN"}
+_NEARLY_FULL = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +165,7 @@ class DurableStore:
         self._evicted_messages = 0
         self._evicted_records = 0
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._bytes = 0
         self._seqs: dict[str, int] = {}
         if open_now:
@@ -179,10 +192,12 @@ class DurableStore:
     # -- opening -------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the file now: create it, or move a corrupt one aside and rescue its emergencies.
+        """Open the file now: lock it for this process, create it, or move a corrupt one aside
+        and rescue its emergencies.
 
-        Does nothing when it is open already. Raises :class:`StorageError` when the file cannot
-        be opened (the message names the file and the fix).
+        Does nothing when it is open already. Raises :class:`DataDirInUse` when another process
+        has it open, and :class:`StorageError` when the file cannot be opened (the message names
+        the file and the fix).
         """
         with self._lock:
             self._connection()
@@ -190,16 +205,77 @@ class DurableStore:
     def _connection(self) -> sqlite3.Connection:
         """The open connection, opened first if needed; the caller holds ``_lock``."""
         if self._conn is None:
-            conn = self._open_or_recover()
-            row = conn.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
-            self._bytes = int(row.fetchone()[0])
-            with self._seq_lock:
-                self._seqs = dict(conn.execute("SELECT stream, value FROM seqs"))
+            self._refuse_files_without_permission()
+            self._lock_fd = self._take_lock()
+            try:
+                conn = self._open_or_recover()
+                try:
+                    row = conn.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
+                    self._bytes = int(row.fetchone()[0])
+                    with self._seq_lock:
+                        self._seqs = dict(conn.execute("SELECT stream, value FROM seqs"))
+                except BaseException:
+                    conn.close()
+                    raise
+            except BaseException:
+                self._release_lock()
+                raise
             self._conn = conn
         return self._conn
 
+    @property
+    def lock_path(self) -> Path:
+        """The file this store holds locked while it is open (``outbox.sqlite3.lock``)."""
+        return self.path.with_name(self.path.name + LOCK_SUFFIX)
+
+    def _take_lock(self) -> int | None:
+        """Lock the store for this process; raise :class:`DataDirInUse` if another has it.
+
+        Returns the locked file descriptor, or ``None`` when the lock file cannot be created (a
+        read-only directory): then nobody can write the store, and opening it says so.
+        """
+        path = self.lock_path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                logger.debug("no lock file %s (%s): opening the store will say why", path, exc)
+                return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            by = f"process {holder}" if holder is not None else "another process"
+            raise DataDirInUse(
+                f"durable outbox {str(self.path)!r} is already open in {by} (it holds "
+                f"{str(path)!r} locked): the data directory {str(self.path.parent)!r} is in use. "
+                "Run one device process per data_dir: stop the other process, or give this one "
+                "its own data_dir (env ANCSYNC_DATA_DIR).",
+                path=str(self.path),
+                holder=holder,
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(
+                f"durable outbox {str(self.path)!r} could not lock {str(path)!r}: {exc.strerror}; "
+                "put data_dir (env ANCSYNC_DATA_DIR) on a local file system"
+            ) from exc
+        try:  # who holds it, for the error the next process gets (best effort)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+        return fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor drops the flock
+
     def _open_or_recover(self) -> sqlite3.Connection:
-        self._refuse_files_without_permission()
         try:
             return _connect(self.path)
         except sqlite3.Error as exc:
@@ -241,7 +317,7 @@ class DurableStore:
         SQLite would report such a file as unopenable or read-only, much like a broken one; but
         its emergencies are intact, so it must stay where it is for its owner to fix.
         """
-        for file in (self.path, *_sidecars(self.path)):
+        for file in (self.path, *_sidecars(self.path), self.lock_path):
             if _lacks_permission(file):
                 raise StorageError(
                     f"durable outbox {str(self.path)!r} could not open: {str(file)!r} cannot be "
@@ -301,8 +377,10 @@ class DurableStore:
         makes the commit survive a process crash but maybe not a power cut.
         """
         with self._transaction("store a numbered message", fsync=fsync) as conn:
-            with self._seq_lock:
-                value = self._seqs.get(stream, 0) + 1
+            # Read in the write transaction: the row is the truth (the in-memory copy, for
+            # last_seq, is raised only after the commit, outside the lock).
+            row = conn.execute("SELECT value FROM seqs WHERE stream = ?", (stream,)).fetchone()
+            value = (row[0] if row else 0) + 1
             message = number(value)
             evicted = self._insert(conn, message) if message is not None else None
             self._save_seq(conn, stream, value)
@@ -457,10 +535,12 @@ class DurableStore:
         )
 
     def close(self) -> None:
-        """Close the file (if it was opened). Pending messages stay in it for the next start."""
+        """Close the file (if it was opened) and release its lock. Pending messages stay in it
+        for the next start."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
+            self._release_lock()
 
     def __enter__(self) -> DurableStore:
         return self
@@ -508,6 +588,11 @@ class DurableStore:
     def _storage_error(self, doing: str, exc: sqlite3.Error) -> StorageError:
         name = _error_name(exc)
         advice = _ERROR_ADVICE.get(name, f"SQLite error {name}")
+        free = _free_bytes(self.path.parent)
+        if name in _MAYBE_FULL and free is not None and free < _NEARLY_FULL:
+            # SQLite reports a disk that cannot grow its shared-memory or WAL file as an I/O
+            # error (SQLITE_IOERR_SHMSIZE...): say what is really wrong.
+            advice = f"{_ERROR_ADVICE['SQLITE_FULL']} ({free} bytes free)"
         return StorageError(f"durable outbox {str(self.path)!r} could not {doing}: {exc}; {advice}")
 
 
@@ -523,6 +608,24 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Bytes this user may still write on the file system of ``directory`` (None: unknown)."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _read_pid(fd: int) -> int | None:
+    """The process id a lock holder wrote in its lock file, if it can be read."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _sidecars(path: Path) -> tuple[Path, Path]:

@@ -40,6 +40,9 @@ Outcome = Callable[[BaseException | None], None]
 
 _Built = TypeVar("_Built", StoredMessage, StoredMessage | None)
 
+# How many failed deletes are remembered for a retry; older ones are re-sent after a restart.
+_MAX_UNFORGOTTEN = 10_000
+
 _OUTBOX_LANES: dict[StoredLane, Lane] = {"emergency": Lane.EMERGENCY, "telemetry": Lane.TELEMETRY}
 
 
@@ -53,6 +56,8 @@ class DurableStream:
         self._connection = connection
         self._outbox_lane = _OUTBOX_LANES[lane]
         self._delivered: list[str] = []
+        # Acknowledged, but a delete failed (a full disk): retried with the next call.
+        self._unforgotten: list[str] = []
         self._to_forget: anyio.Event | None = None
 
     async def store(self, seq_stream: str, number: Callable[[int], _Built]) -> _Built:
@@ -118,7 +123,12 @@ class DurableStream:
                 await self.forget_delivered()
 
     async def forget_delivered(self) -> None:
-        """Delete from the store, now, every message acknowledged so far."""
+        """Delete from the store, now, every message acknowledged so far.
+
+        Those a failed delete left (the disk was full) are tried again first, so once the disk
+        has room they are gone and the next start does not send them again.
+        """
+        self._delivered[:0], self._unforgotten = self._unforgotten, []
         while self._delivered:
             msg_ids, self._delivered = self._delivered, []
             try:
@@ -128,7 +138,14 @@ class DurableStream:
                 self._delivered[:0] = msg_ids
                 raise
             except StorageError as exc:
-                # They stay stored and are sent again on the next start: duplicates, no loss.
+                # Not retried in this call (no loop on a full disk), but with the next one.
+                # Whatever is still stored when the process stops is sent again on the next
+                # start: duplicates, never a loss.
+                self._unforgotten = (self._unforgotten + msg_ids)[-_MAX_UNFORGOTTEN:]
                 log.warning(
-                    "%d acknowledged %s messages stay stored: %s", len(msg_ids), self.lane, exc
+                    "%d acknowledged %s messages stay stored for now (deleting them is retried "
+                    "with the next acknowledgement): %s",
+                    len(msg_ids),
+                    self.lane,
+                    exc,
                 )

@@ -316,6 +316,7 @@ class DeviceJobs(Component):
 
     def _on_reply(self, topic: str, payload: Any) -> None:
         if not isinstance(payload, dict):
+            _ignored(topic, f"a JSON {type(payload).__name__}, not an object")
             return
         waiter = self._waiting.get(str(payload.get("clientToken")))
         if waiter is not None:
@@ -333,18 +334,20 @@ class DeviceJobs(Component):
             await self._offer(reply["execution"])
 
     async def _on_next(self, topic: str, payload: Any) -> None:
-        if isinstance(payload, dict) and "execution" in payload:
+        if not isinstance(payload, dict):
+            _ignored(topic, f"a JSON {type(payload).__name__}, not an object")
+        elif "execution" in payload:  # (none: no job is pending)
             await self._offer(payload["execution"])
 
     def _on_list(self, topic: str, payload: Any) -> None:
-        job = self._current
-        if job is None or job.finished or not isinstance(payload, dict):
+        pending = _pending_job_ids(payload)
+        if pending is None:
+            # Taking it for "no job pending" would end the running job: ignore it.
+            _ignored(topic, 'not a list notification ({"jobs": {status: [{"jobId": ...}]}})')
             return
-        pending = {
-            summary.get("jobId")
-            for summaries in (payload.get("jobs") or {}).values()
-            for summary in summaries
-        }
+        job = self._current
+        if job is None or job.finished:
+            return
         if job.job_id not in pending:
             log.warning("job %s was canceled or removed by the operator", job.job_id)
             self._end(job, "canceled")
@@ -547,3 +550,29 @@ def _applied(request: dict[str, Any], state: dict[str, Any]) -> bool:
         and state.get("statusDetails", {}) == request["statusDetails"]
         and state.get("versionNumber") == request["expectedVersion"] + 1
     )
+
+
+def _ignored(topic: str, problem: str) -> None:
+    log.warning(
+        "ignored a message on %s: %s. Nothing changed; is something other than the Jobs "
+        "service publishing on this topic?",
+        topic,
+        problem,
+    )
+
+
+def _pending_job_ids(payload: Any) -> set[str] | None:
+    """The job ids of a ListNotification (``notify``), or ``None`` if it is not one."""
+    jobs = payload.get("jobs") if isinstance(payload, dict) else None
+    if not isinstance(jobs, dict):
+        return None
+    pending: set[str] = set()
+    for summaries in jobs.values():
+        if not isinstance(summaries, list):
+            return None
+        for summary in summaries:
+            job_id = summary.get("jobId") if isinstance(summary, dict) else None
+            if not isinstance(job_id, str):
+                return None
+            pending.add(job_id)
+    return pending

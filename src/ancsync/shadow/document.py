@@ -247,10 +247,14 @@ class LocalShadow:
                 result[name] = merged
         return result
 
-    def apply_get(self, document: JsonObject) -> bool:
-        """``get/accepted``: the full document replaces the copy unless it is older."""
+    def apply_get(self, document: JsonObject, *, force: bool = False) -> bool:
+        """``get/accepted``: the full document replaces the copy unless it is older.
+
+        ``force``: replace it even so (the reply to this device's own get is the service's
+        word on what the shadow is now).
+        """
         version = _version_of(document)
-        if version is None or version < self.version:
+        if version is None or (version < self.version and not force):
             return False
         state = document.get("state") or {}
         self._replace(state, version)

@@ -179,6 +179,7 @@ class DeviceShadowSync(Component):
             "resyncs": self._counts["resyncs"],
             "conflicts": self._counts["conflicts"],
             "stale_deltas": self._counts["stale_deltas"],
+            "malformed_deltas": self._counts["malformed_deltas"],
             "sync_errors": self._counts["sync_errors"],
             "deltas": deltas["deltas"],
             "deltas_handled": deltas["deltas_handled"],
@@ -206,10 +207,38 @@ class DeviceShadowSync(Component):
         version = document.get("version")
         state = document.get("state")
         if isinstance(version, int) and isinstance(state, dict):
-            self._delta_version = max(self._delta_version, version)
+            self._trust_the_service(version, document)
             if isinstance(state.get("delta"), dict):
                 self._post_delta(version, state["delta"])
         return self.get_state()
+
+    def _trust_the_service(self, version: int, document: JsonObject) -> None:
+        """After the reply to this device's own get: versions above the service's are wrong.
+
+        A message on the shadow topics that the service never sent (or one that arrived very
+        late) may carry a version the shadow never had. Believed, it would make every update
+        fail with 409 (the copy's version) or every delta look stale; the service's word wins.
+        """
+        if version < self._local.version:
+            log.warning(
+                "the copy of %s was at version %d, ahead of the service's %d: a message on the "
+                "shadow topics carried a version the service never had (or arrived out of "
+                "order); took the service's document",
+                self.topics.prefix,
+                self._local.version,
+                version,
+            )
+            self._local.apply_get(document, force=True)
+        if self._delta_version > version:
+            log.warning(
+                "a delta of %s had version %d, ahead of the shadow's %d (not from the Shadow "
+                "service, or out of order): deltas from version %d on are handled again",
+                self.topics.prefix,
+                self._delta_version,
+                version,
+                version + 1,
+            )
+        self._delta_version = version
 
     def report(self, state: Mapping[str, Any] | BaseModel) -> None:
         """Queue reported values and return at once; the sync task sends them, coalesced.
@@ -395,9 +424,19 @@ class DeviceShadowSync(Component):
 
     def _on_message(self, topic: str, document: Any) -> None:
         parsed = parse_shadow_topic(topic)
-        if parsed is None or not isinstance(document, dict):
+        if parsed is None:
             return
         operation, suffix = parsed.operation, parsed.suffix
+        if not isinstance(document, dict):
+            if suffix == "delta":
+                self._malformed_delta(f"a JSON {type(document).__name__}, not an object")
+            else:
+                log.warning(
+                    "ignored a message on %s: a JSON %s, not a shadow document (an object)",
+                    topic,
+                    type(document).__name__,
+                )
+            return
         if suffix == "accepted":
             # The copy first, so a caller woken by the reply sees it.
             if operation == "get":
@@ -415,16 +454,35 @@ class DeviceShadowSync(Component):
 
     def _on_delta_message(self, document: JsonObject) -> None:
         version, changes = document.get("version"), document.get("state")
-        if not isinstance(version, int) or not isinstance(changes, dict):
+        if not isinstance(version, int) or isinstance(version, bool):
+            self._malformed_delta(f"its version is {_shown(version)}, not an integer")
+            return
+        if not isinstance(changes, dict):
+            self._malformed_delta(f"its state is {_shown(changes)}, not an object")
             return
         if version <= self._delta_version:
             self._counts["stale_deltas"] += 1
             log.info(
                 "discarded a stale delta (version %d, applied %d)", version, self._delta_version
             )
+            if version >= self._local.version:
+                # Stale, yet not older than the copy: the delta that made it look stale had a
+                # version the shadow may never have had. Ask the service (it decides).
+                self._resync_due = True
+                self._wakeup.set()
             return
         self._delta_version = version
         self._post_delta(version, changes)
+
+    def _malformed_delta(self, problem: str) -> None:
+        self._counts["malformed_deltas"] += 1
+        log.warning(
+            "ignored a delta on %s: %s. Nothing was applied; a shadow delta is an object with "
+            "an integer version and an object state (is something other than the Device "
+            "Shadow service publishing on this topic?)",
+            self.topics.update_delta,
+            problem,
+        )
 
     def _changes_now(self, version: int, changes: JsonObject) -> JsonObject:
         """The desired changes to handle now: the local copy's delta, unless the copy is older
@@ -466,3 +524,9 @@ class DeviceShadowSync(Component):
             self._counts["conflicts"] += 1
             log.info("version conflict on %s; re-reading the shadow", self.topics.prefix)
             await self.get()
+
+
+def _shown(value: Any) -> str:
+    """A value from a bad message, short enough for a log line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
