@@ -147,6 +147,16 @@ class DataSyncOrchestrator(Component):
         # Emergencies are always durable: without a data_dir they go to the user's state
         # directory. Telemetry is durable only in a data_dir the user chose.
         self.store = DurableStore.in_dir(settings.data_dir or default_data_dir(self.thing_name))
+        try:
+            self._build_parts(settings, stop_timeout)
+        except BaseException:
+            self.store.close()  # it is locked: a retry in this process must be able to open it
+            raise
+        self._started_at: float | None = None
+        self._started_iso: str | None = None
+        self._ended = False
+
+    def _build_parts(self, settings: Settings, stop_timeout: float) -> None:
         self.shadow = DeviceShadowSync(self.connection, stop_timeout=stop_timeout)
         self.shadow.on_delta(self._apply_desired)
         self.shadow.report_when_stopping(self._offline_report)
@@ -173,9 +183,6 @@ class DataSyncOrchestrator(Component):
             [self.shadow, self.telemetry, self.emergencies, self.device_jobs],
             stop_timeout=stop_timeout,
         )
-        self._started_at: float | None = None
-        self._started_iso: str | None = None
-        self._ended = False
 
     @classmethod
     def from_env(cls, **options: Any) -> DataSyncOrchestrator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -389,3 +390,11 @@ def test_a_second_store_on_the_same_file_is_refused_until_the_first_closes(tmp_p
         first.close()
     with DurableStore.in_dir(tmp_path) as second:
         assert len(second.pending()) == 1
+
+
+def test_a_store_dropped_without_close_releases_its_lock(tmp_path: Path) -> None:
+    store = DurableStore.in_dir(tmp_path)
+    del store
+    gc.collect()
+    with DurableStore.in_dir(tmp_path) as reopened:
+        assert reopened.pending() == []

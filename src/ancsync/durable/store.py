@@ -46,6 +46,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -162,6 +163,8 @@ class DurableStore:
         self._evicted_records = 0
         self._refuse_files_without_permission()
         self._lock_fd = self._take_lock()
+        # A store dropped without close() still releases its lock once collected.
+        self._unlock = weakref.finalize(self, _unlock, self._lock_fd)
         try:
             self._conn = self._open_or_recover()
             self._bytes = self._query_bytes()
@@ -235,9 +238,8 @@ class DurableStore:
         return fd
 
     def _release_lock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # closing the last descriptor drops the flock
+        self._lock_fd = None
+        self._unlock()  # once only: closing the descriptor drops the flock
 
     def _open_or_recover(self) -> sqlite3.Connection:
         try:
@@ -579,6 +581,11 @@ def _free_bytes(directory: Path) -> int | None:
     except OSError:
         return None
     return stats.f_bavail * stats.f_frsize
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:
