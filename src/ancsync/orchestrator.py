@@ -423,6 +423,13 @@ class DataSyncOrchestrator(Component):
         if isinstance(event_id, str):
             self._cloud_acknowledged.add(event_id)
             log.info("the cloud acknowledged emergency %s", event_id)
+        else:
+            log.warning(
+                "command %s: an emergency_ack without an event_id string (params %.60r); "
+                "nothing was recorded as acknowledged",
+                command.command_id,
+                command.params,
+            )
         if self._ack_handler is not None:
             result = self._ack_handler(command)
             if inspect.isawaitable(result):
