@@ -225,11 +225,17 @@ class DurableStore:
                 holder=holder,
             ) from None
         except OSError as exc:
+            # A file system without flock (some network or FUSE ones): run, unguarded.
             os.close(fd)
-            raise StorageError(
-                f"durable outbox {str(self.path)!r} could not lock {str(path)!r}: {exc.strerror}; "
-                "put data_dir (env ANCSYNC_DATA_DIR) on a local file system"
-            ) from exc
+            logger.warning(
+                "durable outbox %s: cannot lock %s (%s), so a second device process on this "
+                "data_dir would not be refused; run one device process per data_dir (a local "
+                "file system supports the lock)",
+                self.path,
+                path,
+                exc.strerror,
+            )
+            return None
         try:  # who holds it, for the error the next process gets (best effort)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
