@@ -33,7 +33,7 @@ Design choices:
   file name plus ``.lock``) for as long as it is open. A second process (or a second store on the
   same file) gets :class:`~ancsync.errors.DataDirInUse` naming the directory, the process holding
   it and the fix. The kernel drops the lock when the holder dies, even by ``SIGKILL``: a stale
-  lock file never blocks the next start.
+  lock file never blocks the next start. A file system without ``flock`` gets a warning instead.
 * **Clear errors.** SQLite failures (disk full, read-only file system, I/O errors) become
   :class:`~ancsync.errors.StorageError` naming the file, the cause and what to do.
 """
