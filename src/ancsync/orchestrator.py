@@ -148,10 +148,16 @@ class DataSyncOrchestrator(Component):
         )
         # Emergencies are always durable: without a data_dir they go to the user's state
         # directory. Telemetry is durable only in a data_dir the user chose. The file is opened
-        # (and a corrupt one recovered) by run, in a worker thread, not on the event loop.
+        # (and locked, and a corrupt one recovered) by run, in a worker thread, not on the loop.
         self.store = DurableStore.in_dir(
             settings.data_dir or default_data_dir(self.thing_name), open_now=False
         )
+        self._build_parts(settings, stop_timeout)
+        self._started_at: float | None = None
+        self._started_iso: str | None = None
+        self._ended = False
+
+    def _build_parts(self, settings: Settings, stop_timeout: float) -> None:
         self.shadow = DeviceShadowSync(self.connection, stop_timeout=stop_timeout)
         self.shadow.on_delta(self._apply_desired)
         self.shadow.report_when_stopping(self._offline_report)
@@ -178,9 +184,6 @@ class DataSyncOrchestrator(Component):
             [self.shadow, self.telemetry, self.emergencies, self.device_jobs],
             stop_timeout=stop_timeout,
         )
-        self._started_at: float | None = None
-        self._started_iso: str | None = None
-        self._ended = False
 
     @classmethod
     def from_env(cls, **options: Any) -> DataSyncOrchestrator:
@@ -462,6 +465,13 @@ class DataSyncOrchestrator(Component):
         if isinstance(event_id, str):
             self._cloud_acknowledged.add(event_id)
             log.info("the cloud acknowledged emergency %s", event_id)
+        else:
+            log.warning(
+                "command %s: an emergency_ack without an event_id string (params %.60r); "
+                "nothing was recorded as acknowledged",
+                command.command_id,
+                command.params,
+            )
         if self._ack_handler is not None:
             result = self._ack_handler(command)
             if inspect.isawaitable(result):

@@ -20,7 +20,7 @@ import orjson
 import pytest
 from device import THING, cloud, orchestrator_options, until
 
-from ancsync import DataSyncOrchestrator, ShadowDocument
+from ancsync import Command, DataSyncOrchestrator, ShadowDocument, utc_now
 from ancsync.emulator.server import Emulator
 from ancsync.topics import JobsTopics, ShadowTopics, commands_topic
 
@@ -98,6 +98,7 @@ async def test_garbage_from_the_broker_is_refused_and_the_device_carries_on(
     events = []
     broker = emulator.broker
     caplog.set_level(logging.WARNING, logger="ancsync.shadow")
+    caplog.set_level(logging.WARNING, logger="ancsync.orchestrator")
 
     async def meanwhile(i: int) -> None:
         """What the control loop goes on doing while the garbage arrives."""
@@ -144,6 +145,14 @@ async def test_garbage_from_the_broker_is_refused_and_the_device_carries_on(
                 for payload in (not_json, not_utf8, huge_junk):
                     await broker.publish(topic, payload, qos=1)
             await broker.publish(COMMANDS, orjson.dumps({"command_id": 7, "command": []}), qos=1)
+            # A well-formed command whose parameters are not: an emergency_ack without an id.
+            not_acked = Command(
+                command_id="ack-1",
+                command="emergency_ack",
+                params={"event_id": 5},
+                issued_at=utc_now(),
+            )
+            await broker.publish(COMMANDS, not_acked.model_dump_json().encode(), qos=1)
             await rejections.wait_for(7)
             await meanwhile(2)
 
@@ -195,6 +204,9 @@ async def test_garbage_from_the_broker_is_refused_and_the_device_carries_on(
     assert connection["reconnect_count"] == reconnects
     assert status["shadow"]["invalid_desired"] == 4
     assert status["shadow"]["malformed_deltas"] == 2
+    assert status["emergency"]["cloud_acknowledged"] == 0
+    assert status["commands"]["handled"] == 1  # the emergency_ack, which recorded nothing
+    assert "command ack-1: an emergency_ack without an event_id string" in caplog.text
     # (the operator's shadow copy, in this process too, logs them as well)
     malformed = [r.getMessage() for r in caplog.records if "ignored a delta" in r.getMessage()]
     first, second = dict.fromkeys(malformed)

@@ -228,9 +228,12 @@ def test_settings_come_from_arguments_env_and_file(
     assert device.thing_name == "anc-device-009"
     assert device.settings.telemetry.batch_size == 25
     assert device.settings.telemetry.batch_interval == 7
+    device.store.close()  # never run: free its data directory (a store is locked) for the next
 
     monkeypatch.setenv("ANCSYNC_CONFIG", str(config))
-    assert DataSyncOrchestrator.from_env(batch_size=3).settings.telemetry.batch_size == 3
+    device = DataSyncOrchestrator.from_env(batch_size=3)
+    device.store.close()
+    assert device.settings.telemetry.batch_size == 3
 
     monkeypatch.setenv("IOT_PORT", "eighty")
     with pytest.raises(ConfigError, match="IOT_PORT"):

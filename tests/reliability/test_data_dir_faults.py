@@ -173,6 +173,22 @@ async def test_a_read_only_data_dir_is_a_clear_error_and_its_emergencies_wait(
     assert "point data_dir (env ANCSYNC_DATA_DIR) at a writable directory" in error
 
 
+async def test_a_fresh_device_on_a_read_only_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    empty, log = tmp_path / "empty", tmp_path / "device.log"
+    empty.mkdir()
+    with anyio.fail_after(60):
+        _, offline = await emulator_gone(tmp_path / "certs")
+        with read_only_view(empty, tmp_path / "read-only") as read_only:
+            async with device(environment(offline, read_only), log) as refused:
+                error = await refused.line()
+                assert error.startswith("error StorageError: "), error
+                assert await refused.process.wait() == CANNOT_START
+    assert list(empty.iterdir()) == []  # no lock file, no store: nothing could be written
+    assert str(read_only / STORE_FILE_NAME) in error
+    assert "read-only file system" in error
+    assert "point data_dir (env ANCSYNC_DATA_DIR) at a writable directory" in error
+
+
 # -- a full disk ----------------------------------------------------------------------------
 
 

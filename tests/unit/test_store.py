@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import gc
 import logging
 import os
 import subprocess
@@ -416,3 +419,28 @@ def test_a_second_store_on_the_same_file_is_refused_until_the_first_closes(tmp_p
         first.close()
     with DurableStore.in_dir(tmp_path) as second:
         assert len(second.pending()) == 1
+
+
+def test_a_store_dropped_without_close_releases_its_lock(tmp_path: Path) -> None:
+    store = DurableStore.in_dir(tmp_path)
+    del store
+    gc.collect()
+    with DurableStore.in_dir(tmp_path) as reopened:
+        assert reopened.pending() == []
+
+
+def test_a_file_system_without_locks_is_a_warning_not_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with (
+        caplog.at_level(logging.WARNING, logger="ancsync.durable.store"),
+        DurableStore.in_dir(tmp_path) as store,
+    ):
+        store.put(message("emergency"))
+        assert len(store.pending()) == 1
+    assert "cannot lock" in caplog.text
+    assert "run one device process per data_dir" in caplog.text

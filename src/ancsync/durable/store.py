@@ -33,7 +33,7 @@ Design choices:
   file name plus ``.lock``) for as long as it is open. A second process (or a second store on the
   same file) gets :class:`~ancsync.errors.DataDirInUse` naming the directory, the process holding
   it and the fix. The kernel drops the lock when the holder dies, even by ``SIGKILL``: a stale
-  lock file never blocks the next start.
+  lock file never blocks the next start. A file system without ``flock`` gets a warning instead.
 * **Clear errors.** SQLite failures (disk full, read-only file system, I/O errors) become
   :class:`~ancsync.errors.StorageError` naming the file, the cause and what to do.
 """
@@ -46,6 +46,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -166,6 +167,7 @@ class DurableStore:
         self._evicted_records = 0
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._unlock = weakref.finalize(self, _unlock, None)  # replaced when the lock is taken
         self._bytes = 0
         self._seqs: dict[str, int] = {}
         if open_now:
@@ -207,6 +209,8 @@ class DurableStore:
         if self._conn is None:
             self._refuse_files_without_permission()
             self._lock_fd = self._take_lock()
+            # A store dropped without close() still releases its lock once collected.
+            self._unlock = weakref.finalize(self, _unlock, self._lock_fd)
             try:
                 conn = self._open_or_recover()
                 try:
@@ -258,11 +262,17 @@ class DurableStore:
                 holder=holder,
             ) from None
         except OSError as exc:
+            # A file system without flock (some network or FUSE ones): run, unguarded.
             os.close(fd)
-            raise StorageError(
-                f"durable outbox {str(self.path)!r} could not lock {str(path)!r}: {exc.strerror}; "
-                "put data_dir (env ANCSYNC_DATA_DIR) on a local file system"
-            ) from exc
+            logger.warning(
+                "durable outbox %s: cannot lock %s (%s), so a second device process on this "
+                "data_dir would not be refused; run one device process per data_dir (a local "
+                "file system supports the lock)",
+                self.path,
+                path,
+                exc.strerror,
+            )
+            return None
         try:  # who holds it, for the error the next process gets (best effort)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -271,9 +281,8 @@ class DurableStore:
         return fd
 
     def _release_lock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # closing the last descriptor drops the flock
+        self._lock_fd = None
+        self._unlock()  # once only: closing the descriptor drops the flock
 
     def _open_or_recover(self) -> sqlite3.Connection:
         try:
@@ -617,6 +626,11 @@ def _free_bytes(directory: Path) -> int | None:
     except OSError:
         return None
     return stats.f_bavail * stats.f_frsize
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:
