@@ -119,7 +119,7 @@ def simulate(
             "--certs-dir",
             file_okay=False,
             metavar="DIR",
-            help="With --devices above 1: each device's certificate is DIR/<thing>/cert.pem "
+            help="With --devices above 1: each device's certificate is DIR/THING/cert.pem "
             "and private.key (the emulator's layout).",
             show_default="two levels above IOT_CERT_PATH",
         ),
@@ -267,7 +267,7 @@ def _simulate_fleet(
         if where is None:
             raise fail(
                 "--devices needs each device's certificate: pass --certs-dir DIR (the "
-                "emulator's, with DIR/<thing>/cert.pem) or set IOT_CERT_PATH to one of them"
+                "emulator's, with DIR/THING/cert.pem) or set IOT_CERT_PATH to one of them"
             )
         missing = [t for t in things if not (where / t / "cert.pem").is_file()]
         if missing:
