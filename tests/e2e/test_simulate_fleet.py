@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import anyio
 import orjson
+import psutil
 import pytest
 
 from ancsync.emulator.server import Emulator
@@ -86,3 +88,24 @@ async def test_a_thing_without_a_certificate_is_named(fleet_emulator: Emulator) 
     assert result.returncode == 1
     assert "no certificate for 1 of the 5 things" in result.stderr.decode()
     assert "anc-sim-005" in result.stderr.decode()
+
+
+async def test_sigint_to_the_parent_stops_every_worker_cleanly(fleet_emulator: Emulator) -> None:
+    env = {**os.environ, **fleet_emulator.device_settings(THINGS[0])}
+    env["TELEMETRY_BATCH_INTERVAL"] = "0.2"
+    command = [ANCSYNC, "simulate", "--devices", "4", "--processes", "2", "--json"]
+    sink = fleet_emulator.rules
+    async with await anyio.open_process(command, env=env, stderr=subprocess.DEVNULL) as process:
+        with anyio.fail_after(TIMEOUT):
+            await sink.wait_for(lambda s: all(s.record_count(thing) > 0 for thing in THINGS))
+            workers = psutil.Process(process.pid).children()
+            assert len(workers) == 2
+            process.send_signal(signal.SIGINT)  # to the parent only: it passes it on
+            assert process.stdout is not None
+            output = b"".join([chunk async for chunk in process.stdout])
+            assert await process.wait() == 0
+    summary = orjson.loads(output.decode().strip().splitlines()[-1])
+    assert summary["connected"] == 4
+    assert summary["errors"] == []
+    assert summary["records_delivered"] == summary["records_accepted"] > 0
+    assert not [worker for worker in workers if worker.is_running()]
