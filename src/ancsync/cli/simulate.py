@@ -259,7 +259,25 @@ def _simulate_fleet(
     from ancsync.tools.fleet import FleetPlan, certs_dir_of, device_names, run_fleet
 
     things = device_names(thing_prefix, devices)
-    settings = Settings.load(config, thing_name=things[0])
+
+    def check_certificates(where: Path) -> None:
+        missing = [t for t in things if not (where / t / "cert.pem").is_file()]
+        if missing:
+            raise fail(
+                f"no certificate for {len(missing)} of the {devices} things in {where} (first: "
+                f"{missing[0]}); start the emulator with --thing for each of "
+                f"{things[0]}..{things[-1]}, or run `ancsync certs --certs-dir {where} --thing "
+                f"{missing[0]} ...`"
+            )
+
+    first: dict[str, Path] = {}
+    if certs_dir is not None:  # the first device's files stand for the settings' own
+        check_certificates(certs_dir)
+        first = {
+            "cert_path": certs_dir / things[0] / "cert.pem",
+            "key_path": certs_dir / things[0] / "private.key",
+        }
+    settings = Settings.load(config, thing_name=things[0], **first)
     iot = settings.iot
     where: Path | None = None
     if iot.tls:
@@ -269,14 +287,7 @@ def _simulate_fleet(
                 "--devices needs each device's certificate: pass --certs-dir DIR (the "
                 "emulator's, with DIR/THING/cert.pem) or set IOT_CERT_PATH to one of them"
             )
-        missing = [t for t in things if not (where / t / "cert.pem").is_file()]
-        if missing:
-            raise fail(
-                f"no certificate for {len(missing)} of the {devices} things in {where} (first: "
-                f"{missing[0]}); start the emulator with --thing for each of "
-                f"{things[0]}..{things[-1]}, or run `ancsync certs --certs-dir {where} --thing "
-                f"{missing[0]} ...`"
-            )
+        check_certificates(where)
     plan = FleetPlan(
         things=tuple(things),
         rate=rate,
