@@ -109,3 +109,14 @@ async def test_sigint_to_the_parent_stops_every_worker_cleanly(fleet_emulator: E
     assert summary["errors"] == []
     assert summary["records_delivered"] == summary["records_accepted"] > 0
     assert not [worker for worker in workers if worker.is_running()]
+
+
+async def test_the_certificates_directory_alone_is_enough(fleet_emulator: Emulator) -> None:
+    env = {**os.environ, **fleet_emulator.device_settings(THINGS[0])}
+    env.update(IOT_CERT_PATH="", IOT_KEY_PATH="", IOT_THING_NAME="")
+    certs = str(fleet_emulator.certs.root)
+    command = [ANCSYNC, "simulate", "--devices", "2", "--certs-dir", certs, "--duration", "1"]
+    with anyio.fail_after(TIMEOUT):
+        result = await anyio.run_process(command, check=False, env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    assert ", 2 connected" in result.stdout.decode().splitlines()[0]
