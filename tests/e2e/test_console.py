@@ -3,7 +3,8 @@
 A running emulator, a simulated device publishing telemetry and applying desired state, and the
 console: the page shows the device online, draws its telemetry, edits its desired state (the
 device applies and reports it), refuses a bad edit with the shadow service's own error, runs the
-MQTT test client, and acknowledges an emergency (the device receives the command). Screenshots
+MQTT test client, acknowledges an emergency (the device receives the command), and follows a
+job's execution in the Jobs panel until the device reports it SUCCEEDED. Screenshots
 go to ``$ANCSYNC_TEST_ARTIFACTS/console`` (default ``.test-artifacts/console``).
 """
 
@@ -16,6 +17,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import orjson
@@ -29,6 +31,7 @@ from starlette.routing import Route as StarletteRoute
 from ancsync.emulator.console.service import Console
 from ancsync.emulator.server import Emulator
 from ancsync.errors import ConfigError
+from ancsync.jobs import Job
 from ancsync.orchestrator import DataSyncOrchestrator
 from ancsync.tools.simulator import SimulatedAncDevice
 
@@ -42,8 +45,11 @@ UI_TIMEOUT_MS = 20_000
 
 
 @asynccontextmanager
-async def running_device(emulator: Emulator, data_dir: Path) -> AsyncIterator[SimulatedAncDevice]:
-    """A simulated device on ``emulator``, publishing metrics until the block ends."""
+async def running_device(
+    emulator: Emulator, data_dir: Path, calibrated: anyio.Event | None = None
+) -> AsyncIterator[SimulatedAncDevice]:
+    """A simulated device on ``emulator``, publishing metrics until the block ends. It takes
+    ``calibrate`` jobs: IN_PROGRESS at once, SUCCEEDED when ``calibrated`` is set."""
     settings = emulator.device_settings(THING)
     orchestrator = DataSyncOrchestrator(
         thing_name=THING,
@@ -58,6 +64,13 @@ async def running_device(emulator: Emulator, data_dir: Path) -> AsyncIterator[Si
         firmware_version="1.2.3",
     )
     device = SimulatedAncDevice(orchestrator, rate=20)
+
+    @orchestrator.on_job("calibrate")
+    async def calibrate(job: Job[Any]) -> None:
+        await job.progress(step="measuring", percent=50)
+        await (calibrated or anyio.Event()).wait()
+        await job.succeed({"offset_db": "0.4"})
+
     async with orchestrator, anyio.create_task_group() as loop:
         await orchestrator.wait_connected(timeout=15)
         await device.report_state()
@@ -74,10 +87,11 @@ async def screenshot(page: Page, name: str) -> None:
 async def test_console_shows_and_drives_a_device_in_a_real_browser(tmp_path: Path) -> None:
     assert CHROMIUM is not None, "chromium is missing: `make test` installs it (apt chromium)"
     expect.set_options(timeout=UI_TIMEOUT_MS)
+    calibrated = anyio.Event()
     async with (
         Emulator(tmp_path / "certs", [THING]) as emulator,
         Console(emulator) as console,
-        running_device(emulator, tmp_path / "device") as device,
+        running_device(emulator, tmp_path / "device", calibrated) as device,
         async_playwright() as playwright,
     ):
         browser = await playwright.chromium.launch(
@@ -134,6 +148,20 @@ async def test_console_shows_and_drives_a_device_in_a_real_browser(tmp_path: Pat
         with anyio.fail_after(10):
             await device.wait_acknowledged()
         assert event.event_id in device.acknowledged
+
+        # A job for the device: the Jobs panel follows its execution live, to SUCCEEDED.
+        await expect(page.locator("#section-jobs")).to_contain_text("none yet")
+        await emulator.jobs.create_job("calibrate-1", [THING], {"operation": "calibrate"})
+        job_row = page.locator("#section-jobs tbody tr").filter(has_text="calibrate-1")
+        status = job_row.locator('td[data-column="status"]')
+        await expect(status).to_have_text("IN_PROGRESS")
+        details = job_row.locator('td[data-column="statusDetails"]')
+        await expect(details).to_contain_text("measuring")
+        await screenshot(page, "job-in-progress")
+        calibrated.set()
+        await expect(status).to_have_text("SUCCEEDED")
+        await expect(details).to_contain_text("offset_db")
+        await expect(job_row.locator('td[data-column="thing"]')).to_have_text(THING)
         await screenshot(page, "console")
         await browser.close()
 
@@ -168,11 +196,11 @@ async def test_console_with_a_token_refuses_requests_without_it(tmp_path: Path) 
         assert await anyio.to_thread.run_sync(_status, right) == 200
 
 
-class JobsLikeSection:
-    """A panel as the Jobs service will add one: rows in the snapshot, a route of its own."""
+class ExampleSection:
+    """A panel as another service adds one: rows in the snapshot, a route of its own."""
 
-    key = "jobs"
-    title = "Jobs"
+    key = "example"
+    title = "Example"
 
     def routes(self) -> list[BaseRoute]:
         async def count(request: Request) -> Response:
@@ -181,21 +209,22 @@ class JobsLikeSection:
         return [StarletteRoute("/count", count)]
 
     def snapshot(self) -> list[dict[str, object]]:
-        return [{"job_id": "update-firmware", "status": "IN_PROGRESS"}]
+        return [{"name": "calibration", "status": "IN_PROGRESS"}]
 
 
 async def test_a_section_adds_rows_and_routes_to_the_console(tmp_path: Path) -> None:
     async with (
         Emulator(tmp_path / "certs", [THING]) as emulator,
-        Console(emulator, sections=[JobsLikeSection()]) as console,
+        Console(emulator, sections=[ExampleSection()]) as console,
     ):
         base = f"http://127.0.0.1:{console.port}"
         snapshot = orjson.loads(await anyio.to_thread.run_sync(_read, f"{base}/api/snapshot"))
-        assert snapshot["sections"]["jobs"] == {
-            "title": "Jobs",
-            "rows": [{"job_id": "update-firmware", "status": "IN_PROGRESS"}],
+        assert snapshot["sections"]["example"] == {
+            "title": "Example",
+            "rows": [{"name": "calibration", "status": "IN_PROGRESS"}],
         }
-        assert await anyio.to_thread.run_sync(_read, f"{base}/api/sections/jobs/count") == "1"
+        assert snapshot["sections"]["jobs"] == {"title": "Jobs", "rows": []}
+        assert await anyio.to_thread.run_sync(_read, f"{base}/api/sections/example/count") == "1"
 
 
 def _read(url: str) -> str:

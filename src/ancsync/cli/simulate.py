@@ -21,6 +21,7 @@ from ancsync.cli.output import (
 
 if TYPE_CHECKING:
     from ancsync.status import OrchestratorStatus
+    from ancsync.tools.fleet import FleetSummary
 
 
 def simulate(
@@ -74,6 +75,55 @@ def simulate(
             help="Give up (exit code 1) when not connected within this time.",
         ),
     ] = 30.0,
+    devices: Annotated[
+        int,
+        typer.Option(
+            "--devices",
+            min=1,
+            metavar="N",
+            help="Simulate N devices, each its own thing (--thing-prefix) and certificate.",
+        ),
+    ] = 1,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            metavar="P",
+            help="Worker processes the devices are split over (each runs its share in one "
+            "event loop).",
+            show_default="one per core",
+        ),
+    ] = None,
+    thing_prefix: Annotated[
+        str,
+        typer.Option(
+            "--thing-prefix",
+            metavar="PREFIX",
+            help="With --devices above 1: the things are PREFIX001, PREFIX002...",
+        ),
+    ] = "anc-sim-",
+    shadow_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--shadow-interval",
+            min=0.1,
+            metavar="SECONDS",
+            help="Report the whole ANC state in the shadow every SECONDS.",
+            show_default="5 with --devices above 1, never for one device",
+        ),
+    ] = None,
+    certs_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--certs-dir",
+            file_okay=False,
+            metavar="DIR",
+            help="With --devices above 1: each device's certificate is DIR/THING/cert.pem "
+            "and private.key (the emulator's layout).",
+            show_default="two levels above IOT_CERT_PATH",
+        ),
+    ] = None,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -84,6 +134,9 @@ def simulate(
     state and publishes metrics; when it stops (--duration, SIGINT, SIGTERM) it prints its final
     status (--json: get_status() as one JSON line). A device that never connected is a failure:
     exit code 1, with the reason.
+
+    With --devices N it runs N devices (things PREFIX001...; start the emulator with a --thing
+    for each) in --processes worker processes, and prints the fleet's totals instead.
     """
     import signal
 
@@ -96,6 +149,21 @@ def simulate(
 
     # The device tells its own story (on stderr, as events), the library's logs would repeat it.
     setup_logging(verbose, default=logging.CRITICAL)
+    if devices > 1:
+        _simulate_fleet(
+            config,
+            devices=devices,
+            processes=processes,
+            thing_prefix=thing_prefix,
+            certs_dir=certs_dir,
+            rate=rate,
+            shadow_interval=5.0 if shadow_interval is None else shadow_interval,
+            duration=duration,
+            connect_timeout=connect_timeout,
+            firmware=firmware,
+            json_output=json_output,
+        )
+        return
 
     def on_event(text: str) -> None:
         if show_progress():
@@ -128,6 +196,7 @@ def simulate(
                     duration=duration,
                     fire_alarm_at=fire_alarm_at,
                     connect_timeout=connect_timeout,
+                    shadow_interval=shadow_interval,
                 )
             except (ConnectError, ConfigError) as exc:  # raised below, outside the task group
                 failure = exc
@@ -164,6 +233,116 @@ def simulate(
         f"never connected to {iot.endpoint}:{iot.port}"
         + (f"; last error: {last_error['message']}" if last_error else "")
     )
+
+
+def _simulate_fleet(
+    config: Path | None,
+    *,
+    devices: int,
+    processes: int | None,
+    thing_prefix: str,
+    certs_dir: Path | None,
+    rate: float,
+    shadow_interval: float,
+    duration: float | None,
+    connect_timeout: float,
+    firmware: str,
+    json_output: bool,
+) -> None:
+    """``simulate --devices N``: the fleet in worker processes, then its totals."""
+    import functools
+    import os
+
+    import anyio
+
+    from ancsync.config import Settings
+    from ancsync.tools.fleet import FleetPlan, certs_dir_of, device_names, run_fleet
+
+    things = device_names(thing_prefix, devices)
+
+    def check_certificates(where: Path) -> None:
+        missing = [t for t in things if not (where / t / "cert.pem").is_file()]
+        if missing:
+            raise fail(
+                f"no certificate for {len(missing)} of the {devices} things in {where} (first: "
+                f"{missing[0]}); start the emulator with --thing for each of "
+                f"{things[0]}..{things[-1]}, or run `ancsync certs --certs-dir {where} --thing "
+                f"{missing[0]} ...`"
+            )
+
+    first: dict[str, Path] = {}
+    if certs_dir is not None:  # the first device's files stand for the settings' own
+        check_certificates(certs_dir)
+        first = {
+            "cert_path": certs_dir / things[0] / "cert.pem",
+            "key_path": certs_dir / things[0] / "private.key",
+        }
+    settings = Settings.load(config, thing_name=things[0], **first)
+    iot = settings.iot
+    where: Path | None = None
+    if iot.tls:
+        where = certs_dir_of(iot.cert_path, certs_dir)
+        if where is None:
+            raise fail(
+                "--devices needs each device's certificate: pass --certs-dir DIR (the "
+                "emulator's, with DIR/THING/cert.pem) or set IOT_CERT_PATH to one of them"
+            )
+        check_certificates(where)
+    plan = FleetPlan(
+        things=tuple(things),
+        rate=rate,
+        shadow_interval=shadow_interval,
+        duration=duration,
+        connect_timeout=connect_timeout,
+        firmware=firmware,
+        config=str(config) if config is not None else None,
+        certs_dir=str(where) if where is not None else None,
+    )
+    workers = processes or os.cpu_count() or 1
+
+    def on_event(text: str) -> None:
+        if show_progress():
+            err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    on_event(
+        f"simulating {devices} devices ({things[0]}..{things[-1]}) in "
+        f"{min(workers, devices)} processes against {iot.endpoint}:{iot.port}"
+    )
+    summary = anyio.run(
+        functools.partial(
+            run_fleet, plan, workers, endpoint=iot.endpoint, port=iot.port, on_event=on_event
+        )
+    )
+    if json_output:
+        print_json(summary)
+    else:
+        _print_fleet(summary)
+    if summary["connected"] < summary["devices"]:
+        raise fail(
+            f"{summary['devices'] - summary['connected']} of the {summary['devices']} devices "
+            f"never connected; first error: {summary['errors'][0] if summary['errors'] else '?'}"
+        )
+
+
+def _print_fleet(summary: FleetSummary) -> None:
+    """The fleet's totals in a few lines."""
+    print_line(
+        f"{summary['devices']} devices in {summary['processes']} processes ran "
+        f"{summary['elapsed_s']} s against {summary['endpoint']}:{summary['port']}, "
+        f"{summary['connected']} connected"
+    )
+    print_line(
+        f"{'telemetry':<12}{summary['records_accepted']} records accepted, "
+        f"{summary['records_delivered']} delivered, {summary['records_dropped']} dropped; "
+        f"{summary['batches_sent']} messages sent, {summary['batches_acknowledged']} acknowledged"
+    )
+    print_line(
+        f"{'mqtt':<12}{summary['published']} publishes, {summary['acknowledged']} acknowledged"
+    )
+    print_line(f"{'shadow':<12}{summary['shadow_accepted']} requests accepted")
+    print_line(f"{'errors':<12}{len(summary['errors']) or 'none'}")
+    for error in summary["errors"][:10]:
+        print_line(f"  {error}")
 
 
 def _print_status(status: OrchestratorStatus) -> None:

@@ -76,6 +76,11 @@ class JobsService(EmulatorService):
                 return status
             await published.wait()
 
+    async def wait_published(self) -> None:
+        """Wait until the service next publishes: a job created or canceled, an execution's
+        status changed or timed out, a reply (what the console's Jobs panel waits for)."""
+        await self._published.wait()
+
     def attach(self, broker: EmbeddedBroker) -> None:
         """Answer the jobs topics of ``broker`` and the operator API; publish through it."""
         self._broker = broker

@@ -171,9 +171,11 @@ async def run_simulation(
     duration: float | None = None,
     fire_alarm_at: float | None = None,
     connect_timeout: float | None = None,
+    shadow_interval: float | None = None,
 ) -> None:
     """Start ``device.orchestrator``, run the device until ``duration`` passes (or until
     cancelled), hear a fire alarm after ``fire_alarm_at`` seconds if asked, then stop cleanly.
+    With ``shadow_interval``, the device reports its whole state again every that many seconds.
 
     ``device.on_event`` hears the connection's story too: connected, failed, lost, retrying.
     With ``connect_timeout``, the simulation stops as soon as the connection fails in a way
@@ -204,6 +206,8 @@ async def run_simulation(
         tasks.start_soon(device.run)
         if fire_alarm_at is not None:
             tasks.start_soon(_alarm_after, device, fire_alarm_at)
+        if shadow_interval is not None:
+            tasks.start_soon(_report_every, device, shadow_interval)
         if duration is None:
             await anyio.sleep_forever()
         else:
@@ -228,6 +232,12 @@ async def _narrate_connection(device: SimulatedAncDevice) -> None:
                 what = "connection lost" if was_connected else "connection failed"
                 device.on_event(f"{what}: {event.error}; retrying in {event.retry_in:.1f} s")
             was_connected = event.kind == "connected"
+
+
+async def _report_every(device: SimulatedAncDevice, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        await device.report_state()
 
 
 async def _alarm_after(device: SimulatedAncDevice, delay: float) -> None:

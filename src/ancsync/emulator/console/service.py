@@ -34,7 +34,8 @@ from ancsync.connection import IoTConnection
 from ancsync.emulator.component import EmulatorComponent
 from ancsync.emulator.console.errors import ConsoleError
 from ancsync.emulator.console.fleet import FleetView
-from ancsync.emulator.console.web import ConsoleSection, build_app
+from ancsync.emulator.console.jobs import JobsSection
+from ancsync.emulator.console.web import ConsoleSection, LiveSection, build_app
 from ancsync.errors import AncSyncError, ConfigError
 from ancsync.models import Command, new_id, utc_now
 from ancsync.mqtt.outbox import Lane
@@ -67,7 +68,8 @@ class Console(EmulatorComponent):
     ``emulator`` must be running when the console starts. Only loopback hosts are allowed unless
     ``allow_remote`` is true and a ``token`` is given; with a token every request must carry it
     (``?token=`` on the page's address, or ``Authorization: Bearer``). ``window`` is how many
-    seconds of telemetry the charts show. ``sections`` add panels (:class:`ConsoleSection`).
+    seconds of telemetry the charts show. The Jobs panel (:class:`JobsSection`) is always
+    there; ``sections`` add more panels (:class:`ConsoleSection`).
     """
 
     name = "console"
@@ -103,7 +105,7 @@ class Console(EmulatorComponent):
         self.host = host
         self.token = token
         self.window = window
-        self.sections = tuple(sections)
+        self.sections: tuple[ConsoleSection, ...] = (JobsSection(emulator.jobs), *sections)
         self._requested_port = port
         self._port: int | None = None
         self.fleet = FleetView(emulator.things, window=window)
@@ -146,7 +148,11 @@ class Console(EmulatorComponent):
             await self._start_http()
             log.info("console on %s", self.url)
             task_status.started()
-            await anyio.sleep_forever()
+            async with anyio.create_task_group() as watchers:
+                for section in self.sections:
+                    if isinstance(section, LiveSection):
+                        watchers.start_soon(section.watch, self._touch)
+                await anyio.sleep_forever()
         finally:
             # Stopped in the task and scope that started it; the page's requests fail from now.
             self._connection = None

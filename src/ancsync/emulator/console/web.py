@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib.resources import files
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import orjson
@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from ancsync.emulator.console.errors import ConsoleError
 
-__all__ = ["ConsoleBackend", "ConsoleSection", "build_app"]
+__all__ = ["ConsoleBackend", "ConsoleSection", "LiveSection", "build_app"]
 
 # Snapshots per second at most, per open page.
 _MAX_UPDATES_PER_SECOND = 4.0
@@ -33,7 +33,8 @@ _IDLE_REFRESH = 1.0
 
 
 class ConsoleSection(Protocol):
-    """A panel added to the console by another emulator service (e.g. Jobs, once it lands).
+    """A panel added to the console by another emulator service (e.g. the Jobs panel,
+    :class:`~ancsync.emulator.console.jobs.JobsSection`).
 
     Its ``routes`` are mounted under ``/api/sections/{key}/``; ``snapshot()`` goes to the page
     under ``sections[key]`` with every update, which shows it as a table of its rows.
@@ -47,6 +48,15 @@ class ConsoleSection(Protocol):
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The section's rows, JSON-serialisable."""
+
+
+@runtime_checkable
+class LiveSection(ConsoleSection, Protocol):
+    """A section that says when its rows changed: the page gets them at once, not at the next
+    once-a-second refresh."""
+
+    async def watch(self, changed: Callable[[], None]) -> None:
+        """Call ``changed()`` whenever the rows changed, until cancelled."""
 
 
 class ConsoleBackend(Protocol):

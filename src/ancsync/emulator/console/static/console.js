@@ -193,6 +193,11 @@ function renderSections(snapshot) {
     panel.id = `section-${key}`;
     const heading = document.createElement("h2");
     heading.textContent = section.title;
+    if (!section.rows.length) {
+      const empty = Object.assign(document.createElement("p"), { className: "empty", textContent: "none yet" });
+      panel.append(heading, empty);
+      return panel;
+    }
     const table = document.createElement("table");
     const columns = [...new Set(section.rows.flatMap((row) => Object.keys(row)))];
     const head = table.createTHead().insertRow();
@@ -200,7 +205,13 @@ function renderSections(snapshot) {
     const body = table.createTBody();
     for (const row of section.rows) {
       const line = body.insertRow();
-      for (const column of columns) cell(line, typeof row[column] === "object" ? JSON.stringify(row[column]) : row[column]);
+      for (const column of columns) {
+        const value = row[column];
+        const text = value !== null && typeof value === "object" ? JSON.stringify(value) : value;
+        // A status column is a badge, coloured by its value (QUEUED, IN_PROGRESS, SUCCEEDED...).
+        const td = cell(line, text, column === "status" ? `badge status-${value}` : undefined);
+        td.dataset.column = column;
+      }
     }
     panel.append(heading, table);
     return panel;
