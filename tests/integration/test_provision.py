@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import stat
@@ -279,7 +280,9 @@ def test_a_failed_write_revokes_the_new_certificate(
 ) -> None:
     out = tmp_path / "device"
     out.mkdir()
-    (out / "private.key.tmp").mkdir()  # the key cannot be written where it must go
+    # The key cannot be written where it must go: its temporary file's name is taken (the
+    # command runs in this process, so with this pid).
+    (out / f".private.key.{os.getpid()}.tmp").mkdir()
     result = provision(moto_url, out)
     assert "cannot write the key and certificate" in error_of(result)
     # No active certificate is left whose private key nobody has.
