@@ -155,6 +155,7 @@ class CrtTransport:
         self._lost: ConnectError | None = None
         self._acks: dict[Future[Any], Callable[[], None]] = {}
         self._requests: dict[Future[Any], asyncio.Future[Any]] = {}
+        self._connecting: Future[Any] | None = None  # awscrt's connect, until it completes
         self._disconnecting: Future[Any] | None = None
 
     @property
@@ -179,8 +180,8 @@ class CrtTransport:
             connection = self._new_connection(options)
             self._connection = connection
             connection.on_message(self._on_message)
-            done = connection.connect()
-            done.add_done_callback(self._in_loop(self._on_connect_done))
+            self._connecting = connection.connect()
+            self._connecting.add_done_callback(self._in_loop(self._on_connect_done))
             await self._wait_connack(options)
         except BaseException:
             await self.close()
@@ -385,19 +386,37 @@ class CrtTransport:
             yield await self._incoming.get()
 
     async def close(self) -> None:
-        """Send a DISCONNECT (unless the link is dead already) and close; never raises."""
+        """Send a DISCONNECT (unless the link is dead already) and close; never raises.
+
+        awscrt cannot abort a connect half-way (it refuses to disconnect before the CONNACK):
+        a connect cancelled or timed out is disconnected by awscrt's thread the moment it
+        completes, within awscrt's own limits (10 s for the TLS handshake, half a keep-alive
+        for the CONNACK), and close() returns at once.
+        """
         self._acks.clear()  # no completion callbacks once the session let go of the connection
-        if self._connection is None:
+        connection, connecting = self._connection, self._connecting
+        if connection is None or connecting is None:
+            self._connection = None
             return
-        lost = self._lost is not None
-        done = self._disconnect()
+        if not connecting.done():
+            connecting.add_done_callback(lambda done: _disconnect_if_connected(connection, done))
+        elif connecting.exception() is None:
+            lost = self._lost is not None
+            done = self._disconnect()
+            # A lost link has no socket left to close: awscrt completes that disconnect only
+            # when its reconnect wait ends, so it is not waited for.
+            if done is not None and not lost:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_DISCONNECT_TIMEOUT):
+                    try:
+                        await asyncio.wrap_future(done)
+                    except Exception as exc:  # awscrt failed the disconnect: the socket is gone
+                        log.debug("disconnect: %s", exc)
         self._connection = None
-        # A lost link has no socket left to close: awscrt completes that disconnect only when
-        # its reconnect wait ends, so it is not waited for.
-        if done is not None and not lost:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_DISCONNECT_TIMEOUT):
-                try:
-                    await asyncio.wrap_future(done)
-                except Exception as exc:  # awscrt failed the disconnect: the socket is gone
-                    log.debug("disconnect: %s", exc)
         self._incoming.end(self._lost or crt_errors.lost("closed by the client"))
+
+
+def _disconnect_if_connected(connection: Any, connecting: Future[Any]) -> None:
+    """In awscrt's thread: disconnect a connection whose connect completed after close()."""
+    if connecting.exception() is None:
+        log.debug("disconnecting a connection that completed after it was closed")
+        connection.disconnect()
