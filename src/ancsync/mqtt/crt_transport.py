@@ -169,8 +169,10 @@ class CrtTransport:
     async def connect(self, options: ConnectOptions) -> None:
         """Connect and wait for a successful CONNACK, within ``options.connect_timeout``.
 
-        A connect cancelled or timed out half-way is disconnected before this returns, so no
-        stray connection with our client id lingers to kick the next one off.
+        A connect cancelled or timed out half-way leaves no connection behind for long: awscrt
+        cannot abort it, so it is disconnected the moment awscrt completes it (see
+        :meth:`close`). A timeout with TLS on probes the handshake with :mod:`ssl` first, so an
+        untrusted server certificate is reported as such (awscrt holds that verdict back).
         """
         loop = asyncio.get_running_loop()
         self._options = options
