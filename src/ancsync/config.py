@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ancsync.errors import ConfigError, InvalidTopic
+from ancsync.mqtt.transports import TransportName
 from ancsync.topics import validate_thing_name
 
 logger = logging.getLogger("ancsync.config")
@@ -64,6 +65,7 @@ ENV_VARS: Final[Mapping[str, tuple[str, ...]]] = {
     "IOT_KEEP_ALIVE": ("iot", "keep_alive"),
     "IOT_TLS": ("iot", "tls"),
     "IOT_PERSISTENT_SESSION": ("iot", "persistent_session"),
+    "IOT_TRANSPORT": ("iot", "transport"),
     "TELEMETRY_BATCH_SIZE": ("telemetry", "batch_size"),
     "TELEMETRY_BATCH_INTERVAL": ("telemetry", "batch_interval"),
     "TELEMETRY_MAX_BUFFER_SIZE": ("telemetry", "max_buffer_size"),
@@ -164,6 +166,13 @@ class IotSettings(BaseModel):
         Allowed("tls must be true or false; false (plaintext) only to a loopback host"),
     ] = True
     persistent_session: Annotated[bool, Allowed("persistent_session must be true or false")] = False
+    transport: Annotated[
+        TransportName,
+        Allowed(
+            'the transport must be "paho" (the default) or "crt" (awscrt, needs '
+            "`pip install ancsync[crt]`)"
+        ),
+    ] = "paho"
     cert_path: Annotated[
         Path | None, Allowed("cert_path must be the path of a readable PEM certificate file")
     ] = None

@@ -45,7 +45,8 @@ from ancsync.mqtt.ratelimit import RateLimiter
 from ancsync.mqtt.router import Handler, InvalidHook, Route, TopicRouter
 from ancsync.mqtt.session import ConnectHook, ConnectionEvent, MqttSession, SessionState
 from ancsync.mqtt.tls import build_ssl_context
-from ancsync.mqtt.transport import Transport
+from ancsync.mqtt.transport import TlsFiles, Transport
+from ancsync.mqtt.transports import transport_factory_for
 from ancsync.status import ConnectionStatus, SessionStatus
 from ancsync.topics import MAX_SUBSCRIPTIONS, validate_filter, validate_topic
 
@@ -85,7 +86,8 @@ class IoTConnection(Component):
       ("online" after every connect, "offline" on stop and as the last will). Default on, for a
       device; turn it off for a client that is not a device (an operator tool, a test client),
       which would otherwise leave a retained status behind and need iot:Publish on it.
-    - ``transport_factory``: a different :class:`~ancsync.mqtt.transport.Transport` (tests).
+    - ``transport_factory``: a different :class:`~ancsync.mqtt.transport.Transport` (tests);
+      without it, the backend the ``transport`` setting names (``"paho"`` or ``"crt"``).
     - ``stop_timeout``: seconds the shutdown may take (flush, "offline", disconnect); an owner
       may shorten it with ``aclose(timeout=...)``.
 
@@ -149,7 +151,10 @@ class IoTConnection(Component):
         self._reconnect = reconnect or BackoffPolicy()
         self._in_flight = in_flight
         self._connect_timeout = connect_timeout
-        self._transport_factory = transport_factory
+        # The settings' backend (iot.transport), checked here: a missing extra fails at once.
+        self._transport_factory = transport_factory or transport_factory_for(
+            settings.iot.transport, in_flight=in_flight
+        )
         self._outbox = Outbox(lane_limits)
         self._limiter = RateLimiter(*rate_limit)
         self._router = TopicRouter(queue_size=queue_size, on_invalid=on_invalid)
@@ -195,6 +200,7 @@ class IoTConnection(Component):
     def _new_session(self) -> MqttSession:
         iot = self.settings.iot
         context_factory: Callable[[], ssl.SSLContext] | None = None
+        tls_files: TlsFiles | None = None
         if iot.tls:
             if iot.cert_path is None or iot.key_path is None:  # Settings guarantees them
                 raise ConfigError("TLS needs cert_path and key_path")
@@ -206,6 +212,7 @@ class IoTConnection(Component):
                 port=iot.port,
                 endpoint=iot.endpoint,
             )
+            tls_files = TlsFiles(iot.cert_path, iot.key_path, iot.root_ca_path)
         session = MqttSession(
             thing_name=self.thing_name,
             host=iot.endpoint,
@@ -214,6 +221,7 @@ class IoTConnection(Component):
             router=self._router,
             rate_limiter=self._limiter,
             ssl_context_factory=context_factory,
+            tls_files=tls_files,
             keep_alive=self._keep_alive,
             clean_session=not iot.persistent_session,
             firmware_version=self._firmware_version,

@@ -37,3 +37,14 @@ async def any_broker(
     else:
         with running_mosquitto(dev_certs, tmp_path / "mosquitto") as mosquitto:
             yield mosquitto
+
+
+@pytest.fixture(params=["paho", "crt"])
+def each_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per transport backend, chosen the way a user does: ``IOT_TRANSPORT``.
+
+    Every IoTConnection the test builds from settings picks it up. Use it with
+    ``@pytest.mark.usefixtures("each_transport")`` (or take it, to adapt an expectation).
+    """
+    monkeypatch.setenv("IOT_TRANSPORT", request.param)
+    return str(request.param)

@@ -18,6 +18,9 @@ from ancsync.emulator.certs import DevCerts
 from ancsync.mqtt.backoff import Backoff
 from ancsync.topics import commands_topic, emergency_topic, telemetry_topic
 
+# Every test here runs on both transports (IOT_TRANSPORT=paho, then crt).
+pytestmark = pytest.mark.usefixtures("each_transport")
+
 # Short delays so a reconnect takes milliseconds; the policy shape is what is tested.
 FAST = BackoffPolicy(base=0.02, cap=0.1)
 

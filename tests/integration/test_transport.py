@@ -1,4 +1,8 @@
-"""PahoTransport on its own, over real TLS against the emulator's broker (amqtt) and mosquitto.
+"""The transports on their own, over real TLS against the emulator's broker (amqtt) and mosquitto.
+
+Tests taking ``backend`` run for PahoTransport and CrtTransport (awscrt); the others check the
+paho backend's own error mapping (the crt one is covered through IoTConnection in
+test_connection.py, and its mapping in tests/unit/test_crt_transport.py).
 
 The session's tests (test_connection.py, test_reconnect.py) cover the transport through
 IoTConnection; these drive the seam directly: acknowledgements with no task of the caller
@@ -12,6 +16,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
+from typing import cast
 
 import anyio
 import pytest
@@ -29,32 +35,44 @@ from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.broker import EmbeddedBroker
 from ancsync.emulator.certs import DevCerts, generate_ca, issue_certificate, write_pair
 from ancsync.errors import ConnectError, NotAuthorized, TLSError
+from ancsync.mqtt.crt_transport import CrtTransport
 from ancsync.mqtt.paho_transport import PahoTransport
-from ancsync.mqtt.transport import ConnectOptions, DropCounting, Will
+from ancsync.mqtt.transport import ConnectOptions, DropCounting, TlsFiles, Transport, Will
 
 DEVICE = "anc-device-001"
 TIMEOUT = 5
 
 
 def options(certs: DevCerts, port: int, **overrides: object) -> ConnectOptions:
-    """A device's connect options over TLS with its dev certificate."""
+    """A device's connect options over TLS with its dev certificate (as a context and files)."""
+    pair = certs.device(DEVICE)
     values: dict[str, object] = {
         "host": HOST,
         "port": port,
         "client_id": DEVICE,
         "keep_alive": 30,
-        "ssl_context": client_tls_context(certs.ca, certs.device(DEVICE)),
+        "ssl_context": client_tls_context(certs.ca, pair),
         "connect_timeout": TIMEOUT,
+        "tls_files": TlsFiles(pair.cert, pair.key, certs.ca),
     }
     values.update(overrides)
     return ConnectOptions(**values)  # type: ignore[arg-type]
 
 
+Backend = Callable[..., Transport]
+
+
+@pytest.fixture(params=[PahoTransport, CrtTransport], ids=["paho", "crt"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The transport class under test: each test taking it runs on both backends."""
+    return cast(Backend, request.param)
+
+
 async def test_many_publishes_in_flight_are_acknowledged_in_the_loop_thread_with_no_reader(
-    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts, backend: Backend
 ) -> None:
     """QoS 1 PUBACKs complete in loop callbacks: no task of ours reads or waits meanwhile."""
-    transport = PahoTransport(max_inflight=10)
+    transport = backend(max_inflight=10)
     acked: list[int] = []
     threads: set[int] = set()
     all_acked = anyio.Event()
@@ -81,10 +99,10 @@ async def test_many_publishes_in_flight_are_acknowledged_in_the_loop_thread_with
 
 
 async def test_qos_0_completes_once_written_and_messages_arrive(
-    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts, backend: Backend
 ) -> None:
     topic = f"anc/devices/{DEVICE}/echo"
-    transport = PahoTransport()
+    transport = backend()
     written = anyio.Event()
     with anyio.fail_after(TIMEOUT):
         await transport.connect(options(dev_certs, any_broker.port))
@@ -99,10 +117,10 @@ async def test_qos_0_completes_once_written_and_messages_arrive(
 
 
 async def test_a_reader_that_falls_behind_loses_the_oldest_and_they_are_counted(
-    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts, backend: Backend
 ) -> None:
     topic = f"anc/devices/{DEVICE}/flood"
-    transport = PahoTransport(incoming_limit=2)
+    transport = backend(incoming_limit=2)
     assert isinstance(transport, DropCounting)
     with anyio.fail_after(TIMEOUT):
         await transport.connect(options(dev_certs, any_broker.port))
@@ -182,13 +200,15 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_network_failures_are_connect_errors_naming_the_cause(dev_certs: DevCerts) -> None:
+async def test_network_failures_are_connect_errors_naming_the_cause(
+    dev_certs: DevCerts, backend: Backend
+) -> None:
     with anyio.fail_after(TIMEOUT):
         with pytest.raises(ConnectError, match="refused the TCP connection") as refused:
-            await PahoTransport().connect(options(dev_certs, _closed_port()))
+            await backend().connect(options(dev_certs, _closed_port()))
         assert not refused.value.permanent
         with pytest.raises(ConnectError, match="cannot resolve"):
-            await PahoTransport().connect(options(dev_certs, 8883, host="no-such-host.invalid"))
+            await backend().connect(options(dev_certs, 8883, host="no-such-host.invalid"))
 
 
 async def test_a_broker_that_never_answers_times_out_with_a_clear_error(
@@ -259,11 +279,54 @@ async def test_a_cancelled_connect_leaves_no_connection_behind(dev_certs: DevCer
     assert plain.endswith(b"\xe0\x00"), "the cancelled connect did not end with a DISCONNECT"
 
 
+async def test_a_cancelled_crt_connect_ends_when_awscrt_lets_go(dev_certs: DevCerts) -> None:
+    """awscrt cannot abort a connect: cancelled while waiting for the CONNACK, close() returns at
+    once and the connection ends when awscrt gives up on the CONNACK (half a keep-alive), with
+    nothing sent after the CONNECT. (A cancelled TLS handshake ends at awscrt's 10 s handshake
+    timeout, too long for this test.)"""
+    received: list[bytes] = []
+    ended = anyio.Event()
+
+    async def listen_to_the_end(stream: SocketStream) -> None:
+        data = b""
+        async with stream:
+            try:
+                async for chunk in stream:
+                    data += chunk
+            except (anyio.BrokenResourceError, OSError):
+                pass
+        received.append(data)
+        ended.set()
+
+    keep_alive = 2
+    async with (
+        await anyio.create_tcp_listener(local_host=HOST, local_port=0) as listener,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, listen_to_the_end)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        connect = options(
+            dev_certs, port, connect_timeout=1.0, keep_alive=keep_alive, ssl_context=None
+        )
+        transport = CrtTransport()
+        with anyio.fail_after(TIMEOUT):
+            with anyio.move_on_after(0.2) as scope:
+                await transport.connect(connect)
+            assert scope.cancelled_caught
+            cancelled_at = anyio.current_time()
+            await ended.wait()
+            assert anyio.current_time() - cancelled_at < keep_alive / 2 + 0.5
+        tg.cancel_scope.cancel()
+    [plain] = received
+    assert plain.startswith(b"\x10"), "no CONNECT was sent"
+    assert not plain.endswith(b"\xe0\x00"), "a DISCONNECT for a connection never accepted"
+
+
 async def test_a_clean_close_sends_a_disconnect_so_no_will_is_published(
-    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts
+    any_broker: EmbeddedBroker | MosquittoBroker, dev_certs: DevCerts, backend: Backend
 ) -> None:
     status = f"anc/devices/{DEVICE}/status"
-    transport = PahoTransport()
+    transport = backend()
     will = Will(status, b"offline (the will)", qos=1, retain=False)
     async with operator_client(any_broker.port, dev_certs, "cloud") as cloud:
         await cloud.subscribe(status, qos=1)
@@ -277,7 +340,7 @@ async def test_a_clean_close_sends_a_disconnect_so_no_will_is_published(
 
 
 async def test_a_dead_link_is_cut_without_a_disconnect_so_the_will_fires(
-    dev_certs: DevCerts,
+    dev_certs: DevCerts, backend: Backend
 ) -> None:
     """A server that accepts the CONNECT, then never answers again (not even the PINGREQ): after
     1.5 x keep-alive of silence messages() reports a half-open link, and the connection ends
@@ -299,7 +362,7 @@ async def test_a_dead_link_is_cut_without_a_disconnect_so_the_will_fires(
         after_connack.append(received)
         ended.set()
 
-    transport = PahoTransport()
+    transport = backend()
     async with (
         await anyio.create_tcp_listener(local_host=HOST, local_port=0) as listener,
         anyio.create_task_group() as tg,

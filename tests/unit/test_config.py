@@ -107,6 +107,7 @@ def test_every_environment_variable_reaches_its_setting(
         "IOT_KEEP_ALIVE": "30",
         "IOT_TLS": "false",
         "IOT_PERSISTENT_SESSION": "true",
+        "IOT_TRANSPORT": "crt",
         "TELEMETRY_BATCH_SIZE": "3",
         "TELEMETRY_BATCH_INTERVAL": "0.5",
         "TELEMETRY_MAX_BUFFER_SIZE": "50",
@@ -216,6 +217,11 @@ def test_settings_are_immutable(certs: dict[str, Path]) -> None:
         ("TELEMETRY_BATCH_INTERVAL", "0", "TELEMETRY_BATCH_INTERVAL=0 is not allowed: the batch"),
         ("TELEMETRY_MAX_BUFFER_SIZE", "0", "TELEMETRY_MAX_BUFFER_SIZE=0 is not allowed:"),
         ("SHADOW_SYNC_INTERVAL", "nan", "SHADOW_SYNC_INTERVAL=nan is not allowed:"),
+        (
+            "IOT_TRANSPORT",
+            "mqttv5",
+            'IOT_TRANSPORT=mqttv5 is not allowed: the transport must be "paho"',
+        ),
     ],
 )
 def test_bad_environment_value_names_the_variable(

@@ -60,6 +60,7 @@ from ancsync.mqtt.router import TopicRouter
 from ancsync.mqtt.transport import (
     SUBSCRIBE_FAILURE,
     ConnectOptions,
+    TlsFiles,
     Transport,
     Will,
 )
@@ -111,9 +112,10 @@ class MqttSession(Component):
     ``keep_alive`` is taken as given (AWS IoT accepts 30 to 1200 s; :class:`~ancsync.config.
     Settings` enforces that); tests use a few seconds to detect half-open links quickly.
     ``ssl_context_factory`` is called before every attempt (``None`` for plaintext), so rotated
-    certificate files are picked up and expiry is reported. ``in_flight`` bounds the concurrent
-    unacknowledged publishes (AWS allows 100 per client). ``announce_status=False`` (a client
-    that is not a device, such as an operator tool) sets no last will and publishes no status.
+    certificate files are picked up and expiry is reported; ``tls_files`` names those files for
+    a backend that does its own TLS (awscrt). ``in_flight`` bounds the concurrent unacknowledged
+    publishes (AWS allows 100 per client). ``announce_status=False`` (a client that is not a
+    device, such as an operator tool) sets no last will and publishes no status.
     ``stop_timeout`` bounds the shutdown: the flush, "offline" and the disconnect.
     """
 
@@ -129,6 +131,7 @@ class MqttSession(Component):
         router: TopicRouter,
         rate_limiter: RateLimiter,
         ssl_context_factory: Callable[[], ssl.SSLContext] | None,
+        tls_files: TlsFiles | None = None,
         keep_alive: int = 60,
         clean_session: bool = True,
         firmware_version: str = "unknown",
@@ -147,6 +150,7 @@ class MqttSession(Component):
         self._router = router
         self._limiter = rate_limiter
         self._ssl_context_factory = ssl_context_factory
+        self._tls_files = tls_files
         self._keep_alive = keep_alive
         self._clean_session = clean_session
         self._firmware_version = firmware_version
@@ -464,6 +468,7 @@ class MqttSession(Component):
             if self._announce_status
             else None,
             connect_timeout=self._connect_timeout,
+            tls_files=self._tls_files if context is not None else None,
         )
 
     def _status_payload(self, status: Literal["online", "offline"]) -> bytes:

@@ -4,6 +4,7 @@ The session talks to the broker only through :class:`Transport` (connect, publis
 unsubscribe, messages, close), one instance per connection attempt. This module holds only that
 interface and the values it passes; a backend lives in a module of its own:
 :class:`ancsync.mqtt.paho_transport.PahoTransport` (paho-mqtt) is the real one and
+:class:`ancsync.mqtt.crt_transport.CrtTransport` (awscrt, the ``crt`` extra) is the C one and
 :class:`ancsync.testing.FakeTransport` is an in-memory stand-in for unit tests. docs/transport.md
 lists what a backend must do.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "ConnectOptions",
     "DropCounting",
     "IncomingMessage",
+    "TlsFiles",
     "Transport",
     "Will",
 ]
@@ -44,8 +47,23 @@ class Will:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files behind :attr:`ConnectOptions.ssl_context`, for a backend that does its own
+    TLS (awscrt) and cannot take an :class:`ssl.SSLContext`. ``root_ca_path=None`` means the
+    system trust store. The files were already checked when the context was built."""
+
+    cert_path: Path
+    key_path: Path
+    root_ca_path: Path | None = None
+
+
+@dataclass(frozen=True)
 class ConnectOptions:
-    """Everything one connect attempt needs. ``ssl_context=None`` means plaintext MQTT."""
+    """Everything one connect attempt needs. ``ssl_context=None`` means plaintext MQTT.
+
+    ``tls_files`` names the files the context was built from (set whenever ``ssl_context`` is,
+    by :class:`~ancsync.IoTConnection`); a backend on :mod:`ssl` ignores it.
+    """
 
     host: str
     port: int
@@ -55,6 +73,7 @@ class ConnectOptions:
     clean_session: bool = True
     will: Will | None = None
     connect_timeout: float = 10.0
+    tls_files: TlsFiles | None = None
 
 
 @dataclass(frozen=True)
