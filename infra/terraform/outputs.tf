@@ -39,3 +39,13 @@ output "emergency_sns_topic_arn" {
 output "rule_error_log_group" {
   value = aws_cloudwatch_log_group.rule_errors.name
 }
+
+output "provisioning_template_name" {
+  description = "The fleet provisioning template (`ancsync provision --claim --template`)."
+  value       = aws_iot_provisioning_template.fleet.name
+}
+
+output "claim_policy_name" {
+  description = "The IoT policy to attach to the claim certificate: the provisioning topics only."
+  value       = aws_iot_policy.claim.name
+}

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "src" / "ancsync" / "emulator" / "device_policy.json.tpl"
+# The policy templates Terraform shares with the emulator (device and claim policies).
+POLICY_TEMPLATES = sorted((REPO / "src" / "ancsync" / "emulator").glob("*.json.tpl"))
 
 
 TERRAFORM_DIR = REPO / "infra" / "terraform"
@@ -54,15 +55,16 @@ def check(result: subprocess.CompletedProcess[str]) -> None:
 
 @pytest.fixture(scope="module")
 def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of infra/terraform (and the policy template it reads), initialised offline."""
+    """A copy of infra/terraform (and the policy templates it reads), initialised offline."""
     root = tmp_path_factory.mktemp("tf")
     module = root / "infra" / "terraform"
     shutil.copytree(
         TERRAFORM_DIR, module, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*")
     )
-    template_copy = root / TEMPLATE.relative_to(REPO)
-    template_copy.parent.mkdir(parents=True)
-    shutil.copy(TEMPLATE, template_copy)
+    for template in POLICY_TEMPLATES:
+        copy = root / template.relative_to(REPO)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template, copy)
 
     init = ["init", "-backend=false", "-input=false"]
     plugin_dir = os.environ.get("TF_PLUGIN_DIR")

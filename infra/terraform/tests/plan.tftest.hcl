@@ -58,6 +58,22 @@ run "plan" {
     condition     = output.iot_data_endpoint == "example-ats.iot.eu-west-1.amazonaws.com"
     error_message = "the ATS endpoint is an output"
   }
+  assert {
+    condition     = aws_iot_provisioning_template.fleet.name == "anc-test-fleet" && aws_iot_provisioning_template.fleet.type == "FLEET_PROVISIONING"
+    error_message = "one fleet provisioning template, named after the environment"
+  }
+  assert {
+    condition     = strcontains(aws_iot_policy.claim.policy, "topic/$aws/provisioning-templates/anc-test-fleet/provision/json*") && !strcontains(aws_iot_policy.claim.policy, "anc/telemetry")
+    error_message = "the claim policy allows the provisioning topics of the fleet template, and no device topic"
+  }
+  assert {
+    condition     = jsondecode(aws_iot_provisioning_template.fleet.template_body).Resources.policy.Properties.PolicyName == "anc-test-device"
+    error_message = "a provisioned certificate gets the device policy"
+  }
+  assert {
+    condition     = aws_iam_role_policy_attachment.provisioning.policy_arn == "arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration"
+    error_message = "the provisioning role may register things and nothing more"
+  }
 }
 
 run "rejects_bad_thing_name" {
