@@ -9,6 +9,7 @@ gives the running device a new certificate without losing what it had queued.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,43 @@ async def test_a_template_parameter_missing_is_rejected_with_the_aws_code(
     assert (refused.value.step, refused.value.status_code) == ("RegisterThing", 400)
     assert refused.value.error_code == "InvalidParameters"
     assert DeviceIdentity.find(tmp_path / "identity") is None
+
+
+async def test_a_rotate_certificate_job_rotates_the_running_device(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        identity = await provision(emulator, tmp_path / "identity")
+        orchestrator = device(identity, tmp_path)
+        rotator = orchestrator.enable_rotation(TEMPLATE, {"SerialNumber": "SN0001"})
+        async with orchestrator, cloud(emulator, identity.thing_name) as operator:
+            await orchestrator.wait_connected(TIMEOUT)
+            with operator.watch() as documents:
+                await emulator.jobs.create_job(
+                    "rotate-1", [identity.thing_name], {"operation": "rotate_certificate"}
+                )
+                reported = await until(documents, lambda doc: "certificate_id" in doc.reported)
+            while emulator.jobs.describe_job("rotate-1")["status"] != "COMPLETED":
+                await emulator.jobs.wait_published()
+    new_id = certificate_id(identity.cert_path.read_bytes())
+    assert new_id != identity.certificate_id
+    assert reported.reported["certificate_id"] == new_id
+    assert rotator.rotations == 1
+    assert orchestrator.get_status()["components"]["rotation"]["last_error"] is None
+
+
+async def test_a_certificate_near_its_expiry_is_rotated_when_the_device_starts(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        identity = await provision(emulator, tmp_path / "identity")
+        orchestrator = device(identity, tmp_path)
+        # Any certificate the emulator issues expires within 10,000 days: the rotation is due.
+        orchestrator.enable_rotation(
+            TEMPLATE, {"SerialNumber": "SN0001"}, before_expiry=timedelta(days=10_000)
+        )
+        async with orchestrator, cloud(emulator, identity.thing_name) as operator:
+            await orchestrator.wait_connected(TIMEOUT)
+            with operator.watch() as documents:
+                await until(documents, lambda doc: "certificate_id" in doc.reported)
+    assert certificate_id(identity.cert_path.read_bytes()) != identity.certificate_id

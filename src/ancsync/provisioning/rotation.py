@@ -288,5 +288,8 @@ class CertificateRotator(Component):
             self.rotations += 1
             self.last_error = None
         if self._on_rotated is not None:
-            self._on_rotated(certificate_id)
+            try:
+                self._on_rotated(certificate_id)
+            except Exception:  # the rotation is done: a failing report must not redo it
+                log.exception("reporting the rotation to %s failed", certificate_id)
         return certificate_id
