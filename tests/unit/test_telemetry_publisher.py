@@ -18,7 +18,8 @@ import pytest
 
 from ancsync import DurableStore, IoTConnection, TelemetryPublisher
 from ancsync.codec import decode_model
-from ancsync.errors import ConnectError, InvalidPayload
+from ancsync.durable.store import StoredMessage
+from ancsync.errors import ConnectError, InvalidPayload, StorageError
 from ancsync.models import TelemetryBatch
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.status import TelemetryStatus
@@ -291,3 +292,85 @@ def test_bad_options_are_refused_before_anything_runs() -> None:
         TelemetryPublisher(iot, max_in_flight=0)
     assert TelemetryPublisher(iot, "other-1").device_id == "other-1"
     assert TelemetryPublisher(iot).get_status()["max_buffer_size"] == 1000
+
+
+async def test_stopping_offline_with_a_store_keeps_the_records_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    store = DurableStore.in_dir(tmp_path)
+    broker = FakeBroker()
+    with anyio.fail_after(TIMEOUT):
+        async with connection(broker) as iot, publisher(iot, store=store) as telemetry:
+            broker.connect_errors.extend(ConnectError("network down") for _ in range(10**6))
+            broker.drop()
+            await broker.wait_until(lambda: not iot.connected)
+            for n in range(5):
+                telemetry.publish_anc_metrics(anc(n))
+        status = telemetry.get_status()
+    assert (status["stored"], status["unsent"]) == (5, 0)
+    assert status["records"]["anc"]["stored"] == 5
+    assert sum(m.records for m in store.pending("telemetry")) == 5
+    assert store.last_seq("telemetry/anc") == 2  # batches of 3 and 2, numbered as stored
+    assert_accounted(status)
+
+
+async def test_a_batch_the_store_has_no_room_for_is_counted_as_failed(tmp_path: Path) -> None:
+    store = DurableStore.in_dir(tmp_path, max_bytes=300)
+    store.put(StoredMessage("e1", "emergency", "anc/devices/x/emergency", bytes(290)))
+    broker = FakeBroker()
+    with anyio.fail_after(TIMEOUT):
+        async with connection(broker) as iot, publisher(iot, store=store) as telemetry:
+            for n in range(4):  # a full batch and one more: each must be stored first
+                telemetry.publish_anc_metrics(anc(n))
+        status = telemetry.get_status()
+    assert batches(broker) == []  # nothing sent that could not be kept
+    assert status["records"]["anc"]["failed"] == 4
+    assert [m.msg_id for m in store.pending()] == ["e1"]  # the emergency is never evicted
+    assert_accounted(status)
+
+
+class BrokenStore(DurableStore):
+    """A store whose writes fail, as on a disk gone bad."""
+
+    def put_numbered(self, *args: Any, **kwargs: Any) -> Any:
+        raise StorageError("durable outbox could not store a numbered message: disk I/O error")
+
+
+async def test_a_store_that_cannot_write_does_not_stop_telemetry(tmp_path: Path) -> None:
+    store = BrokenStore.in_dir(tmp_path)
+    broker = FakeBroker()
+    with anyio.fail_after(TIMEOUT):
+        async with connection(broker) as iot, publisher(iot, store=store) as telemetry:
+            for n in range(6):
+                telemetry.publish_anc_metrics(anc(n))
+            await broker.wait_until(lambda: len(broker.published) == 2)
+        status = telemetry.get_status()
+    # Sent without the safety net, still numbered in order.
+    assert [batch.seq for batch in batches(broker)] == [1, 2]
+    assert latencies(broker) == list(range(6))
+    assert status["records"]["anc"]["delivered"] == 6
+    assert status["stored"] == 0
+    assert_accounted(status)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_batch_on_a_topic_the_policy_refuses_is_failed_or_kept(
+    tmp_path: Path, durable: bool
+) -> None:
+    store = DurableStore.in_dir(tmp_path) if durable else None
+    broker = FakeBroker(denied={f"anc/telemetry/{THING}/anc"})
+    with anyio.fail_after(TIMEOUT):
+        async with connection(broker) as iot, publisher(iot, store=store) as telemetry:
+            for n in range(3):
+                telemetry.publish_anc_metrics(anc(n))
+            await broker.wait_until(
+                lambda: (
+                    telemetry.get_status()["records"]["anc"]["failed" if not durable else "stored"]
+                    == 3
+                )
+            )
+        status = telemetry.get_status()
+    anc_counts = status["records"]["anc"]
+    assert (anc_counts["failed"], anc_counts["stored"]) == ((0, 3) if durable else (3, 0))
+    assert anc_counts["delivered"] == 0
+    assert_accounted(status)
