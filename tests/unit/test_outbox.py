@@ -358,3 +358,54 @@ async def test_stats_are_json_serialisable() -> None:
 def test_lane_limits_below_one_are_refused(max_messages: int, max_bytes: int) -> None:
     with pytest.raises(ConfigError, match="at least 1 message and 1 byte"):
         LaneLimits(max_messages, max_bytes)
+
+
+def test_lane_limits_of_one_are_allowed() -> None:
+    assert LaneLimits(1, 1) == LaneLimits(max_messages=1, max_bytes=1)
+
+
+async def test_a_message_exactly_the_size_of_its_lane_fits_and_each_refusal_counts() -> None:
+    outbox = Outbox(limits(Lane.TELEMETRY, max_messages=100, max_bytes=40))
+    outbox.put(message("exact", payload=b"x" * 39))  # 40 bytes with its topic: it fits
+    for n in range(2):
+        with pytest.raises(BufferFull):
+            outbox.put(message(f"huge{n}", payload=b"x" * 40))
+    assert outbox.stats()["telemetry"]["rejected"] == 2
+    assert await drain(outbox) == ["exact"]
+
+
+async def test_the_emergency_lane_counts_every_refusal_at_its_limit() -> None:
+    outbox = Outbox(limits(Lane.EMERGENCY, max_messages=1, max_bytes=100))
+    outbox.put(message("e1", Lane.EMERGENCY))
+    for n in range(3):
+        with pytest.raises(BufferFull):
+            outbox.put(message(f"more{n}", Lane.EMERGENCY))
+    assert outbox.stats()["emergency"]["rejected"] == 3
+    assert outbox.is_empty() is False
+    assert await drain(outbox) == ["e1"]
+    assert outbox.is_empty() is True
+
+
+async def test_a_done_callback_added_after_the_outcome_gets_it_at_once() -> None:
+    handle = PublishHandle("m1")
+    handle.fail(BufferFull("dropped"))
+    seen: list[BaseException | None] = []
+    handle.add_done_callback(seen.append)
+    assert len(seen) == 1
+    assert isinstance(seen[0], BufferFull)
+    ok = PublishHandle("m2")
+    outcomes: list[BaseException | None] = []
+    ok.add_done_callback(outcomes.append)
+    ok.resolve()
+    assert outcomes == [None]
+
+
+async def test_each_requeue_counts_an_attempt() -> None:
+    outbox = Outbox()
+    queued = message("a")
+    outbox.put(queued)
+    for expected in (1, 2, 3):
+        taken = await outbox.get()
+        outbox.requeue(taken)
+        assert taken.attempts == expected
+    assert await drain(outbox) == ["a"]

@@ -27,6 +27,7 @@ from ancsync.mqtt.ratelimit import RateLimiter
 from ancsync.mqtt.router import TopicRouter
 from ancsync.mqtt.session import ConnectionEvent, MqttSession
 from ancsync.mqtt.transport import SUBSCRIBE_FAILURE
+from ancsync.status import SessionStatus
 from ancsync.testing import FakeBroker
 
 THING = "anc-device-001"
@@ -469,3 +470,52 @@ async def _next(events: ObjectReceiveStream[ConnectionEvent], kind: str) -> Conn
         if event.kind == kind:
             return event
     raise AssertionError(f"no {kind!r} event")
+
+
+async def test_the_session_status_has_the_documented_fields_and_the_last_error() -> None:
+    broker = FakeBroker(connect_errors=[ConnectError("refused: broker busy")])
+    rig = Rig(broker)
+    async with running(rig):
+        await rig.session.wait_connected()
+        rig.put("anc/t/1", 1)
+        await broker.wait_until(lambda: len(broker.published) == 2)  # status, message
+        status = rig.session.status()
+    assert set(status) == set(SessionStatus.__annotations__)
+    assert status["state"] == "connected"
+    assert status["connect_attempts"] == 2
+    assert status["reconnect_count"] == 0
+    assert status["connected_since"] is not None
+    error = status["last_error"]
+    assert error is not None
+    assert error["type"] == "ConnectError"
+    assert error["message"] == "refused: broker busy"
+    assert error["permanent"] is False
+    assert error["at"] is not None
+    assert (status["published"], status["acknowledged"]) == (1, 1)  # the outbox's message
+    assert status["in_flight"] == 0
+
+
+async def test_wait_not_connected_returns_at_once_when_not_connected() -> None:
+    rig = Rig(FakeBroker(connect_errors=[ConnectError("down")] * 1000))
+    with anyio.fail_after(5):
+        await rig.session.wait_not_connected()  # never started
+        async with running(rig):
+            await rig.session.wait_not_connected()
+
+
+async def test_a_removed_connect_hook_does_not_run_and_removing_twice_is_harmless() -> None:
+    broker = FakeBroker()
+    rig = Rig(broker)
+    calls: list[str] = []
+
+    async def hook() -> None:
+        calls.append("hook")
+
+    remove = rig.session.add_connect_hook(hook)
+    remove()
+    remove()
+    async with running(rig):
+        await rig.session.wait_connected()
+        broker.drop()
+        await rig.session.wait_connected()
+    assert calls == []
