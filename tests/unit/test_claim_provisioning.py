@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +42,16 @@ TIMEOUT = 5
 
 class Interrupted(Exception):
     """Stands for the power going out right after a step reached the disk."""
+
+
+def power_cut_after(step: str) -> Callable[[str], None]:
+    """An ``on_step`` that cuts the power once ``step`` is done."""
+
+    def on_step(done: str) -> None:
+        if done == step:
+            raise Interrupted(done)
+
+    return on_step
 
 
 class FleetService:
@@ -235,15 +245,13 @@ async def test_keys_made_by_the_service_are_kept_private(
 async def test_interrupted_after_any_step_the_next_boot_finishes_with_one_identity(
     claim: tuple[Path, Path], tmp_path: Path, interrupted_after: str
 ) -> None:
-    def power_cut(step: str) -> None:
-        if step == interrupted_after:
-            raise Interrupted(step)
-
     directory = tmp_path / "id"
     with anyio.fail_after(TIMEOUT):
         async with fleet() as service:
             with pytest.raises(Interrupted):
-                await provision(service, claim, directory, on_step=power_cut)
+                await provision(
+                    service, claim, directory, on_step=power_cut_after(interrupted_after)
+                )
             assert DeviceIdentity.find(directory) is None  # nothing finished yet
             identity = await provision(service, claim, directory)
     # One certificate asked for, one registered: no identity left behind unused.
@@ -285,14 +293,10 @@ async def test_an_earlier_certificate_the_service_no_longer_knows_is_replaced_on
 ) -> None:
     directory = tmp_path / "id"
 
-    def power_cut(step: str) -> None:
-        if step == "certificate":
-            raise Interrupted(step)
-
     with anyio.fail_after(TIMEOUT):
         async with fleet() as service:
             with pytest.raises(Interrupted):
-                await provision(service, claim, directory, on_step=power_cut)
+                await provision(service, claim, directory, on_step=power_cut_after("certificate"))
             service.issued.clear()  # its token expired meanwhile
             identity = await provision(service, claim, directory)
     assert len(service.requests(CSR_TOPIC)) == 2
@@ -305,14 +309,10 @@ async def test_a_certificate_issued_too_long_ago_is_not_registered(
 ) -> None:
     directory = tmp_path / "id"
 
-    def power_cut(step: str) -> None:
-        if step == "certificate":
-            raise Interrupted(step)
-
     with anyio.fail_after(TIMEOUT):
         async with fleet() as service:
             with pytest.raises(Interrupted):
-                await provision(service, claim, directory, on_step=power_cut)
+                await provision(service, claim, directory, on_step=power_cut_after("certificate"))
             progress = json.loads((directory / PROGRESS_FILE).read_bytes())
             progress["issued_at"] = time.time() - 2 * 3600  # the device was off for two hours
             (directory / PROGRESS_FILE).write_text(json.dumps(progress))
