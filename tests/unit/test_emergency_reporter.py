@@ -48,7 +48,7 @@ async def reporter(
         announce_status=False,  # only the events are published
         transport_factory=broker.transport,
         reconnect=BackoffPolicy(base=0.001, cap=0.002),
-        stop_timeout=1.0,
+        stop_timeout=0.4,
     )
     options.setdefault("retry_interval", 0.01)
     async with connection, EmergencyReporter(connection, store=store, **options) as part:

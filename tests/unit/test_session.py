@@ -173,7 +173,7 @@ async def test_emergency_goes_before_telemetry_waiting_for_the_rate_limit(
     is the next message out, not the telemetry that was first in line when the wait began."""
     clock = ManualClock()
     limiter = RateLimiter(messages_per_second, bytes_per_second, clock=clock, sleep=clock.sleep)
-    rig = Rig(FakeBroker(), rate_limiter=limiter)
+    rig = Rig(FakeBroker(), rate_limiter=limiter, stop_timeout=0.3)  # the stop cannot finish
     for n in range(10):
         rig.put(f"anc/t/{n}", n)
     async with running(rig):
@@ -419,7 +419,7 @@ async def test_stop_fails_the_handles_it_could_not_flush() -> None:
 
 
 async def test_cancelled_run_fails_the_handles_left() -> None:
-    rig = Rig(FakeBroker(auto_ack=False), announce_status=False)
+    rig = Rig(FakeBroker(auto_ack=False), announce_status=False, stop_timeout=0.3)
     async with running(rig):
         await rig.session.wait_connected()
         handle = rig.put("anc/t/0", 0)

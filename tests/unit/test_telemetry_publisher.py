@@ -66,7 +66,7 @@ async def connection(broker: FakeBroker) -> AsyncIterator[IoTConnection]:
         announce_status=False,  # only telemetry is published
         transport_factory=broker.transport,
         reconnect=BackoffPolicy(base=0.001, cap=0.002),
-        stop_timeout=1.0,
+        stop_timeout=0.4,
     ) as iot:
         await iot.wait_connected(TIMEOUT)
         yield iot
@@ -75,7 +75,7 @@ async def connection(broker: FakeBroker) -> AsyncIterator[IoTConnection]:
 def publisher(iot: IoTConnection, **options: Any) -> TelemetryPublisher:
     options.setdefault("batch_size", 3)
     options.setdefault("batch_interval", 3600)  # batches go when full, or at the stop
-    options.setdefault("stop_timeout", 0.5)
+    options.setdefault("stop_timeout", 0.3)
     return TelemetryPublisher(iot, **options)
 
 
