@@ -22,6 +22,7 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
         ("telemetry_demo.py", "the emulator's rules sink stored 52 records"),
         ("full_integration.py", '"acknowledged": 1'),
         ("ota_update.py", "shadow reports noise_type='office-v2'"),
+        ("first_boot.py", "the old one is revoked, telemetry goes on"),
     ],
 )
 async def test_example_runs_to_completion(example: str, expected: str, tmp_path: Path) -> None:

@@ -492,6 +492,8 @@ class MqttSession(Component):
         self.permanent_error = error if permanent else None
         if permanent:
             log.error("cannot connect (retrying cannot fix this): %s", error)
+        elif self._reconnect_now.is_set():
+            log.info("connection closed to connect again, as asked")
         else:
             log.warning("connection failed: %s", error)
         self._note_change()
