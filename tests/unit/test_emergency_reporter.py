@@ -17,9 +17,10 @@ import pytest
 
 from ancsync import DurableStore, EmergencyReporter, IoTConnection
 from ancsync.codec import decode_model
-from ancsync.errors import BufferFull, InvalidPayload, PublishTimeout
+from ancsync.errors import BufferFull, ConnectError, InvalidPayload, PublishTimeout
 from ancsync.models import EmergencyEvent, EmergencyInput
 from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.mqtt.outbox import DEFAULT_LIMITS, Lane, LaneLimits
 from ancsync.testing import FakeBroker
 
 THING = "anc-device-001"
@@ -38,7 +39,11 @@ def sent_events(broker: FakeBroker, *, acknowledged: bool = True) -> list[Emerge
 
 @asynccontextmanager
 async def reporter(
-    broker: FakeBroker, store: DurableStore, **options: Any
+    broker: FakeBroker,
+    store: DurableStore,
+    *,
+    lane_limits: dict[Lane, LaneLimits] | None = None,
+    **options: Any,
 ) -> AsyncIterator[EmergencyReporter]:
     """A connection on ``broker`` and a reporter on ``store``, both running for the block."""
     connection = IoTConnection(
@@ -48,6 +53,7 @@ async def reporter(
         announce_status=False,  # only the events are published
         transport_factory=broker.transport,
         reconnect=BackoffPolicy(base=0.001, cap=0.002),
+        lane_limits=lane_limits or DEFAULT_LIMITS,
         stop_timeout=0.4,
     )
     options.setdefault("retry_interval", 0.01)
@@ -240,3 +246,28 @@ def test_a_device_id_must_be_a_valid_thing_name(store: DurableStore) -> None:
     assert EmergencyReporter(connection, "other-1", store=store).device_id == "other-1"
     with pytest.raises(ValueError, match="thing"):
         EmergencyReporter(connection, "bad/name", store=store)
+
+
+async def test_an_event_the_full_emergency_lane_refused_is_queued_once_there_is_room(
+    store: DurableStore,
+) -> None:
+    """Offline for long: the lane is at its hard limit; a new event is stored and waits."""
+    broker = FakeBroker()
+    one = {**DEFAULT_LIMITS, Lane.EMERGENCY: LaneLimits(max_messages=1, max_bytes=1 << 20)}
+    with anyio.fail_after(TIMEOUT):
+        async with reporter(broker, store, lane_limits=one) as part:
+            broker.connect_errors.extend(ConnectError("network down") for _ in range(10**6))
+            broker.drop()
+            first = await part.report_emergency(siren("first"))
+            second = await part.report_emergency(siren("second"))  # the lane is full
+            assert "full" in str(part.get_status()["last_error"])
+            assert len(store.pending("emergency")) == 2  # both safe on disk
+            with pytest.raises(PublishTimeout, match="could not be queued within"):
+                await part.report_emergency(siren("third"), wait_for_ack=True, timeout=0.05)
+            broker.connect_errors.clear()  # back online
+            await part.wait_acknowledged()
+            status = part.get_status()
+    assert {e.event_id for e in sent_events(broker)} >= {first.event_id, second.event_id}
+    assert len(sent_events(broker)) == 3
+    assert status["acknowledged"] == 3
+    assert store.pending() == []
