@@ -1,0 +1,151 @@
+"""``ancsync certs list|describe|revoke|deactivate|activate|rotate`` as a user runs them:
+subprocesses against the emulator running in the test's event loop; and the same operator calls
+against AWS's control plane, served by moto (boto3's ``iot`` client, nothing mocked inside
+ancsync)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import boto3
+import moto
+import orjson
+import pytest
+
+from ancsync.config import Settings
+from ancsync.connection import IoTConnection
+from ancsync.emulator.server import Emulator
+from ancsync.errors import CertificateRejected, NotAuthorized
+from ancsync.tools.certs_operator import AwsCertificatesOperator
+
+pytestmark = pytest.mark.slow
+
+ANCSYNC = str(Path(sys.executable).with_name("ancsync"))
+THING = "anc-device-001"
+OTHER = "anc-device-002"
+TIMEOUT = 30
+
+
+async def certs(emulator: Emulator, *args: str) -> subprocess.CompletedProcess[bytes]:
+    connection = ["--certs-dir", str(emulator.certs.root), "--port", str(emulator.port)]
+    with anyio.fail_after(TIMEOUT):
+        return await anyio.run_process(
+            [ANCSYNC, "certs", *args, *connection], check=False, env=dict(os.environ)
+        )
+
+
+def json_lines(result: subprocess.CompletedProcess[bytes]) -> list[Any]:
+    assert result.returncode == 0, result.stderr.decode()
+    return [orjson.loads(line) for line in result.stdout.decode().splitlines()]
+
+
+def by_thing(result: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    return {c["thingName"]: c for c in json_lines(result) if c["thingName"]}
+
+
+async def connects(emulator: Emulator, thing: str) -> None:
+    values = emulator.device_settings(thing).items()
+    settings = Settings.load(**{k.lower().removeprefix("iot_"): v for k, v in values})
+    async with IoTConnection(settings=settings, announce_status=False) as connection:
+        await connection.wait_connected(TIMEOUT)
+
+
+async def test_list_revoke_and_the_device_is_refused(emulator: Emulator) -> None:
+    listed = by_thing(await certs(emulator, "list", "--json"))
+    assert {thing: c["status"] for thing, c in listed.items()} == {
+        THING: "ACTIVE",
+        OTHER: "ACTIVE",
+    }
+    mine = listed[THING]["certificateId"]
+    text = (await certs(emulator, "list", "--thing", THING)).stdout.decode()
+    assert text.split() == [mine, "ACTIVE", THING]
+
+    revoked = await certs(emulator, "revoke", mine)
+    assert revoked.stdout.decode().strip() == f"{mine}: REVOKED", revoked.stderr.decode()
+    assert by_thing(await certs(emulator, "list", "--json"))[THING]["status"] == "REVOKED"
+    with anyio.fail_after(TIMEOUT), pytest.raises(NotAuthorized, match="revoked"):
+        await connects(emulator, THING)
+
+    [described] = json_lines(await certs(emulator, "describe", mine, "--json"))
+    assert described["status"] == "REVOKED"
+    assert described["certificatePem"].startswith("-----BEGIN CERTIFICATE-----")
+    again = await certs(emulator, "activate", mine)
+    assert again.returncode == 1
+    assert "CertificateStateException" in again.stderr.decode()
+    assert "revoked, which is final" in again.stderr.decode()
+
+
+async def test_deactivate_then_activate(emulator: Emulator) -> None:
+    other = emulator.certificate_of(OTHER).certificate_id
+    [inactive] = json_lines(await certs(emulator, "deactivate", other, "--json"))
+    assert inactive["status"] == "INACTIVE"
+    with anyio.fail_after(TIMEOUT), pytest.raises(NotAuthorized, match="inactive"):
+        await connects(emulator, OTHER)
+    [active] = json_lines(await certs(emulator, "activate", other, "--json"))
+    assert active["status"] == "ACTIVE"
+    with anyio.fail_after(TIMEOUT):
+        await connects(emulator, OTHER)
+
+
+async def test_rotate_creates_the_rotation_job(emulator: Emulator) -> None:
+    rotated = await certs(emulator, "rotate", "--thing", THING)
+    assert rotated.returncode == 0, rotated.stderr.decode()
+    job_id = rotated.stdout.decode().strip()
+    assert job_id.startswith(f"rotate-{THING}-")
+    job = emulator.jobs.describe_job(job_id)
+    assert job["document"] == {"operation": "rotate_certificate"}
+    assert job["executions"][THING]["status"] == "QUEUED"
+
+
+async def test_bad_requests_say_what_is_wrong(emulator: Emulator) -> None:
+    unknown = await certs(emulator, "describe", "0" * 64)
+    assert unknown.returncode == 1
+    assert "ResourceNotFoundException: there is no certificate" in unknown.stderr.decode()
+    not_an_id = await certs(emulator, "revoke", "nope")
+    assert not_an_id.returncode == 2
+    assert "'nope' is not a certificate id" in not_an_id.stderr.decode()
+    with anyio.fail_after(TIMEOUT):
+        misplaced = await anyio.run_process(
+            [ANCSYNC, "certs", "--certs-dir", str(emulator.certs.root), "list"], check=False
+        )
+    assert misplaced.returncode == 2
+    assert "put the options after the command" in misplaced.stderr.decode()
+
+
+@pytest.fixture
+def aws_iot(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with moto.mock_aws():
+        client = boto3.client("iot", region_name="eu-west-1")
+        client.create_thing(thingName=THING)
+        yield client
+
+
+async def test_the_aws_operator_drives_aws_iot_certificates(aws_iot: Any) -> None:
+    created = aws_iot.create_keys_and_certificate(setAsActive=True)
+    aws_iot.attach_thing_principal(thingName=THING, principal=created["certificateArn"])
+    aws_iot.create_keys_and_certificate(setAsActive=False)  # attached to no thing
+    operator = AwsCertificatesOperator(aws_iot)
+    cert_id = created["certificateId"]
+
+    listed = {c["certificateId"]: c for c in await operator.list()}
+    assert len(listed) == 2
+    assert listed[cert_id]["thingName"] == THING
+    assert listed[cert_id]["status"] == "ACTIVE"
+    assert isinstance(listed[cert_id]["creationDate"], str)
+    assert [c["certificateId"] for c in await operator.list(THING)] == [cert_id]
+
+    described = await operator.describe(cert_id)
+    assert described["certificatePem"] == created["certificatePem"]
+    assert described["certificateArn"] == created["certificateArn"]
+
+    assert (await operator.update(cert_id, "REVOKED"))["status"] == "REVOKED"
+    assert (await operator.describe(cert_id))["status"] == "REVOKED"
+    with pytest.raises(CertificateRejected, match="ResourceNotFound"):
+        await operator.describe("0" * 64)
