@@ -149,3 +149,30 @@ async def test_the_aws_operator_drives_aws_iot_certificates(aws_iot: Any) -> Non
     assert (await operator.describe(cert_id))["status"] == "REVOKED"
     with pytest.raises(CertificateRejected, match="ResourceNotFound"):
         await operator.describe("0" * 64)
+
+
+async def test_the_commands_drive_aws_with_aws(moto_url: str, aws_env: None) -> None:
+    client = boto3.client("iot", region_name="eu-west-1", endpoint_url=moto_url)
+    client.create_thing(thingName=THING)
+    created = client.create_keys_and_certificate(setAsActive=True)
+    client.attach_thing_principal(thingName=THING, principal=created["certificateArn"])
+    cert_id = created["certificateId"]
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_url}
+
+    async def aws(*args: str) -> subprocess.CompletedProcess[bytes]:
+        with anyio.fail_after(TIMEOUT):
+            command = [ANCSYNC, "certs", *args, "--aws", "--region", "eu-west-1", "--json"]
+            return await anyio.run_process(command, check=False, env=env)
+
+    [listed] = json_lines(await aws("list", "--thing", THING))
+    assert (listed["certificateId"], listed["status"]) == (cert_id, "ACTIVE")
+    [described] = json_lines(await aws("describe", cert_id))
+    assert described["certificateArn"] == created["certificateArn"]
+    assert described["thingName"] == THING
+    [revoked] = json_lines(await aws("revoke", cert_id))
+    assert revoked["status"] == "REVOKED"
+    status = client.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"]
+    assert status == "REVOKED"
+    unknown = await aws("describe", "0" * 64)
+    assert unknown.returncode == 1
+    assert "ResourceNotFound" in unknown.stderr.decode()
