@@ -117,6 +117,15 @@ async def test_bad_requests_say_what_is_wrong(emulator: Emulator) -> None:
     assert "put the options after the command" in misplaced.stderr.decode()
 
 
+async def test_create_is_the_form_without_a_command(tmp_path: Path) -> None:
+    command = [ANCSYNC, "certs", "create", "--certs-dir", str(tmp_path), "--thing", "a-1"]
+    with anyio.fail_after(TIMEOUT):
+        result = await anyio.run_process([*command, "--json"], check=False)
+    [printed] = json_lines(result)
+    assert set(printed["devices"]) == {"a-1"}
+    assert (tmp_path / "a-1" / "cert.pem").is_file()
+
+
 @pytest.fixture
 def aws_iot(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

@@ -47,11 +47,7 @@ if TYPE_CHECKING:
     from ancsync.tools.certs_operator import CertificatesOperator
     from ancsync.tools.jobs_operator import JobsOperator
 
-__all__ = ["ROTATION_OPERATION", "app", "rotation_job_id"]
-
-ROTATION_OPERATION = "rotate_certificate"
-"""The job document's ``operation`` a device rotates its certificate for (the default of
-``DataSyncOrchestrator.enable_rotation``)."""
+__all__ = ["app", "rotation_job_id"]
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -308,11 +304,12 @@ def rotate(
     """Create a job {"operation": "rotate_certificate"} for --thing and print its id (--json:
     the job); the device rotates its own certificate when the job reaches it."""
     from ancsync.models import new_id
+    from ancsync.provisioning.rotation import ROTATION_JOB_OPERATION
 
     chosen = job_id or rotation_job_id(thing, new_id()[:8])
 
     async def work(operator: JobsOperator) -> None:
-        job = await operator.create(chosen, [thing], {"operation": ROTATION_OPERATION})
+        job = await operator.create(chosen, [thing], {"operation": ROTATION_JOB_OPERATION})
         print_json(job) if json_output else print_line(str(job.get("jobId")))
 
     mqtt = (endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
