@@ -125,8 +125,9 @@ class CertificateOperatorService(EmulatorService):
     async def _shutdown(self) -> None:
         return None
 
-    def _is_operator(self, identity: ClientIdentity) -> bool:
-        """The operator certificate, or a plain-listener client (the policy checked its id)."""
+    def is_operator(self, identity: ClientIdentity) -> bool:
+        """Whether ``identity`` may use this API: the operator certificate, or a client of the
+        plain listener (no certificate; the policy already refused a thing name as client id)."""
         if identity.certificate_id is None:
             return identity.common_name is None
         record = self.certificates.get(identity.certificate_id)
@@ -186,7 +187,7 @@ class CertificateOperatorService(EmulatorService):
         prefix, _, operation = topic.rpartition("/")
         if prefix != OPERATOR_CERTIFICATES_PREFIX or operation not in _OPERATIONS:
             return
-        if not self.running or not self._is_operator(identity):
+        if not self.running or not self.is_operator(identity):
             log.warning("ignored %s from %s: not the running operator API", topic, identity)
             return
         try:
