@@ -188,7 +188,10 @@ def list_certificates(
     async def work(operator: CertificatesOperator) -> None:
         found = await operator.list(thing)
         for certificate in found:
-            print_json(certificate) if json_output else print_line(_line(certificate))
+            if json_output:
+                print_json(certificate)
+            else:
+                print_line(_line(certificate))
         if not found and not json_output:
             print_line("no certificates" + (f" attached to {thing}" if thing else ""))
 
@@ -310,7 +313,10 @@ def rotate(
 
     async def work(operator: JobsOperator) -> None:
         job = await operator.create(chosen, [thing], {"operation": ROTATION_JOB_OPERATION})
-        print_json(job) if json_output else print_line(str(job.get("jobId")))
+        if json_output:
+            print_json(job)
+        else:
+            print_line(str(job.get("jobId")))
 
     mqtt = (endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
     run_jobs_operator(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)
