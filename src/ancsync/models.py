@@ -374,6 +374,10 @@ class AncReportedState(_WireModel):
     timestamp: Timestamp | None = None
     last_error: Annotated[str, StringConstraints(max_length=1024)] | None = None
     """Why the last desired value was not applied (the device kept its current value)."""
+    certificate_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """The AWS id of the certificate the device rotated to (reported by enable_rotation)."""
+    certificate_rotated_at: Timestamp | None = None
+    """When the device last rotated its certificate."""
 
 
 class AncDesiredState(_WireModel):

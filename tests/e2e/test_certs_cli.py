@@ -17,10 +17,12 @@ import moto
 import orjson
 import pytest
 
+from ancsync import DataSyncOrchestrator, provision_by_claim
 from ancsync.config import Settings
 from ancsync.connection import IoTConnection
 from ancsync.emulator.server import Emulator
 from ancsync.errors import CertificateRejected, NotAuthorized
+from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.tools.certs_operator import AwsCertificatesOperator
 
 pytestmark = pytest.mark.slow
@@ -100,6 +102,42 @@ async def test_rotate_creates_the_rotation_job(emulator: Emulator) -> None:
     job = emulator.jobs.describe_job(job_id)
     assert job["document"] == {"operation": "rotate_certificate"}
     assert job["executions"][THING]["status"] == "QUEUED"
+
+
+async def test_a_device_rotates_itself_on_the_job(emulator: Emulator, tmp_path: Path) -> None:
+    claim = emulator.certs.claim
+    assert claim is not None
+    fast = BackoffPolicy(base=0.02, cap=0.2)
+    with anyio.fail_after(TIMEOUT):
+        identity = await provision_by_claim(
+            tmp_path / "identity",
+            endpoint="127.0.0.1",
+            port=emulator.port,
+            claim_cert=claim.cert,
+            claim_key=claim.key,
+            root_ca=emulator.certs.ca,
+            template="anc-fleet",
+            parameters={"SerialNumber": "SN0001"},
+            connection_options={"reconnect": fast},
+        )
+        thing, old_id = identity.thing_name, identity.certificate_id
+        orchestrator = DataSyncOrchestrator.from_config_file(
+            identity.config_path,
+            data_dir=tmp_path / "device-data",
+            connection_options={"reconnect": fast},
+        )
+        orchestrator.enable_rotation("anc-fleet", {"SerialNumber": "SN0001"})
+        async with orchestrator:
+            await orchestrator.wait_connected(TIMEOUT)
+            rotated = await certs(emulator, "rotate", "--thing", thing)
+            job_id = rotated.stdout.decode().strip()
+            assert rotated.returncode == 0, rotated.stderr.decode()
+            await emulator.jobs.wait_for_status(job_id, thing, "SUCCEEDED", "FAILED")
+    assert emulator.jobs.store.execution(job_id, thing).status == "SUCCEEDED"
+    listed = json_lines(await certs(emulator, "list", "--thing", thing, "--json"))
+    new = [c for c in listed if c["certificateId"] != old_id]
+    assert [c["status"] for c in new] == ["ACTIVE"]
+    assert emulator.certificate_of(thing).certificate_id == new[0]["certificateId"]
 
 
 async def test_bad_requests_say_what_is_wrong(emulator: Emulator) -> None:
