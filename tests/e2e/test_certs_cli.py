@@ -223,3 +223,17 @@ async def test_the_commands_drive_aws_with_aws(moto_url: str, aws_env: None) -> 
     unknown = await aws("describe", "0" * 64)
     assert unknown.returncode == 1
     assert "ResourceNotFound" in unknown.stderr.decode()
+
+
+async def test_no_aws_credentials_or_region_is_a_usage_error(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    with anyio.fail_after(TIMEOUT):
+        command = [ANCSYNC, "certs", "list", "--aws"]
+        no_credentials = await anyio.run_process([*command, "--region", "eu-west-1"], check=False)
+        no_region = await anyio.run_process(command, check=False)
+    assert no_credentials.returncode == 2
+    assert "error: no AWS credentials found" in no_credentials.stderr.decode()
+    assert no_region.returncode == 2
+    assert "error: no AWS region given: pass --region" in no_region.stderr.decode()

@@ -22,13 +22,9 @@ import logging
 from datetime import datetime
 from typing import Any, Protocol
 
-import anyio
-from anyio.abc import TaskStatus
-
 from ancsync.connection import IoTConnection
-from ancsync.errors import CertificateRejected, ConfigError
-from ancsync.lifecycle import Component
-from ancsync.tools.operator_api import EmulatorOperatorApi
+from ancsync.errors import CertificateRejected
+from ancsync.tools.operator_api import AwsOperatorApi, EmulatorOperatorApi
 from ancsync.topics import OPERATOR_CERTIFICATES_PREFIX
 
 __all__ = [
@@ -82,7 +78,7 @@ class EmulatorCertificatesOperator(EmulatorOperatorApi):
         return dict(await self._call("update", body))
 
 
-class AwsCertificatesOperator(Component):
+class AwsCertificatesOperator(AwsOperatorApi):
     """AWS IoT's certificates through boto3's ``iot`` client (``client`` may be given).
 
     boto3's errors become :class:`~ancsync.errors.CertificateRejected` with AWS's code. Each
@@ -90,34 +86,9 @@ class AwsCertificatesOperator(Component):
     """
 
     def __init__(self, client: Any | None = None, *, region: str | None = None) -> None:
-        super().__init__()
-        if client is None:
-            try:
-                import boto3
-            except ImportError:
-                raise ConfigError(
-                    "talking to AWS needs boto3: pip install 'ancsync[aws]'"
-                ) from None
-            client = boto3.client("iot", region_name=region)
-        self._client = client
+        super().__init__(CertificateRejected, client, region=region)
 
     name = "aws-certificates-operator"
-
-    async def _serve(self, task_status: TaskStatus[None]) -> None:
-        """Nothing to connect: boto3 calls AWS per request."""
-        task_status.started()
-
-    async def _call(self, method: str, **arguments: Any) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
-        call = getattr(self._client, method)
-        try:
-            reply = await anyio.to_thread.run_sync(lambda: call(**arguments))
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise CertificateRejected(str(error.get("Code")), str(error.get("Message"))) from None
-        reply.pop("ResponseMetadata", None)
-        return dict(reply)
 
     async def _thing_of(self, certificate_arn: str) -> str | None:
         things = (await self._call("list_principal_things", principal=certificate_arn))["things"]

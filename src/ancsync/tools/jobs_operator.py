@@ -18,14 +18,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import anyio
 import orjson
-from anyio.abc import TaskStatus
 
 from ancsync.connection import IoTConnection
-from ancsync.errors import ConfigError, JobRejected
-from ancsync.lifecycle import Component
-from ancsync.tools.operator_api import EmulatorOperatorApi
+from ancsync.errors import JobRejected
+from ancsync.tools.operator_api import AwsOperatorApi, EmulatorOperatorApi
 from ancsync.topics import OPERATOR_JOBS_PREFIX
 
 __all__ = ["AwsJobsOperator", "EmulatorJobsOperator", "JobsOperator"]
@@ -97,41 +94,16 @@ class EmulatorJobsOperator(EmulatorOperatorApi):
         return dict(await self._call("cancel", {"jobId": job_id, "force": force}))
 
 
-class AwsJobsOperator(Component):
+class AwsJobsOperator(AwsOperatorApi):
     """AWS IoT's Jobs control plane through boto3's ``iot`` client (``client`` may be given).
 
     boto3's errors are turned into :class:`~ancsync.errors.JobRejected` with AWS's code.
     """
 
     def __init__(self, client: Any | None = None, *, region: str | None = None) -> None:
-        super().__init__()
-        if client is None:
-            try:
-                import boto3
-            except ImportError:
-                raise ConfigError(
-                    "talking to AWS needs boto3: pip install 'ancsync[aws]'"
-                ) from None
-            client = boto3.client("iot", region_name=region)
-        self._client = client
+        super().__init__(JobRejected, client, region=region)
 
     name = "aws-jobs-operator"
-
-    async def _serve(self, task_status: TaskStatus[None]) -> None:
-        """Nothing to connect: boto3 calls AWS per request."""
-        task_status.started()
-
-    async def _call(self, method: str, **arguments: Any) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
-        call = getattr(self._client, method)
-        try:
-            reply = await anyio.to_thread.run_sync(lambda: call(**arguments))
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise JobRejected(str(error.get("Code")), str(error.get("Message"))) from None
-        reply.pop("ResponseMetadata", None)
-        return dict(reply)
 
     async def create(
         self,

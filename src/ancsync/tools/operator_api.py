@@ -1,10 +1,13 @@
-"""The client side of the emulator's operator APIs over MQTT (Jobs, certificates).
+"""The operator APIs' clients: the emulator's over MQTT, AWS IoT's through boto3.
 
-Each request is a JSON object published on ``{prefix}/{operation}`` with a fresh
-``clientToken``; the emulator answers on ``{prefix}/{operation}/accepted`` (``{"result": ...}``)
-or ``.../rejected`` (``code``, ``message``) with the same token. :class:`EmulatorOperatorApi`
+On the emulator (Jobs, certificates), each request is a JSON object published on
+``{prefix}/{operation}`` with a fresh ``clientToken``; the emulator answers on
+``{prefix}/{operation}/accepted`` (``{"result": ...}``) or ``.../rejected`` (``code``,
+``message``) with the same token. :class:`EmulatorOperatorApi`
 correlates the two; :class:`~ancsync.tools.jobs_operator.EmulatorJobsOperator` and
 :class:`~ancsync.tools.certs_operator.EmulatorCertificatesOperator` name the operations.
+:class:`AwsOperatorApi` calls boto3's ``iot`` client for their AWS counterparts, with botocore's
+errors turned into ancsync's.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ancsync.connection import IoTConnection
+from ancsync.errors import ConfigError, ConnectError
 from ancsync.lifecycle import Component
 from ancsync.models import new_id
 
-__all__ = ["EmulatorOperatorApi"]
+__all__ = ["AwsOperatorApi", "EmulatorOperatorApi"]
 
 
 class EmulatorOperatorApi(Component):
@@ -75,3 +79,70 @@ class EmulatorOperatorApi(Component):
         if outcome != "accepted":
             raise self._rejected(str(reply.get("code")), str(reply.get("message")))
         return reply["result"]
+
+
+class AwsOperatorApi(Component):
+    """AWS IoT's control plane through boto3's ``iot`` client (``client`` may be given).
+
+    A request AWS refuses raises ``rejected(code, message)`` with AWS's error code; no
+    credentials or no region is a :class:`~ancsync.errors.ConfigError`, an unreachable API a
+    :class:`~ancsync.errors.ConnectError`, each saying what to do.
+    """
+
+    name = "aws-operator-api"
+
+    def __init__(
+        self,
+        rejected: Callable[[str, str], Exception],
+        client: Any | None = None,
+        *,
+        region: str | None = None,
+    ) -> None:
+        super().__init__()
+        self._rejected = rejected
+        if client is None:
+            try:
+                import boto3
+                from botocore.exceptions import NoRegionError
+            except ImportError:
+                raise ConfigError(
+                    "talking to AWS needs boto3: pip install 'ancsync[aws]'"
+                ) from None
+            try:
+                client = boto3.client("iot", region_name=region)
+            except NoRegionError:
+                raise ConfigError("no AWS region given: pass --region or set AWS_REGION") from None
+        self._client = client
+
+    async def _serve(self, task_status: TaskStatus[None]) -> None:
+        """Nothing to connect: boto3 calls AWS per request."""
+        task_status.started()
+
+    async def _call(self, method: str, **arguments: Any) -> dict[str, Any]:
+        """``client.method(**arguments)`` in a worker thread; its reply without metadata."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ReadTimeoutError,
+        )
+
+        call = getattr(self._client, method)
+        try:
+            reply = await anyio.to_thread.run_sync(lambda: call(**arguments))
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise self._rejected(str(error.get("Code")), str(error.get("Message"))) from None
+        except (NoCredentialsError, PartialCredentialsError):
+            raise ConfigError(
+                "no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or run `aws configure`"
+            ) from None
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise ConnectError(
+                f"cannot reach the AWS IoT API ({exc}); check the network and --region"
+            ) from None
+        reply.pop("ResponseMetadata", None)
+        return dict(reply)
