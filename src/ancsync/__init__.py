@@ -23,6 +23,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "ancsync.errors": (
         "AncSyncError",
         "BufferFull",
+        "CertificateRejected",
         "ConfigError",
         "ConnectError",
         "ConnectTimeout",
@@ -149,6 +150,9 @@ if TYPE_CHECKING:  # the same names, for type checkers (a unit test keeps them i
     )
     from ancsync.errors import (
         BufferFull as BufferFull,
+    )
+    from ancsync.errors import (
+        CertificateRejected as CertificateRejected,
     )
     from ancsync.errors import (
         ConfigError as ConfigError,

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AncSyncError",
     "BufferFull",
+    "CertificateRejected",
     "ConfigError",
     "ConnectError",
     "ConnectTimeout",
@@ -187,6 +188,16 @@ class JobRejected(AncSyncError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.execution_state = execution_state
+
+
+class CertificateRejected(AncSyncError):
+    """A certificates request was refused: ``code`` is AWS's error code, e.g.
+    ``ResourceNotFoundException`` for an unknown certificate id."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class VersionMismatch(JobRejected):

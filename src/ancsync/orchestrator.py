@@ -42,7 +42,11 @@ from ancsync.errors import ConfigError, NotStarted
 from ancsync.jobs import DeviceJobs, Job, JobHandler
 from ancsync.lifecycle import Component
 from ancsync.models import AncMetrics, AudioMetrics, Command, EmergencyEvent, SystemMetrics, utc_now
-from ancsync.provisioning.rotation import CertificateRotator, finish_interrupted_rotation
+from ancsync.provisioning.rotation import (
+    ROTATION_JOB_OPERATION,
+    CertificateRotator,
+    finish_interrupted_rotation,
+)
 from ancsync.shadow import DeviceShadowSync
 from ancsync.status import OrchestratorStatus
 from ancsync.supervisor import Supervisor
@@ -393,7 +397,7 @@ class DataSyncOrchestrator(Component):
         parameters: Mapping[str, str] | None = None,
         *,
         before_expiry: timedelta = timedelta(days=30),
-        job_operation: str | None = "rotate_certificate",
+        job_operation: str | None = ROTATION_JOB_OPERATION,
     ) -> CertificateRotator:
         """Rotate this device's certificate ``before_expiry`` ahead of its expiry, and when a
         job whose document's ``operation`` is ``job_operation`` asks for it (``None``: no job).

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_SUBSCRIPTIONS",
     "MAX_TOPIC_BYTES",
     "MAX_TOPIC_SLASHES",
+    "OPERATOR_CERTIFICATES_PREFIX",
     "OPERATOR_JOBS_PREFIX",
     "TELEMETRY_KINDS",
     "JobsTopics",
@@ -356,6 +357,8 @@ def is_shadow_request_topic(topic: str) -> bool:
 
 #: The emulator's operator Jobs API: requests on ``{prefix}/create|list|describe|cancel``.
 OPERATOR_JOBS_PREFIX = "ancsync/emulator/jobs"
+#: The emulator's operator certificates API: requests on ``{prefix}/list|describe|update``.
+OPERATOR_CERTIFICATES_PREFIX = "ancsync/emulator/certificates"
 
 # Every publish under a thing's jobs namespace: the service answers even the ones that map to
 # no API (with InvalidTopic), so the matcher takes the whole namespace.

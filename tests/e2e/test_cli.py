@@ -276,6 +276,13 @@ def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
     [
         [],
         ["certs"],
+        ["certs", "create"],
+        ["certs", "list"],
+        ["certs", "describe"],
+        ["certs", "revoke"],
+        ["certs", "deactivate"],
+        ["certs", "activate"],
+        ["certs", "rotate"],
         ["demo"],
         ["simulate"],
         ["emulator"],

@@ -54,7 +54,9 @@ async def test_cancelling_the_owner_stops_the_broker_and_every_service(tmp_path:
                     await next_message(device)  # the stop disconnected it
     assert emulator.state is ComponentState.STOPPED
     assert broker.state is ComponentState.STOPPED
-    assert [service.state for service in emulator.services] == [ComponentState.STOPPED] * 4
+    assert [service.state for service in emulator.services] == [ComponentState.STOPPED] * len(
+        emulator.services
+    )
     assert port_is_free(port)
     with pytest.raises(NotStarted):
         emulator.rules.emergencies()
@@ -98,7 +100,9 @@ async def test_a_part_that_cannot_start_fails_the_emulator_with_its_own_error(
                 with pytest.raises(ConfigError, match=f"port {port}"):
                     await owner.start(emulator.run)
     # the services it had started were stopped again (the rules database is closed)
-    assert [service.state for service in emulator.services] == [ComponentState.STOPPED] * 4
+    assert [service.state for service in emulator.services] == [ComponentState.STOPPED] * len(
+        emulator.services
+    )
 
 
 class DefenderLikeService(EmulatorService):

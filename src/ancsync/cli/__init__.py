@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ancsync.cli import demo, emulator, jobs, provision, shadow, simulate
+from ancsync.cli import certs, demo, emulator, jobs, provision, shadow, simulate
 from ancsync.cli.output import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -94,8 +94,8 @@ app.command(short_help="Give a device its certificate: boto3, or by claim.")(
     reports_errors(provision.provision)
 )
 app.command(short_help="Run the local AWS IoT emulator.")(reports_errors(emulator.emulator))
-app.command(short_help="Create development certificates for the emulator.")(
-    reports_errors(emulator.certs)
+app.add_typer(
+    certs.app, name="certs", short_help="Dev certificates; list, revoke and rotate certificates."
 )
 app.add_typer(shadow.app, name="shadow", short_help="Read, change and watch a Device Shadow.")
 app.add_typer(jobs.app, name="jobs", short_help="Create, list, describe and cancel IoT Jobs.")

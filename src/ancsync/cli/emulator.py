@@ -220,13 +220,14 @@ def _print_emulator(local: Emulator, db_path: Path, console_url: str | None) -> 
     print_line(f"\nready: emulator listening on {local.host}:{local.port} (Ctrl-C to stop)")
 
 
+DevCertsDirOption = Annotated[
+    Path,
+    typer.Option("--certs-dir", metavar="DIR", help="Where to write the dev CA and certificates."),
+]
+
+
 def certs(
-    certs_dir: Annotated[
-        Path,
-        typer.Option(
-            "--certs-dir", metavar="DIR", help="Where to write the dev CA and certificates."
-        ),
-    ] = Path(".ancsync/dev"),
+    certs_dir: DevCertsDirOption = Path(".ancsync/dev"),
     things: ThingsOption = None,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,

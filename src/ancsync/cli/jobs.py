@@ -7,21 +7,21 @@ boto3's ``iot`` client, with the usual AWS credentials (see ancsync.tools.jobs_o
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ancsync.cli.options import JsonOption, ThingsOption, VerboseOption
+from ancsync.cli.operators import run_operator
+from ancsync.cli.options import AwsOption, JsonOption, RegionOption, ThingsOption, VerboseOption
 from ancsync.cli.output import (
     EXIT_USAGE,
     fail,
     print_json,
     print_line,
     reports_errors,
-    setup_logging,
 )
 from ancsync.cli.shadow import (
     CertOption,
@@ -33,10 +33,10 @@ from ancsync.cli.shadow import (
     PortOption,
     RootCaOption,
     TimeoutOption,
-    credentials_from_options,
 )
 
 if TYPE_CHECKING:
+    from ancsync.connection import IoTConnection
     from ancsync.tools.jobs_operator import JobsOperator
 
 app = typer.Typer(
@@ -45,22 +45,11 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-AwsOption = Annotated[
-    bool,
-    typer.Option(
-        "--aws",
-        help="Use AWS IoT through boto3 (AWS credentials and region from the environment).",
-    ),
-]
-RegionOption = Annotated[
-    str | None,
-    typer.Option("--region", envvar="AWS_REGION", metavar="REGION", help="AWS region (--aws)."),
-]
 # Explained in each docstring: an argument's help line would show its type, <str>.
 JobIdArgument = Annotated[str, typer.Argument(metavar="JOB_ID", hidden=True, show_default=False)]
 
 
-def _run(
+def run_jobs_operator(
     work: Callable[[JobsOperator], Awaitable[None]],
     *,
     aws: bool,
@@ -69,30 +58,27 @@ def _run(
     timeout: float,
     verbose: bool,
 ) -> None:
-    """Run ``work`` with the operator the options name; its errors go to the command's handler.
+    """Run ``work`` with the jobs operator the options name (see ancsync.cli.operators).
 
     ``mqtt`` holds the emulator connection options, in the order of credentials_from_options.
     """
-    import anyio
-
-    from ancsync.errors import JobRejected
     from ancsync.tools.jobs_operator import AwsJobsOperator, EmulatorJobsOperator
 
-    setup_logging(verbose, default=logging.CRITICAL)
+    def on_aws() -> AbstractAsyncContextManager[JobsOperator]:
+        return AwsJobsOperator(region=region)
 
-    async def session() -> None:
-        if aws or str(mqtt[0]).endswith(".amazonaws.com"):
-            async with AwsJobsOperator(region=region) as operator:
-                await work(operator)
-        else:
-            connection = credentials_from_options(*mqtt).connection(connect_timeout=timeout)
-            async with EmulatorJobsOperator(connection, timeout=timeout) as emulator:
-                await work(emulator)
+    def on_emulator(connection: IoTConnection) -> AbstractAsyncContextManager[JobsOperator]:
+        return EmulatorJobsOperator(connection, timeout=timeout)
 
-    try:
-        anyio.run(session)
-    except JobRejected as exc:
-        raise fail(str(exc)) from None
+    run_operator(
+        work,
+        on_aws=on_aws,
+        on_emulator=on_emulator,
+        aws=aws,
+        mqtt=mqtt,
+        timeout=timeout,
+        verbose=verbose,
+    )
 
 
 def _show_job(job: dict[str, Any], json_output: bool) -> None:
@@ -177,7 +163,7 @@ def create(
         )
 
     mqtt = (endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
-    _run(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)
+    run_jobs_operator(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)
 
 
 @app.command("list", short_help="List the jobs.")
@@ -210,7 +196,7 @@ def list_jobs(
             print_line("no jobs")
 
     mqtt = (endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
-    _run(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)
+    run_jobs_operator(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)
 
 
 @app.command("describe", short_help="Print a job and its executions.")
@@ -237,7 +223,7 @@ def describe(
         _show_job(await operator.describe(job_id), json_output)
 
     mqtt = (endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
-    _run(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)
+    run_jobs_operator(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)
 
 
 @app.command("cancel", short_help="Cancel a job (--force: also the running executions).")
@@ -267,4 +253,4 @@ def cancel(
         _show_job(await operator.cancel(job_id, force=force), json_output)
 
     mqtt = (endpoint, port, certs_dir, cert, key, root_ca, client_id, no_tls)
-    _run(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)
+    run_jobs_operator(work, aws=aws, region=region, mqtt=mqtt, timeout=timeout, verbose=verbose)

@@ -22,3 +22,14 @@ ThingsOption = Annotated[
         show_default=False,
     ),
 ]
+AwsOption = Annotated[
+    bool,
+    typer.Option(
+        "--aws",
+        help="Use AWS IoT through boto3 (AWS credentials and region from the environment).",
+    ),
+]
+RegionOption = Annotated[
+    str | None,
+    typer.Option("--region", envvar="AWS_REGION", metavar="REGION", help="AWS region (--aws)."),
+]

@@ -25,6 +25,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ancsync.emulator.broker import DEFAULT_SESSION_EXPIRY, EmbeddedBroker
+from ancsync.emulator.certificate_operator import CertificateOperatorService
 from ancsync.emulator.certificates import (
     CLAIM_POLICY,
     DEVICE_POLICY,
@@ -123,12 +124,21 @@ class Emulator(EmulatorComponent):
         self.shadows = ShadowService(limits=limits, clock=clock, latency=shadow_latency)
         #: The Jobs service: ``emulator.jobs.create_job(...)``, describe, cancel.
         self.jobs = JobsService(clock=clock, seconds_per_minute=jobs_seconds_per_minute)
+        #: The operator certificates API over MQTT (``ancsync certs list|revoke...``).
+        self.certificate_operator = CertificateOperatorService(
+            self.certificates,
+            self.update_certificate,
+            region=self.policy.region,
+            account_id=self.policy.account_id,
+        )
         self._rules = RulesSink(db_path)
-        #: Every service, run beside the broker: shadow, jobs, the rules sink, then yours.
+        #: Every service, run beside the broker: shadow, jobs, provisioning, the certificates
+        #: operator API, the rules sink, then yours.
         self.services: tuple[EmulatorService, ...] = (
             self.shadows,
             self.jobs,
             self.provisioning,
+            self.certificate_operator,
             self._rules,
             *services,
         )

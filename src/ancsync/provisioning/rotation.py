@@ -41,7 +41,16 @@ from ancsync.provisioning.claim import FleetProvisioning, StepCallback
 from ancsync.provisioning.identity import IDENTITY_FILE
 from ancsync.provisioning.keys import certificate_request, new_private_key
 
-__all__ = ["CertificateRotator", "finish_interrupted_rotation", "rotate_certificate"]
+__all__ = [
+    "ROTATION_JOB_OPERATION",
+    "CertificateRotator",
+    "finish_interrupted_rotation",
+    "rotate_certificate",
+]
+
+ROTATION_JOB_OPERATION = "rotate_certificate"
+"""The ``operation`` of the job document that makes a device rotate its certificate (the
+default of ``DataSyncOrchestrator.enable_rotation``; ``ancsync certs rotate`` creates it)."""
 
 log = logging.getLogger("ancsync.provisioning.rotation")
 

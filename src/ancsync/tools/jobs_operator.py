@@ -18,14 +18,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import anyio
 import orjson
-from anyio.abc import TaskStatus
 
 from ancsync.connection import IoTConnection
-from ancsync.errors import ConfigError, JobRejected
-from ancsync.lifecycle import Component
-from ancsync.models import new_id
+from ancsync.errors import JobRejected
+from ancsync.tools.operator_api import AwsOperatorApi, EmulatorOperatorApi
 from ancsync.topics import OPERATOR_JOBS_PREFIX
 
 __all__ = ["AwsJobsOperator", "EmulatorJobsOperator", "JobsOperator"]
@@ -59,7 +56,7 @@ class JobsOperator(Protocol):
         ...
 
 
-class EmulatorJobsOperator(Component):
+class EmulatorJobsOperator(EmulatorOperatorApi):
     """The emulator's operator Jobs API over an operator :class:`IoTConnection` (not started).
 
     ``async with EmulatorJobsOperator(connection) as jobs: await jobs.create(...)``. A request
@@ -67,43 +64,9 @@ class EmulatorJobsOperator(Component):
     """
 
     def __init__(self, connection: IoTConnection, *, timeout: float = 15.0) -> None:
-        super().__init__()
-        self._connection = connection
-        self.timeout = timeout
-        self._waiting: dict[str, tuple[anyio.Event, list[tuple[str, Any]]]] = {}
+        super().__init__(connection, OPERATOR_JOBS_PREFIX, JobRejected, timeout=timeout)
 
     name = "jobs-operator"
-
-    async def _serve(self, task_status: TaskStatus[None]) -> None:
-        """Connect (raising a clear error if that fails); ready once connected."""
-        self._connection.subscribe(f"{OPERATOR_JOBS_PREFIX}/+/+", self._on_reply)
-        async with anyio.create_task_group() as tg:
-            await tg.start(self._connection.run)
-            await self._connection.wait_connected(timeout=self.timeout)
-            task_status.started()
-
-    def _on_reply(self, topic: str, payload: Any) -> None:
-        if isinstance(payload, dict):
-            waiter = self._waiting.get(str(payload.get("clientToken")))
-            if waiter is not None:
-                waiter[1].append((topic.rsplit("/", 1)[-1], payload))
-                waiter[0].set()
-
-    async def _call(self, operation: str, body: dict[str, Any]) -> Any:
-        token = new_id()
-        event, answer = anyio.Event(), list[tuple[str, Any]]()
-        self._waiting[token] = (event, answer)
-        try:
-            topic = f"{OPERATOR_JOBS_PREFIX}/{operation}"
-            await self._connection.publish(topic, {**body, "clientToken": token})
-            with anyio.fail_after(self.timeout):
-                await event.wait()
-        finally:
-            self._waiting.pop(token, None)
-        outcome, reply = answer[0]
-        if outcome != "accepted":
-            raise JobRejected(str(reply.get("code")), str(reply.get("message")))
-        return reply["result"]
 
     async def create(
         self,
@@ -131,41 +94,16 @@ class EmulatorJobsOperator(Component):
         return dict(await self._call("cancel", {"jobId": job_id, "force": force}))
 
 
-class AwsJobsOperator(Component):
+class AwsJobsOperator(AwsOperatorApi):
     """AWS IoT's Jobs control plane through boto3's ``iot`` client (``client`` may be given).
 
     boto3's errors are turned into :class:`~ancsync.errors.JobRejected` with AWS's code.
     """
 
     def __init__(self, client: Any | None = None, *, region: str | None = None) -> None:
-        super().__init__()
-        if client is None:
-            try:
-                import boto3
-            except ImportError:
-                raise ConfigError(
-                    "talking to AWS needs boto3: pip install 'ancsync[aws]'"
-                ) from None
-            client = boto3.client("iot", region_name=region)
-        self._client = client
+        super().__init__(JobRejected, client, region=region)
 
     name = "aws-jobs-operator"
-
-    async def _serve(self, task_status: TaskStatus[None]) -> None:
-        """Nothing to connect: boto3 calls AWS per request."""
-        task_status.started()
-
-    async def _call(self, method: str, **arguments: Any) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
-        call = getattr(self._client, method)
-        try:
-            reply = await anyio.to_thread.run_sync(lambda: call(**arguments))
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise JobRejected(str(error.get("Code")), str(error.get("Message"))) from None
-        reply.pop("ResponseMetadata", None)
-        return dict(reply)
 
     async def create(
         self,
