@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ancsync.cli import emulator
 from ancsync.cli.emulator import DevCertsDirOption
+from ancsync.cli.emulator import certs as create_dev_certs
 from ancsync.cli.jobs import run_jobs_operator
 from ancsync.cli.operators import run_operator
 from ancsync.cli.options import (
@@ -152,7 +152,7 @@ def certs(
     create`: a CA, the broker, the devices (--thing), an operator.
     """
     if ctx.invoked_subcommand is None:
-        emulator.certs(certs_dir, things, json_output, verbose)
+        create_dev_certs(certs_dir, things, json_output, verbose)
     elif things or json_output or verbose or certs_dir != Path(".ancsync/dev"):
         raise fail(
             f"put the options after the command: ancsync certs {ctx.invoked_subcommand} ...",
@@ -161,7 +161,7 @@ def certs(
 
 
 app.command("create", short_help="Create (or reuse) development certificates.")(
-    reports_errors(emulator.certs)
+    reports_errors(create_dev_certs)
 )
 
 
