@@ -210,6 +210,41 @@ def test_over_max_bytes_the_oldest_telemetry_is_evicted_never_an_emergency(tmp_p
         assert (stats.bytes, stats.evicted_messages, stats.evicted_records) == (1000, 1, 10)
 
 
+def test_evictions_add_up_and_one_insert_may_evict_several_batches(tmp_path: Path) -> None:
+    with DurableStore(tmp_path / "s.sqlite3", max_bytes=1000) as store:
+        batches = [message("telemetry", 250, records=5 + n) for n in range(4)]  # 1000 bytes
+        for entry in batches:
+            store.put(entry)
+        # 600 more bytes: the three oldest batches (5 + 6 + 7 records) make room.
+        assert store.put(message("emergency", 600)) == 18
+        assert store.put(message("telemetry", 250, records=3)) == 8  # then the fourth
+        stats = store.stats()
+        assert (stats.evicted_messages, stats.evicted_records) == (4, 26)
+        assert stats.bytes == 850
+
+
+def test_storing_a_stored_msg_id_again_evicts_nothing(tmp_path: Path) -> None:
+    with DurableStore(tmp_path / "s.sqlite3", max_bytes=100) as store:
+        entry = message("telemetry", 90, records=4)
+        store.put(entry)
+        assert store.put(entry) == 0
+        assert store.stats().bytes == 90
+
+
+def test_a_data_dir_is_created_with_its_parents(tmp_path: Path) -> None:
+    with DurableStore.in_dir(tmp_path / "a" / "b" / "c") as store:
+        store.put(message("emergency"))
+    assert (tmp_path / "a" / "b" / "c" / STORE_FILE_NAME).exists()
+
+
+@pytest.mark.parametrize("max_bytes", [0, -1])
+def test_max_bytes_must_be_positive(tmp_path: Path, max_bytes: int) -> None:
+    with pytest.raises(ValueError, match=f"max_bytes must be positive, got {max_bytes}"):
+        DurableStore(tmp_path / "s.sqlite3", max_bytes=max_bytes)
+    with DurableStore(tmp_path / "s.sqlite3", max_bytes=1) as tiny:  # one byte is a size
+        assert tiny.max_bytes == 1
+
+
 def test_when_only_emergencies_are_left_a_new_message_is_refused_not_dropped(
     tmp_path: Path,
 ) -> None:
