@@ -20,8 +20,9 @@ from helpers import HOST
 
 from ancsync import DataSyncOrchestrator, DeviceIdentity, provision_by_claim, rotate_certificate
 from ancsync.emulator.certificates import CertificateStatus
+from ancsync.emulator.provisioning_templates import ProvisioningTemplate
 from ancsync.emulator.server import Emulator
-from ancsync.errors import NotAuthorized, ProvisioningRejected
+from ancsync.errors import NotAuthorized, ProvisionError, ProvisioningRejected
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.provisioning.keys import certificate_id
 
@@ -210,3 +211,41 @@ async def test_a_certificate_near_its_expiry_is_rotated_when_the_device_starts(
             with operator.watch() as documents:
                 await until(documents, lambda doc: "certificate_id" in doc.reported)
     assert certificate_id(identity.cert_path.read_bytes()) != identity.certificate_id
+
+
+async def test_a_new_certificate_the_broker_refuses_leaves_the_device_on_the_old_one(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A template that leaves the new certificate INACTIVE: the broker refuses it, and the
+    device goes back to its old pair with nothing lost."""
+    emulator.provisioning.register_template(
+        ProvisioningTemplate(
+            "inactive-rotation",
+            thing_name="anc-{SerialNumber}",
+            parameters={"SerialNumber": None},
+            certificate_status=CertificateStatus.INACTIVE,
+        )
+    )
+    with anyio.fail_after(TIMEOUT):
+        identity = await provision(emulator, tmp_path / "identity")
+        old_pem = identity.cert_path.read_bytes()
+        async with device(identity, tmp_path) as orchestrator:
+            await orchestrator.wait_connected(TIMEOUT)
+            with pytest.raises(ProvisionError, match="went back to its old certificate"):
+                await rotate_certificate(
+                    orchestrator.connection,
+                    template="inactive-rotation",
+                    parameters={"SerialNumber": "SN0001"},
+                    connect_timeout=5,
+                )
+            await orchestrator.wait_connected(TIMEOUT)  # on the old certificate again
+            event = await orchestrator.report_emergency(
+                is_emergency=True, predicted_class="siren", confidence=0.9, action="anc_bypassed"
+            )
+            await emulator.rules.wait_for(
+                lambda sink: (
+                    event.event_id in {e.event_id for e in sink.emergencies(identity.thing_name)}
+                )
+            )
+    assert identity.cert_path.read_bytes() == old_pem
+    assert not list(identity.directory.glob("*.old"))
