@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from faultproxy import FaultProxy
 
+from ancsync.connection import IoTConnection
 from ancsync.emulator.auth import ClientIdentity
 from ancsync.emulator.certs import (
     CertificateAuthority,
@@ -38,6 +39,8 @@ from ancsync.emulator.certs import (
     issue_certificate,
     write_pair,
 )
+from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync.testing import FakeBroker
 
 HOST = "127.0.0.1"
 SUBACK_FAILURE = 0x80
@@ -344,3 +347,18 @@ def read_only_view(source: Path, target: Path) -> Iterator[Path]:
         yield target
     finally:
         subprocess.run(["umount", str(target)], check=True)
+
+
+def fake_connection(broker: FakeBroker, thing: str, *args: Any, **options: Any) -> IoTConnection:
+    """An unstarted IoTConnection of ``thing`` on the in-memory ``broker``: plaintext, no
+    "online" status (only what the test publishes), fast reconnects and a short stop.
+
+    ``args`` (cert and key paths) and ``options`` go to the constructor and win."""
+    defaults: dict[str, Any] = {
+        "tls": False,
+        "announce_status": False,
+        "transport_factory": broker.transport,
+        "reconnect": BackoffPolicy(base=0.001, cap=0.002),
+        "stop_timeout": 0.4,
+    }
+    return IoTConnection(thing, "127.0.0.1", *args, **{**defaults, **options})

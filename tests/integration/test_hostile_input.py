@@ -309,7 +309,7 @@ async def test_a_packet_sent_slower_than_the_keep_alive_is_still_read_whole(
                 await raw.send(whole[:5])
                 # the slowness under test (not a synchronisation): over the keep-alive, under
                 # the 1.5 x keep-alive of silence after which AWS IoT Core disconnects
-                await anyio.sleep(1.25)
+                await anyio.sleep(1.25)  # ok: the slowness is the input under test
                 await raw.send(whole[5:])
                 assert await raw.next_packet() == (PUBACK, b"\x00\x09")
             await emulator.rules.wait_for(lambda sink: len(sink.telemetry_batches(HOSTILE)) == 1)

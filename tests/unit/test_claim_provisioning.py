@@ -21,10 +21,17 @@ import orjson
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from helpers import fake_connection
 
 from ancsync import IoTConnection
 from ancsync.config import Settings
-from ancsync.emulator.certs import CertificateAuthority, generate_ca, issue_certificate
+from ancsync.emulator.certs import (
+    CertificateAuthority,
+    generate_ca,
+    issue_certificate,
+    private_key_pem,
+    write_pair,
+)
 from ancsync.errors import ProvisionError, ProvisioningRejected, TLSError
 from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.provisioning.claim import PROGRESS_FILE, provision_by_claim
@@ -136,17 +143,8 @@ class FleetService:
 @pytest.fixture
 def claim(tmp_path: Path) -> tuple[Path, Path]:
     """A claim certificate and key (their content matters only over TLS)."""
-    cert, key = issue_certificate(generate_ca("claim CA"), "claim")
-    cert_path, key_path = tmp_path / "claim.pem", tmp_path / "claim.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    pair = write_pair(tmp_path / "claim", *issue_certificate(generate_ca("claim CA"), "claim"))
+    return pair.cert, pair.key
 
 
 @asynccontextmanager
@@ -343,16 +341,10 @@ async def provisioned_device(
 ) -> AsyncIterator[IoTConnection]:
     """A device provisioned by claim, connected with its own identity (on the FakeBroker)."""
     identity = await provision(service, claim, directory)
-    async with IoTConnection(
-        identity.thing_name,
-        "127.0.0.1",
-        identity.cert_path,
-        identity.key_path,
-        tls=False,
-        announce_status=False,
-        transport_factory=service.broker.transport,
-        reconnect=BackoffPolicy(base=0.001, cap=0.002),
-    ) as iot:
+    connection = fake_connection(
+        service.broker, identity.thing_name, identity.cert_path, identity.key_path
+    )
+    async with connection as iot:
         await iot.wait_connected(TIMEOUT)
         yield iot
 
@@ -441,14 +433,11 @@ def test_a_switch_interrupted_halfway_is_finished_at_the_next_start(tmp_path: Pa
     ca = generate_ca("fleet CA")
     old_cert, old_key = issue_certificate(ca, "old")
     new_cert, new_key = issue_certificate(ca, "new")
-    pem = serialization.Encoding.PEM
-    raw = (pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "private.key"
-    cert_path.write_bytes(old_cert.public_bytes(pem))
-    key_path.write_bytes(new_key.private_bytes(*raw))  # the new key, the old certificate
-    (tmp_path / "cert.pem.old").write_bytes(old_cert.public_bytes(pem))
-    (tmp_path / "private.key.old").write_bytes(old_key.private_bytes(*raw))
-    new_pem = new_cert.public_bytes(pem).decode()
+    pair = write_pair(tmp_path, old_cert, new_key)  # the new key, the old certificate
+    cert_path, key_path = pair.cert, pair.key
+    (tmp_path / "cert.pem.old").write_bytes(cert_path.read_bytes())
+    (tmp_path / "private.key.old").write_bytes(private_key_pem(old_key))
+    new_pem = new_cert.public_bytes(serialization.Encoding.PEM).decode()
     journal = {"phase": "switching", "certificate_pem": new_pem, "certificate_id": "abc"}
     (tmp_path / "private.key.rotation.json").write_text(json.dumps(journal))
     assert not pair_matches(cert_path, key_path)
@@ -461,16 +450,8 @@ def test_a_switch_interrupted_halfway_is_finished_at_the_next_start(tmp_path: Pa
 
 
 def test_a_rotation_interrupted_before_its_switch_is_dropped(tmp_path: Path) -> None:
-    cert, key = issue_certificate(generate_ca("fleet CA"), "current")
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "private.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pair = write_pair(tmp_path, *issue_certificate(generate_ca("fleet CA"), "current"))
+    cert_path, key_path = pair.cert, pair.key
     (tmp_path / "private.key.new").write_bytes(b"a key nobody registered")
     (tmp_path / "private.key.rotation.json").write_text(json.dumps({"phase": "issued"}))
     assert finish_interrupted_rotation(cert_path, key_path) is True

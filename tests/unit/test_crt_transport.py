@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+import anyio
 import pytest
 from awscrt.exceptions import AwsCrtError
 from awscrt.mqtt import ConnectReturnCode
@@ -136,11 +137,20 @@ async def test_the_handoff_runs_events_in_the_loop_in_order_with_one_wake_up_per
     worker = threading.Thread(target=in_awscrt_thread)
     worker.start()
     worker.join()
-    await asyncio.sleep(0.01)
+    await _after_the_handoffs_wake_up()
     assert [value for value, _, _ in seen] == list(range(50))
     assert {thread for _, thread, _ in seen} == {threading.get_ident()}
     assert seen[0][2] == 1, "messages of a batch are queued before its events run"
     assert len(wake_ups) == 1
+
+
+async def _after_the_handoffs_wake_up() -> None:
+    """Return once the loop has run what a worker thread scheduled before this call: the loop
+    runs its ready callbacks in order, so one scheduled now runs after them."""
+    ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(ran.set)
+    with anyio.fail_after(1):
+        await ran.wait()
 
 
 async def test_the_handoff_drops_the_oldest_messages_while_the_loop_is_behind() -> None:
@@ -150,7 +160,7 @@ async def test_the_handoff_drops_the_oldest_messages_while_the_loop_is_behind() 
     worker = threading.Thread(target=lambda: [handoff.message(_message(n)) for n in range(10)])
     worker.start()
     worker.join()  # the loop did not run meanwhile: 10 messages for 3 places
-    await asyncio.sleep(0.01)
+    await _after_the_handoffs_wake_up()
     assert handoff.dropped == 7
     assert [(await incoming.get()).topic for _ in range(3)] == ["anc/7", "anc/8", "anc/9"]
     assert len(incoming) == 0

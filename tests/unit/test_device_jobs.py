@@ -14,9 +14,9 @@ from typing import Any
 
 import anyio
 import orjson
+from helpers import fake_connection
 
-from ancsync import DeviceJobs, IoTConnection, Job
-from ancsync.mqtt.backoff import BackoffPolicy
+from ancsync import DeviceJobs, Job
 from ancsync.testing import FakeBroker
 
 THING = "anc-device-001"
@@ -40,15 +40,7 @@ def execution(job_id: str, status: str = "QUEUED", version: int = 1) -> dict[str
 
 @asynccontextmanager
 async def device_jobs(broker: FakeBroker, tmp_path: Path) -> AsyncIterator[DeviceJobs]:
-    async with IoTConnection(
-        THING,
-        "127.0.0.1",
-        tls=False,
-        announce_status=False,
-        transport_factory=broker.transport,
-        reconnect=BackoffPolicy(base=0.001, cap=0.002),
-        stop_timeout=1.0,
-    ) as iot:
+    async with fake_connection(broker, THING, stop_timeout=1.0) as iot:
         jobs = DeviceJobs(iot, data_dir=tmp_path, reply_timeout=0.1, stop_timeout=1.0)
         async with jobs:
             await iot.wait_connected(TIMEOUT)

@@ -14,12 +14,12 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import fake_connection
 
 from ancsync import DurableStore, EmergencyReporter, IoTConnection
 from ancsync.codec import decode_model
 from ancsync.errors import BufferFull, ConnectError, InvalidPayload, PublishTimeout
 from ancsync.models import EmergencyEvent, EmergencyInput
-from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.mqtt.outbox import DEFAULT_LIMITS, Lane, LaneLimits
 from ancsync.testing import FakeBroker
 
@@ -46,16 +46,7 @@ async def reporter(
     **options: Any,
 ) -> AsyncIterator[EmergencyReporter]:
     """A connection on ``broker`` and a reporter on ``store``, both running for the block."""
-    connection = IoTConnection(
-        THING,
-        "127.0.0.1",
-        tls=False,
-        announce_status=False,  # only the events are published
-        transport_factory=broker.transport,
-        reconnect=BackoffPolicy(base=0.001, cap=0.002),
-        lane_limits=lane_limits or DEFAULT_LIMITS,
-        stop_timeout=0.4,
-    )
+    connection = fake_connection(broker, THING, lane_limits=lane_limits or DEFAULT_LIMITS)
     options.setdefault("retry_interval", 0.01)
     async with connection, EmergencyReporter(connection, store=store, **options) as part:
         await connection.wait_connected(TIMEOUT)

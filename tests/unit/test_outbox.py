@@ -360,8 +360,12 @@ def test_lane_limits_below_one_are_refused(max_messages: int, max_bytes: int) ->
         LaneLimits(max_messages, max_bytes)
 
 
-def test_lane_limits_of_one_are_allowed() -> None:
-    assert LaneLimits(1, 1) == LaneLimits(max_messages=1, max_bytes=1)
+async def test_lane_limits_of_one_message_are_allowed_and_hold_one() -> None:
+    outbox = Outbox(limits(Lane.TELEMETRY, max_messages=1))
+    outbox.put(message("a"))
+    outbox.put(message("b"))  # the lane holds one: the oldest goes
+    assert outbox.stats()["telemetry"]["dropped"] == 1
+    assert await drain(outbox) == ["b"]
 
 
 async def test_a_message_exactly_the_size_of_its_lane_fits_and_each_refusal_counts() -> None:

@@ -15,13 +15,13 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import fake_connection
 
 from ancsync import DurableStore, IoTConnection, TelemetryPublisher
 from ancsync.codec import decode_model
 from ancsync.durable.store import StoredMessage
 from ancsync.errors import ConnectError, InvalidPayload, StorageError
 from ancsync.models import TelemetryBatch
-from ancsync.mqtt.backoff import BackoffPolicy
 from ancsync.status import TelemetryStatus
 from ancsync.testing import FakeBroker
 
@@ -59,15 +59,7 @@ def assert_accounted(status: TelemetryStatus) -> None:
 
 @asynccontextmanager
 async def connection(broker: FakeBroker) -> AsyncIterator[IoTConnection]:
-    async with IoTConnection(
-        THING,
-        "127.0.0.1",
-        tls=False,
-        announce_status=False,  # only telemetry is published
-        transport_factory=broker.transport,
-        reconnect=BackoffPolicy(base=0.001, cap=0.002),
-        stop_timeout=0.4,
-    ) as iot:
+    async with fake_connection(broker, THING) as iot:
         await iot.wait_connected(TIMEOUT)
         yield iot
 
