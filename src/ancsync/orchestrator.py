@@ -209,10 +209,7 @@ class DataSyncOrchestrator(Component):
         """Run the connection and the supervised parts; ready at once (offline is fine)."""
         if self._ended:
             raise NotStarted("this orchestrator was already stopped; create a new one")
-        await anyio.to_thread.run_sync(self.store.open)
-        iot = self.settings.iot
-        if iot.tls and iot.cert_path is not None and iot.key_path is not None:
-            await anyio.to_thread.run_sync(finish_interrupted_rotation, iot.cert_path, iot.key_path)
+        await anyio.to_thread.run_sync(self._open_files)
         async with anyio.create_task_group() as tg:
             await tg.start(self.connection.run)
             await tg.start(self.supervisor.run)
@@ -229,6 +226,14 @@ class DataSyncOrchestrator(Component):
             )
             log.info("orchestrator for %s started", self.thing_name)
             task_status.started()
+
+    def _open_files(self) -> None:
+        """The start's blocking file work, in one worker thread: open (and lock, maybe recover)
+        the store, and finish a certificate switch a stop interrupted."""
+        self.store.open()
+        iot = self.settings.iot
+        if iot.tls and iot.cert_path is not None and iot.key_path is not None:
+            finish_interrupted_rotation(iot.cert_path, iot.key_path)
 
     async def _shutdown(self) -> None:
         # The parts have shut down (they ran in _serve's task group); the store is free.
